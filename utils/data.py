@@ -1,0 +1,245 @@
+"""Data sets and batching.
+
+CIFAR-10/100 and digits are small: their uint8 images live on the training device and are augmented
+there in whole batches (random crop with 4-pixel zero padding + horizontal flip + normalisation, the
+published transforms), so an epoch needs no DataLoader and no per-image PIL work. ImageFolder trees
+(ImageNet-1K, Tiny-ImageNet, a user's own) are too large for that: they go through torchvision's
+ImageFolder and a DataLoader with workers. Both yield (x, y, idx) batches, idx being the dataset index
+that the dynamics recorder and the subset weights are keyed by.
+"""
+import os
+import pickle
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import UserError
+
+DATASETS = ("cifar10", "cifar100", "digits", "imagefolder")
+
+# Normalisation constants of the published scripts (mean/std of the training images, 0-255 scale).
+CIFAR_STATS = {
+    "cifar10": ([125.3, 123.0, 113.9], [63.0, 62.1, 66.7]),
+    "cifar100": ([129.3, 124.1, 112.4], [68.2, 65.4, 70.4]),
+}
+IMAGENET_STATS = ([0.485 * 255, 0.456 * 255, 0.406 * 255], [0.229 * 255, 0.224 * 255, 0.225 * 255])
+
+CIFAR_LAYOUT = {  # folder, training files, test files, label key, archive URL page
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels"),
+}
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+
+
+# --------------------------------------------------------------------------------------------------
+# Readers: each returns numpy arrays, images uint8 (N, 3, H, W), labels int64 (N,)
+# --------------------------------------------------------------------------------------------------
+def _read_pickle(path):
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise UserError(f"{path} is not a readable CIFAR pickle ({e})") from None
+
+
+def read_cifar(root, name, train, download=False):
+    """Read the standard python-version layout; any number of rows, no checksum (small files work)."""
+    folder, train_files, test_files, label_key = CIFAR_LAYOUT[name]
+    base = os.path.join(root, folder)
+    files = [os.path.join(base, f) for f in (train_files if train else test_files)]
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing and download:
+        import torchvision
+        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+        try:
+            cls(root, train=train, download=True)
+        except Exception as e:  # no network, disk full, ...
+            raise UserError(f"--download of {name} into {root} failed: {e}") from None
+        missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        raise UserError(f"{name} not found: looked for {missing[0]}; pass --download (needs network) or "
+                        f"unpack the python version from {CIFAR_URL} into {root}")
+    images, labels = [], []
+    for f in files:
+        d = _read_pickle(f)
+        if "data" not in d or label_key not in d:
+            raise UserError(f"{f} lacks the keys 'data' and '{label_key}' of the {name} layout")
+        images.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(d[label_key], dtype=np.int64))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def read_digits(train):
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 real images, no network needed), upsampled
+    to 32x32 RGB so that every CIFAR architecture and the CIFAR augmentation apply unchanged.
+    Fixed split: 80% train / 20% test from a permutation with seed 0."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = torch.from_numpy(d.images.astype(np.float32) / 16.0)[:, None]  # (1797, 1, 8, 8) in [0, 1]
+    x = F.interpolate(x, size=32, mode="bilinear", align_corners=False).clamp(0, 1)
+    x = (x * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).numpy()
+    perm = np.random.RandomState(0).permutation(len(x))
+    n_train = int(0.8 * len(x))
+    sel = perm[:n_train] if train else perm[n_train:]
+    return np.ascontiguousarray(x[sel]), d.target[sel].astype(np.int64)
+
+
+def _image_folder(root, split):
+    import torchvision
+    path = os.path.join(root, split)
+    if not os.path.isdir(path):
+        raise UserError(f"imagefolder: {path} not found; expected {root}/train/<class>/*.png|jpg and "
+                        f"{root}/val/<class>/* (ImageNet: see README, section ImageNet)")
+    try:
+        return torchvision.datasets.ImageFolder(path)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise UserError(f"imagefolder: {path}: {e}") from None
+
+
+def load_targets(data_path, dataset):
+    """(N,) int64 training labels in dataset order, for scoring dynamics that carry no targets.npy."""
+    if dataset in CIFAR_LAYOUT:
+        return read_cifar(data_path, dataset, train=True)[1]
+    if dataset == "digits":
+        return read_digits(train=True)[1]
+    if dataset == "imagefolder":
+        return np.asarray(_image_folder(data_path, "train").targets, dtype=np.int64)
+    raise UserError(f"unknown --dataset {dataset!r}; choose from {', '.join(DATASETS)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Batching: the same for every data set; the rank's share of every global batch
+# --------------------------------------------------------------------------------------------------
+def make_batches(indices, batch_size, generator=None, rank=0, world=1):
+    """Split `indices` (M,) into global batches of `batch_size` (shuffled with `generator`, in order
+    when it is None) and return this rank's part of each: global batch b, items rank::world.
+    Every rank gets the same number of batches (DDP needs that) and every index is visited exactly
+    once per epoch across ranks. A last batch smaller than `world` is merged into the one before."""
+    indices = torch.as_tensor(indices, dtype=torch.int64)
+    if generator is not None:
+        indices = indices[torch.randperm(len(indices), generator=generator)]
+    batches = list(torch.split(indices, batch_size))
+    if len(batches) > 1 and len(batches[-1]) < world:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return [b[rank::world] for b in batches]
+
+
+class DeviceImages:
+    """uint8 images resident on `device`; batches are cropped/flipped/normalised there."""
+
+    def __init__(self, images, labels, stats, device, augment, flip=True, pad=4, channels_last=False):
+        self.images = torch.as_tensor(images).to(device)           # (N, 3, H, W) uint8
+        self.labels = torch.as_tensor(labels).to(device)           # (N,) int64
+        mean, std = (torch.tensor(s, dtype=torch.float32, device=device).view(1, 3, 1, 1) for s in stats)
+        self.scale, self.shift = 1.0 / std, mean / std             # x = img * scale - shift
+        self.augment, self.flip, self.pad = augment, flip, pad
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __len__(self):
+        return len(self.labels)
+
+    def _augment(self, img, gen):
+        """Random crop with zero padding and random horizontal flip, per image, on the whole batch."""
+        b, _, h, w = img.shape
+        p, dev = self.pad, img.device
+        padded = F.pad(img, (p, p, p, p))                                    # (B, 3, H+2p, W+2p), zeros
+        dy = torch.randint(0, 2 * p + 1, (b, 1), device=dev, generator=gen)
+        dx = torch.randint(0, 2 * p + 1, (b, 1), device=dev, generator=gen)
+        rows = (dy + torch.arange(h, device=dev))[:, None, :, None]          # (B, 1, H, 1)
+        cols = (dx + torch.arange(w, device=dev))[:, None, None, :]          # (B, 1, 1, W)
+        if self.flip:
+            flip = torch.rand(b, device=dev, generator=gen) < 0.5
+            cols = torch.where(flip[:, None, None, None], cols.flip(-1), cols)
+        bidx = torch.arange(b, device=dev)[:, None, None, None]
+        cidx = torch.arange(img.shape[1], device=dev)[None, :, None, None]
+        return padded[bidx, cidx, rows, cols]
+
+    def batches(self, index_batches, gen=None):
+        """Yield (x (B,3,H,W) float32, y (B,), idx (B,)) on the device for each index batch."""
+        dev = self.images.device
+        for idx in index_batches:
+            idx = idx.to(dev, non_blocking=True)
+            img = self.images[idx]
+            if self.augment:
+                img = self._augment(img, gen)
+            x = (img.float() * self.scale - self.shift).contiguous(memory_format=self.memory_format)
+            yield x, self.labels[idx], idx
+
+
+class _Indexed(torch.utils.data.Dataset):
+    def __init__(self, folder, transform):
+        self.folder, self.transform = folder, transform
+
+    def __len__(self):
+        return len(self.folder)
+
+    def __getitem__(self, i):
+        img, target = self.folder[i]
+        return self.transform(img), target, i
+
+
+class FolderImages:
+    """ImageFolder through a DataLoader with workers; standard ImageNet augmentation."""
+
+    def __init__(self, folder, train, image_size, device, workers, channels_last=False):
+        from torchvision import transforms as T
+        norm = T.Normalize([m / 255 for m in IMAGENET_STATS[0]], [s / 255 for s in IMAGENET_STATS[1]])
+        if train:
+            tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+        else:
+            tf = T.Compose([T.Resize(int(image_size * 256 / 224)), T.CenterCrop(image_size), T.ToTensor(), norm])
+        self.dataset = _Indexed(folder, tf)
+        self.labels = torch.as_tensor(folder.targets, dtype=torch.int64)
+        self.device, self.workers = device, workers
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def batches(self, index_batches, gen=None):
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=[b.tolist() for b in index_batches], num_workers=self.workers,
+            pin_memory=self.device.type == "cuda", generator=gen)
+        for x, y, idx in loader:
+            x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            yield x, y.to(self.device, non_blocking=True), idx.to(self.device, non_blocking=True)
+
+
+class Data:
+    """Everything a training script needs from a data set."""
+
+    def __init__(self, name, train, test, num_classes):
+        self.name, self.train, self.test, self.num_classes = name, train, test, num_classes
+        self.targets = train.labels.cpu().numpy()  # (N,) int64, dataset order
+
+    @property
+    def n_train(self):
+        return len(self.train)
+
+
+def load_data(args, device, channels_last=False):
+    """Build the Data of --dataset from --data_path (see the module docstring)."""
+    name = args.dataset
+    if name in ("cifar10", "cifar100", "digits"):
+        if name == "digits":
+            (xtr, ytr), (xte, yte) = read_digits(True), read_digits(False)
+            stats = ([float(xtr.mean()) ] * 3, [float(xtr.std())] * 3)
+            num_classes, flip = 10, False  # mirrored digits are other symbols: no flip
+        else:
+            (xtr, ytr) = read_cifar(args.data_path, name, True, args.download)
+            (xte, yte) = read_cifar(args.data_path, name, False, args.download)
+            stats, num_classes, flip = CIFAR_STATS[name], (10 if name == "cifar10" else 100), True
+        if ytr.min() < 0 or max(ytr.max(), yte.max()) >= num_classes:
+            raise UserError(f"{name}: labels must lie in 0..{num_classes - 1}")
+        train = DeviceImages(xtr, ytr, stats, device, augment=True, flip=flip, channels_last=channels_last)
+        test = DeviceImages(xte, yte, stats, device, augment=False, channels_last=channels_last)
+        return Data(name, train, test, num_classes)
+    if name == "imagefolder":
+        tr, te = _image_folder(args.data_path, "train"), _image_folder(args.data_path, "val")
+        if tr.classes != te.classes:
+            raise UserError(f"imagefolder: {args.data_path}/train and /val have different class folders")
+        train = FolderImages(tr, True, args.image_size, device, args.workers, channels_last)
+        test = FolderImages(te, False, args.image_size, device, args.workers, channels_last)
+        return Data(name, train, test, len(tr.classes))
+    raise UserError(f"unknown --dataset {name!r}; choose from {', '.join(DATASETS)}")

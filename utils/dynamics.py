@@ -1,0 +1,120 @@
+"""Recording training dynamics during the full-data run (train.py --dynamics).
+
+Per-sample outputs of the training forward pass are scattered by dataset index into buffers
+preallocated on the training device (no per-batch concatenation, no per-batch host copy); once per
+epoch the buffers are summed over ranks into rank 0, copied to the host once, and written atomically by
+a background thread while training goes on.
+
+Two layouts (TDDS_SPEC.md, "Dynamics files"):
+- `logits` (default, the published one): <e>_Output.npy (N, C) logits (float32, or float16 with
+  --dynamics_dtype float16), <e>_Loss.npy (N,), <e>_Index.npy (N,) = arange(N) (rows in dataset order).
+- `contrib` (ImageNet scale): the previous epoch's log(p + 1e-8) stays on the device and each epoch
+  writes only N-float files: <e>_Contrib.npy (the TDDS contribution c_{e-1}, from epoch 1 on) and the
+  cheap per-sample quantities the baselines need (El2n, Correct, Margin, Entropy, TargetProb), plus
+  Loss and Index. See utils/features.py.
+Both write targets.npy (N,) int64 in dataset order beside them.
+"""
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from . import dist
+from .features import FEATURES, FILE_TAGS, epoch_features
+from .io import save_npy
+
+FORMATS = ("logits", "contrib")
+DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+class DynamicsRecorder:
+    def __init__(self, folder, targets, num_classes, device, fmt="logits", dtype="float32"):
+        self.folder, self.fmt = folder, fmt
+        self.targets = targets.to(device)                                   # (N,) int64
+        n = len(targets)
+        self.n = n
+        self.loss = torch.zeros(n, device=device)                            # (N,) per-sample CE
+        self.count = torch.zeros(n, dtype=torch.int32, device=device)        # visits this epoch
+        if fmt == "logits":
+            self.out = torch.zeros(n, num_classes, dtype=DTYPES[dtype], device=device)  # (N, C)
+        else:
+            self.prev_logp = torch.zeros(n, num_classes, device=device)      # (N, C) log(p_{e-1}+1e-8)
+            self.has_prev = False
+            self.feats = {k: torch.zeros(n, device=device) for k in FEATURES}  # each (N,)
+        self._writer = ThreadPoolExecutor(max_workers=1)
+        self._pending = None
+        if dist.is_main_process():
+            os.makedirs(folder, exist_ok=True)
+            save_npy(os.path.join(folder, "targets.npy"), targets.cpu().numpy().astype(np.int64))
+
+    def start_epoch(self):
+        self.loss.zero_()
+        self.count.zero_()
+        if self.fmt == "logits":
+            self.out.zero_()
+        else:
+            for v in self.feats.values():
+                v.zero_()
+
+    @torch.no_grad()
+    def record(self, idx, logits, losses):
+        """idx (B,) dataset indices, logits (B, C), losses (B,) of this rank's batch."""
+        self.loss[idx] = losses.detach().float()
+        self.count[idx] += 1
+        if self.fmt == "logits":
+            self.out[idx] = logits.detach().to(self.out.dtype)
+            return
+        prev = self.prev_logp[idx] if self.has_prev else None
+        feats, logp = epoch_features(logits.detach().float(), self.targets[idx], prev, FEATURES)
+        for k, v in feats.items():
+            self.feats[k][idx] = v
+        self.prev_logp[idx] = logp
+
+    @torch.no_grad()
+    def end_epoch(self, epoch, owned):
+        """Gather the epoch (every sample exactly once over ranks) into rank 0 and start writing it.
+        `owned` (M,) are the dataset indices this rank visited this epoch."""
+        self.wait()  # never two epochs in flight
+        bufs = {"Loss": self.loss}
+        if self.fmt == "logits":
+            bufs["Output"] = self.out
+        else:
+            bufs.update({FILE_TAGS[k]: v for k, v in self.feats.items() if k != "contrib" or self.has_prev})
+            if dist.is_distributed():  # every rank needs every sample's probabilities next epoch
+                mine = torch.zeros(self.n, dtype=torch.bool, device=self.prev_logp.device)
+                mine[owned.to(mine.device)] = True
+                self.prev_logp[~mine] = 0
+                dist.all_reduce_sum(self.prev_logp)
+            self.has_prev = True
+        dist.reduce_sum_to_main(self.count)
+        for v in bufs.values():
+            dist.reduce_sum_to_main(v)
+        if not dist.is_main_process():
+            return
+        if not bool((self.count == 1).all()):
+            raise RuntimeError(f"dynamics of epoch {epoch}: {(self.count != 1).sum().item()} samples "
+                               f"were not visited exactly once")
+        host = {tag: v.to("cpu", copy=True).numpy() for tag, v in bufs.items()}  # one copy per epoch
+        host["Index"] = np.arange(self.n, dtype=np.int64)
+        self._pending = self._writer.submit(self._write, epoch, host)
+
+    def _write(self, epoch, host):
+        for tag, arr in host.items():
+            save_npy(os.path.join(self.folder, f"{epoch}_{tag}.npy"), arr)
+
+    def wait(self):
+        """Block until the last epoch is on disk (re-raises a failed write)."""
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+
+    def state_dict(self):
+        if self.fmt == "logits":
+            return {}
+        return {"has_prev": self.has_prev, "prev_logp": self.prev_logp.cpu()}
+
+    def load_state_dict(self, state):
+        if self.fmt == "contrib":
+            self.has_prev = state["has_prev"]
+            self.prev_logp.copy_(state["prev_logp"])

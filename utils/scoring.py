@@ -1,0 +1,330 @@
+"""TDDS and the baseline scores of TDDS_SPEC.md, streamed from the recorded dynamics files.
+
+Every score is a per-sample reduction over epochs, and TDDS only ever needs p_t and p_{t+1}
+together, so the work is split into chunks of SAMPLES (outer loop) and epochs (inner loop): for
+each (chunk, epoch) only that chunk's rows of the epoch file are read, the features of the epoch
+are computed once (one softmax), and the chunk keeps a (T, chunk) array of the one feature its
+method needs. Memory is therefore bounded by the chunk size, not by N x T x C; the only O(N)
+arrays are the score itself, the labels, and an int32 inverse permutation per epoch whose rows
+are shuffled (the published layout stores rows in the visiting order).
+
+torch is imported only when scores are computed, so bad input is reported in a fraction of a second.
+"""
+import os
+import re
+import sys
+
+import numpy as np
+
+from .errors import UserError
+
+METHODS = ('tdds', 'random', 'el2n', 'forgetting', 'aum', 'entropy', 'dyn_unc')
+METHOD_FEATURE = {'tdds': 'contrib', 'random': None, 'el2n': 'el2n', 'forgetting': 'correct',
+                  'aum': 'margin', 'entropy': 'entropy', 'dyn_unc': 'target_prob'}
+LABEL_METHODS = ('el2n', 'forgetting', 'aum', 'dyn_unc')   # need y when computed from logits
+WINDOW_METHODS = ('tdds', 'dyn_unc')                        # use --window_size
+
+_EPOCH_FILE = re.compile(r'^(\d+)_([A-Za-z]+)\.npy$')      # <e>_<Tag>.npy
+_MAP_BYTES = 16 << 20   # rows are read through memory maps of at most this size (see _Npy)
+
+
+def output_names(method, trajectory_len, window_size):
+    """File names written to --mask_path (the first two are the published ones)."""
+    if method == 'tdds':
+        tag = f'win{window_size}_ep{trajectory_len}'
+    else:
+        tag = f'{method}_ep{trajectory_len}'
+    return {'mask': f'data_mask_{tag}.npy',              # argsort(score) ascending, int64
+            'score': f'score_{tag}.npy',                 # score sorted ascending, float32
+            'dataset_score': f'dataset_score_{tag}.npy',  # score in dataset order, float32
+            'hist': f'score_hist_{tag}.png'}              # histogram of the score
+
+
+def check_args(method, trajectory_len, window_size, decay, chunk_size=8192):
+    """Flag values that cannot work, as a UserError naming the flag."""
+    if method not in METHODS:
+        raise UserError(f"--method {method!r} is not one of {', '.join(METHODS)}")
+    if trajectory_len < 1:
+        raise UserError(f"--trajectory_len {trajectory_len} must be at least 1")
+    if method in WINDOW_METHODS and not 2 <= window_size <= trajectory_len:
+        raise UserError(f"--window_size {window_size} must be between 2 and --trajectory_len "
+                        f"{trajectory_len} for --method {method}")
+    if method == 'tdds' and not 0 < decay <= 1:
+        raise UserError(f"--decay {decay} must be in (0, 1]")
+    if chunk_size < 1:
+        raise UserError(f"--chunk_size {chunk_size} must be at least 1")
+
+
+class _Npy:
+    """One .npy file: its header is checked on opening; rows are read through short-lived memory
+    maps of at most _MAP_BYTES, because a memmap keeps every page it touched resident until it is
+    unmapped, and a chunk of shuffled rows touches pages all over the file."""
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            mm = np.load(path, mmap_mode='r')   # reads the header; fails if the data is cut short
+            self.shape, self.dtype, self.offset = mm.shape, mm.dtype, mm.offset
+            c_order = mm.flags.c_contiguous
+            del mm
+        except Exception as e:   # any failure here means the file itself is bad
+            msg = ' '.join(str(e).split())
+            raise UserError(f"cannot read {path}: truncated or not a .npy file ({msg})") from None
+        if not c_order:
+            raise UserError(f"{path} is stored in Fortran order; re-save it with np.ascontiguousarray")
+        self.row_bytes = self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
+
+    def _map(self, lo, hi):
+        return np.memmap(self.path, dtype=self.dtype, mode='r', shape=(hi - lo,) + self.shape[1:],
+                         offset=self.offset + lo * self.row_bytes)
+
+    def rows(self, lo, hi):
+        """Rows lo..hi-1, copied out of the file."""
+        mm = self._map(lo, hi)
+        out = np.array(mm)
+        del mm
+        return out
+
+    def take(self, rows):
+        """Rows `rows` (any order), copied out of the file in that order."""
+        order = np.argsort(rows, kind='stable')
+        srt = rows[order]
+        out = np.empty((len(rows),) + self.shape[1:], self.dtype)
+        step = max(1, _MAP_BYTES // max(1, self.row_bytes))
+        for lo in range(int(srt[0]), int(srt[-1]) + 1, step):
+            i, j = np.searchsorted(srt, [lo, lo + step])
+            if i < j:
+                mm = self._map(lo, min(lo + step, self.shape[0]))
+                out[order[i:j]] = mm[srt[i:j] - lo]
+                del mm
+        return out
+
+
+class Dynamics:
+    """A folder of recorded dynamics, opened and checked for epochs 0..trajectory_len-1.
+
+    Two layouts are read:
+      'logits'  (published): <e>_Output.npy (N, C) float32/float16 logits, <e>_Index.npy (N,);
+      'contrib' (train.py --dynamics_format contrib): <e>_<Tag>.npy (N,) per feature, <e>_Index.npy.
+    Row r of epoch e belongs to dataset index Index_e[r]. Opening reads the .npy headers and the
+    Index files only; `targets` is targets.npy (N,) int64 in dataset order, or None if absent.
+    """
+
+    def __init__(self, path, trajectory_len):
+        if not os.path.isdir(path):
+            raise UserError(f"dynamics folder {path} does not exist" if not os.path.exists(path)
+                            else f"--dynamics_path {path} is not a folder")
+        self.path = path
+        self._found = {}   # (epoch, tag) -> file path
+        for name in os.listdir(path):
+            m = _EPOCH_FILE.match(name)
+            if m:
+                self._found[int(m[1]), m[2]] = os.path.join(path, name)
+        if not self._found:
+            sub = os.path.join(path, 'npy')
+            hint = f" (did you mean {sub}?)" if os.path.isdir(sub) else ''
+            raise UserError(f"no epoch files (<e>_Output.npy, <e>_Index.npy) in {path}{hint}")
+        self.fmt = 'logits' if any(tag == 'Output' for _, tag in self._found) else 'contrib'
+        epochs = sorted({e for e, _ in self._found})
+        self.epochs_recorded = len(epochs)
+        T = trajectory_len
+        if T < 1:
+            raise UserError(f"--trajectory_len {T} must be at least 1")
+        if T > epochs[-1] + 1:
+            raise UserError(f"found {len(epochs)} recorded epochs (0..{epochs[-1]}) in {path}, "
+                            f"--trajectory_len {T} needs {T}")
+        self.trajectory_len = T
+        self.n, self.num_classes = None, None
+        self._files = {}   # (epoch, tag) -> _Npy, checked
+        self._inv = {}     # epoch -> None (rows in dataset order) or (N,) int32 row of each sample
+        for e in range(T):
+            if self.fmt == 'logits':
+                out = self.file(e, 'Output')
+                if out.dtype.kind != 'f' or len(out.shape) != 2:
+                    raise UserError(f"{out.path} holds {out.dtype} {out.shape}, expected (N, C) float logits")
+                if self.n is None:
+                    self.n, self.num_classes, self._first = out.shape[0], out.shape[1], out.path
+                elif out.shape != (self.n, self.num_classes):
+                    raise UserError(f"{out.path} has shape {out.shape}, expected "
+                                    f"{(self.n, self.num_classes)} like {self._first}")
+            self._inv[e] = self._inverse(e)
+        if self.n == 0:
+            raise UserError(f"{self._first} has no samples")
+        self.targets = self._load_targets()
+
+    def file(self, e, tag):
+        """The checked _Npy of <e>_<tag>.npy; a missing file is a UserError naming it."""
+        if (e, tag) not in self._files:
+            if (e, tag) not in self._found:
+                raise UserError(f"missing {os.path.join(self.path, f'{e}_{tag}.npy')}: epochs "
+                                f"0..{self.trajectory_len - 1} are needed for --trajectory_len "
+                                f"{self.trajectory_len}")
+            f = _Npy(self._found[e, tag])
+            if tag not in ('Output', 'Index'):   # a per-sample feature of the contrib layout
+                if f.shape != (self.n,) or f.dtype.kind not in 'fiub':
+                    raise UserError(f"{f.path} holds {f.dtype} {f.shape}, expected ({self.n},) numbers")
+            self._files[e, tag] = f
+        return self._files[e, tag]
+
+    def _inverse(self, e):
+        """Check <e>_Index.npy is a permutation of 0..N-1; return None if it is 0..N-1 in order,
+        else the int32 inverse permutation (the row holding each dataset index)."""
+        f = self.file(e, 'Index')
+        if len(f.shape) != 1 or f.dtype.kind not in 'iuf':
+            raise UserError(f"{f.path} holds {f.dtype} {f.shape}, expected (N,) integer dataset indices")
+        if self.n is None:
+            self.n, self._first = f.shape[0], f.path
+        if f.shape[0] != self.n:
+            raise UserError(f"{f.path} has {f.shape[0]} rows, expected {self.n} like {self._first}")
+        idx = f.rows(0, self.n)
+        if idx.dtype.kind == 'f':
+            if not np.array_equal(idx, np.round(idx)):
+                raise UserError(f"{f.path} holds non-integer indices")
+        idx = idx.astype(np.int64, copy=False)
+        if np.array_equal(idx, np.arange(self.n)):
+            return None
+        if self.n and (idx.min() < 0 or idx.max() >= self.n or
+                       (np.bincount(idx, minlength=self.n) != 1).any()):
+            raise UserError(f"{f.path} is not a permutation of 0..{self.n - 1} "
+                            f"(indices out of range, repeated or missing)")
+        inv = np.empty(self.n, np.int32)
+        inv[idx] = np.arange(self.n, dtype=np.int32)
+        return inv
+
+    def _load_targets(self):
+        path = os.path.join(self.path, 'targets.npy')
+        if not os.path.exists(path):
+            return None
+        try:
+            y = np.load(path, allow_pickle=False)
+        except Exception as e:
+            raise UserError(f"cannot read {path}: truncated or not a .npy file ({e})") from None
+        return check_targets(y, self.n, self.num_classes, path)
+
+    def read(self, e, tag, a, b):
+        """Values of dataset indices a..b-1 at epoch e from <e>_<tag>.npy, in dataset order."""
+        f, inv = self.file(e, tag), self._inv[e]
+        return f.rows(a, b) if inv is None else f.take(inv[a:b])
+
+
+def check_targets(y, n, num_classes, what):
+    """Labels as (n,) int64, or a UserError saying what is wrong with `what`."""
+    y = np.asarray(y)
+    if y.ndim != 1 or y.dtype.kind not in 'iu':
+        raise UserError(f"{what} holds {y.dtype} {y.shape}, expected ({n},) integer labels")
+    if len(y) != n:
+        raise UserError(f"{what} has {len(y)} labels, but the dynamics have {n} samples")
+    if n and (y.min() < 0 or (num_classes is not None and y.max() >= num_classes)):
+        raise UserError(f"{what} holds labels outside 0..{(num_classes or 1) - 1}")
+    return y.astype(np.int64)
+
+
+def method_labels(dyn, method, targets=None):
+    """The (N,) int64 labels `method` needs on `dyn` (targets, else dyn.targets), or None if it
+    needs none; a UserError saying how to supply them if there are none."""
+    if method not in LABEL_METHODS or dyn.fmt != 'logits':
+        return None   # the contrib layout stores the label-dependent features themselves
+    y = targets if targets is not None else dyn.targets
+    if y is None:
+        raise UserError(f"--method {method} needs labels: {dyn.path} has no targets.npy (files "
+                        f"written by the published train.py carry none); pass --data_path and "
+                        f"--dataset so they can be read from the data set")
+    return check_targets(y, dyn.n, dyn.num_classes, 'the labels')
+
+
+def compute_score(dyn, method, trajectory_len, window_size, decay, targets=None, seed=42,
+                  chunk_size=8192, device='cpu', progress=True):
+    """(N,) float32 score of every sample in DATASET order; higher = more important = kept.
+
+    targets: (N,) labels, overriding dyn.targets (needed by el2n, forgetting, aum, dyn_unc when
+    the dynamics are logits). Bad input raises UserError before any result exists.
+    """
+    check_args(method, trajectory_len, window_size, decay, chunk_size)
+    T, K = trajectory_len, window_size
+    if T > dyn.trajectory_len:
+        raise ValueError(f"dynamics were opened for {dyn.trajectory_len} epochs, not {T}")
+    if method == 'random':
+        return np.random.default_rng(seed).random(dyn.n).astype(np.float32)
+
+    y = method_labels(dyn, method, targets)          # (N,) int64 or None, checked before importing torch
+
+    import torch
+    from tqdm import tqdm
+    from .features import FILE_TAGS, epoch_features
+    feature = METHOD_FEATURE[method]
+    epochs = [T - 1] if method == 'entropy' else list(range(T))   # epochs whose data is read
+    tag = 'Output' if dyn.fmt == 'logits' else FILE_TAGS[feature]  # the file read per epoch
+    if dyn.fmt == 'contrib':
+        if method == 'tdds':
+            epochs = epochs[1:]   # <e>_Contrib.npy holds c_{e-1}, e >= 1
+        for e in epochs:          # check every file before the long loop
+            dyn.file(e, tag)
+    if y is not None:
+        y = torch.from_numpy(y)
+    device = torch.device(device)
+
+    n = dyn.n
+    score = np.empty(n, np.float32)
+    nonfinite = [0] * len(epochs)   # samples with NaN/inf inputs, per epoch
+    bar = tqdm(total=len(epochs), unit='epoch', desc=f'{method} scores',
+               disable=not (progress and sys.stderr.isatty()),
+               bar_format='{l_bar}{bar}| {n:.1f}/{total_fmt} epochs [{elapsed}<{remaining}]')
+    for a in range(0, n, chunk_size):
+        b = min(a + chunk_size, n)
+        rows, prev = [], None   # per-epoch (b-a,) features; log(p_{e-1} + 1e-8) of the chunk
+        yb = None if y is None else y[a:b].to(device)
+        for j, e in enumerate(epochs):
+            x = torch.from_numpy(_native(dyn.read(e, tag, a, b))).to(device).float()  # (B, C) logits or (B,)
+            bad = ~torch.isfinite(x.sum(-1) if x.dim() == 2 else x)
+            if bad.any():
+                nonfinite[j] += int((~torch.isfinite(x)).reshape(b - a, -1).any(1).sum())
+            if dyn.fmt == 'logits':
+                f, logp = epoch_features(x, yb, prev, (feature,))
+                prev = logp if feature == 'contrib' else None
+                if feature in f:
+                    rows.append(f[feature])
+            else:
+                rows.append(x)
+            bar.update((b - a) / n)
+        feats = torch.stack(rows)   # (epochs, B); tdds: c_0..c_{T-2}
+        score[a:b] = _reduce(method, feats, T, K, decay).cpu().numpy()
+    bar.close()
+
+    bad = [(e, k) for e, k in zip(epochs, nonfinite) if k]
+    if bad:
+        e, k = bad[0]
+        more = f" (and {len(bad) - 1} more epochs)" if len(bad) > 1 else ''
+        raise UserError(f"{dyn.file(e, tag).path}: epoch {e} has NaN/inf "
+                        f"{'logits' if dyn.fmt == 'logits' else 'values'} for {k} samples{more}")
+    return score
+
+
+def _native(a):
+    """float16/float32 arrays as they are (torch reads them), anything else as native float32."""
+    return a if a.dtype in (np.float32, np.float16) else a.astype(np.float32)
+
+
+def _reduce(method, x, T, K, decay):
+    """Chunk scores (B,) from the per-epoch feature x (epochs, B) of `method`."""
+    import torch
+    if method == 'tdds':   # x = c_0..c_{T-2}
+        S = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+        for k in range(T - K + 1):
+            win = x[k:k + K - 1]                                   # (K-1, B) c_k..c_{k+K-2}
+            s = (win - win.mean(0)).square_().sum(0).sqrt_()      # root of summed squares (as published)
+            S += s.double() * (decay * (1 - decay) ** (T - K - k))
+        return S.float()
+    if method == 'el2n':
+        return x.mean(0)
+    if method == 'forgetting':   # x = correctness 0/1
+        ok = x > 0.5
+        forgot = (ok[:-1] & ~ok[1:]).sum(0).float()
+        return torch.where(ok.any(0), forgot, torch.full_like(forgot, T))   # never learned: T
+    if method == 'aum':          # x = margin
+        return -x.mean(0)
+    if method == 'entropy':      # x = entropy at epoch T-1 only
+        return x[0]
+    if method == 'dyn_unc':      # x = p_y
+        W = T - K + 1
+        return sum(x[k:k + K].std(0, correction=0) for k in range(W)) / W
+    raise ValueError(method)
