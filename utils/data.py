@@ -116,6 +116,9 @@ def make_batches(indices, batch_size, generator=None, rank=0, world=1):
     when it is None) and return this rank's part of each: global batch b, items rank::world.
     Every rank gets the same number of batches (DDP needs that) and every index is visited exactly
     once per epoch across ranks. A last batch smaller than `world` is merged into the one before."""
+    if batch_size < world:  # else some ranks would get empty batches (DDP would hang or fail)
+        raise UserError(f"--batch-size {batch_size} is the global batch: it must be at least the number "
+                        f"of processes ({world})")
     indices = torch.as_tensor(indices, dtype=torch.int64)
     if generator is not None:
         indices = indices[torch.randperm(len(indices), generator=generator)]
@@ -198,9 +201,16 @@ class FolderImages:
         return len(self.dataset)
 
     def batches(self, index_batches, gen=None):
+        """Yield (x, y, idx) on the device. The workers' seeds are drawn from `gen` (the per-rank
+        augmentation stream, saved in checkpoints); DataLoader draws them with a CPU generator, and
+        `gen` lives on the training device, so one seed is drawn from it for a CPU generator."""
+        cpu_gen = None
+        if gen is not None:
+            seed = torch.randint(0, 2**62, (1,), device=gen.device, generator=gen).item()
+            cpu_gen = torch.Generator().manual_seed(seed)
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=[b.tolist() for b in index_batches], num_workers=self.workers,
-            pin_memory=self.device.type == "cuda", generator=gen)
+            pin_memory=self.device.type == "cuda", generator=cpu_gen)
         for x, y, idx in loader:
             x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             yield x, y.to(self.device, non_blocking=True), idx.to(self.device, non_blocking=True)

@@ -24,8 +24,8 @@ METHOD_FEATURE = {'tdds': 'contrib', 'random': None, 'el2n': 'el2n', 'forgetting
 LABEL_METHODS = ('el2n', 'forgetting', 'aum', 'dyn_unc')   # need y when computed from logits
 WINDOW_METHODS = ('tdds', 'dyn_unc')                        # use --window_size
 
-_EPOCH_FILE = re.compile(r'^(\d+)_([A-Za-z]+)\.npy$')      # <e>_<Tag>.npy
-_MAP_BYTES = 16 << 20   # rows are read through memory maps of at most this size (see _Npy)
+_EPOCH_FILE = re.compile(r'^(\d+)_([A-Za-z][A-Za-z0-9]*)\.npy$')      # <e>_<Tag>.npy
+_MAP_BYTES = 32 << 20   # rows are read through memory maps of at most this size (see _Npy)
 
 
 def output_names(method, trajectory_len, window_size):
@@ -87,15 +87,22 @@ class _Npy:
 
     def take(self, rows):
         """Rows `rows` (any order), copied out of the file in that order."""
-        order = np.argsort(rows, kind='stable')
-        srt = rows[order]
+        step = max(1, _MAP_BYTES // max(1, self.row_bytes))    # rows per memory map
+        if self.shape[0] <= step:                              # the whole file in one map
+            mm = self._map(0, self.shape[0])
+            out = mm[rows]
+            del mm
+            return out
+        window = rows // step
+        order = np.argsort(window, kind='stable')              # rows grouped by map window
+        bounds = np.searchsorted(window[order], np.arange(window.max() + 2))
         out = np.empty((len(rows),) + self.shape[1:], self.dtype)
-        step = max(1, _MAP_BYTES // max(1, self.row_bytes))
-        for lo in range(int(srt[0]), int(srt[-1]) + 1, step):
-            i, j = np.searchsorted(srt, [lo, lo + step])
-            if i < j:
+        for w in range(len(bounds) - 1):
+            sel = order[bounds[w]:bounds[w + 1]]
+            if len(sel):
+                lo = w * step
                 mm = self._map(lo, min(lo + step, self.shape[0]))
-                out[order[i:j]] = mm[srt[i:j] - lo]
+                out[sel] = mm[rows[sel] - lo]
                 del mm
         return out
 
@@ -304,6 +311,15 @@ def _native(a):
     return a if a.dtype in (np.float32, np.float16) else a.astype(np.float32)
 
 
+def _sum0(x):
+    """Sum over dim 0 by plain elementwise adds, so a sample gets the same bits whatever chunk it
+    is in (torch's vectorized column sums round the last, partial SIMD block differently)."""
+    acc = x[0].clone()
+    for row in x[1:]:
+        acc += row
+    return acc
+
+
 def _reduce(method, x, T, K, decay):
     """Chunk scores (B,) from the per-epoch feature x (epochs, B) of `method`."""
     import torch
@@ -311,20 +327,23 @@ def _reduce(method, x, T, K, decay):
         S = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
         for k in range(T - K + 1):
             win = x[k:k + K - 1]                                   # (K-1, B) c_k..c_{k+K-2}
-            s = (win - win.mean(0)).square_().sum(0).sqrt_()      # root of summed squares (as published)
+            s = _sum0((win - _sum0(win) / (K - 1)).square_()).sqrt_()   # root of summed squares (as published)
             S += s.double() * (decay * (1 - decay) ** (T - K - k))
         return S.float()
     if method == 'el2n':
-        return x.mean(0)
+        return _sum0(x) / T
     if method == 'forgetting':   # x = correctness 0/1
         ok = x > 0.5
         forgot = (ok[:-1] & ~ok[1:]).sum(0).float()
         return torch.where(ok.any(0), forgot, torch.full_like(forgot, T))   # never learned: T
     if method == 'aum':          # x = margin
-        return -x.mean(0)
+        return -_sum0(x) / T
     if method == 'entropy':      # x = entropy at epoch T-1 only
         return x[0]
     if method == 'dyn_unc':      # x = p_y
-        W = T - K + 1
-        return sum(x[k:k + K].std(0, correction=0) for k in range(W)) / W
+        std = 0
+        for k in range(T - K + 1):
+            win = x[k:k + K]                                       # (K, B) p_y at e = k..k+K-1
+            std += (_sum0((win - _sum0(win) / K).square_()) / K).sqrt_()   # population std
+        return std / (T - K + 1)
     raise ValueError(method)

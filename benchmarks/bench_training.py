@@ -1,0 +1,121 @@
+"""What recording and the training engine cost: the bare training loop against train_one_epoch.
+
+    python benchmarks/bench_training.py                      # ResNet-20, N=5,000, 3 timed epochs each
+    python benchmarks/bench_training.py --amp                # bf16 autocast + channels_last
+    python benchmarks/bench_training.py --n 512 --epochs 1 --batch-size 64
+
+Random CIFAR-sized uint8 images (32x32, 10 classes) resident on the CPU, as train.py keeps them.
+  (a) bare: the same model, the same index batches, images already normalised float tensors sliced
+      per batch beforehand; forward, mean cross-entropy, backward, SGD step; nothing else.
+  (b) engine: utils.engine.train_one_epoch exactly as train.py calls it (DeviceImages crop/flip/
+      normalisation, per-sample loss, cosine scheduler, a DynamicsRecorder in the logits format),
+      plus recorder.start_epoch / end_epoch / wait, i.e. the epoch's .npy files on disk.
+Each has its own copy of the same initial model and optimizer. One warm-up epoch of each is not
+timed; then the timed epochs alternate a, b, a, b ... so that drift in machine load hits both alike.
+"""
+import argparse
+import copy
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from models import create_model  # noqa: E402
+from utils.data import CIFAR_STATS, Data, DeviceImages, make_batches  # noqa: E402
+from utils.dynamics import DynamicsRecorder  # noqa: E402
+from utils.engine import train_one_epoch  # noqa: E402
+
+
+def sgd(model, iters):
+    """train.py's optimizer and per-iteration cosine schedule."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=iters)
+
+
+def bare_epoch(model, opt, xs, ys, amp):
+    """(a): forward, backward, step on prepared (B, 3, 32, 32) float batches."""
+    model.train()
+    for x, y in zip(xs, ys):
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--n', type=int, default=5000, help='training images')
+    parser.add_argument('--epochs', type=int, default=3, help='timed epochs of each loop (after 1 warm-up)')
+    parser.add_argument('--batch-size', type=int, default=128, help='batch size')
+    parser.add_argument('--arch', type=str, default='resnet20', help='model, as for train.py')
+    parser.add_argument('--amp', action='store_true', help='bf16 autocast + channels_last, as train.py --amp')
+    parser.add_argument('--threads', type=int, default=os.cpu_count(), help='torch threads')
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cpu = torch.device('cpu')
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (args.n, 3, 32, 32), dtype=np.uint8)   # (N, 3, 32, 32) uint8
+    labels = rng.integers(0, 10, args.n)                                 # (N,)
+    stats = CIFAR_STATS['cifar10']
+    train = DeviceImages(images, labels, stats, cpu, augment=True, channels_last=args.amp)
+    test = DeviceImages(images[:1], labels[:1], stats, cpu, augment=False, channels_last=args.amp)
+    data = Data('random', train, test, 10)
+    fmt = torch.channels_last if args.amp else torch.contiguous_format
+    X = (train.images.float() * train.scale - train.shift).contiguous(memory_format=fmt)   # (N, 3, 32, 32)
+
+    model_a = create_model(args.arch, 10).to(memory_format=fmt)
+    model_b = copy.deepcopy(model_a)
+    order_gen = torch.Generator().manual_seed(0)
+    aug_gen = torch.Generator().manual_seed(1)
+    schedule = [make_batches(torch.arange(args.n), args.batch_size, order_gen) for _ in range(args.epochs + 1)]
+    iters = (args.epochs + 1) * len(schedule[0])
+    opt_a, _ = sgd(model_a, iters)
+    opt_b, sched_b = sgd(model_b, iters)
+    folder = tempfile.TemporaryDirectory(prefix='bench_training_')
+    recorder = DynamicsRecorder(folder.name, torch.from_numpy(labels), 10, cpu, 'logits')
+    print(f"{args.arch}, N={args.n} random 32x32 uint8 images, 10 classes, batch {args.batch_size}, "
+          f"CPU, {torch.get_num_threads()} torch threads, {'bf16 autocast + channels_last' if args.amp else 'fp32'}")
+
+    def run_a(batches):
+        xs = [X[b] for b in batches]            # (B, 3, 32, 32) float, prepared outside the timing
+        ys = [train.labels[b] for b in batches]
+        t = time.perf_counter()
+        bare_epoch(model_a, opt_a, xs, ys, args.amp)
+        return time.perf_counter() - t
+
+    def run_b(batches, epoch):
+        t = time.perf_counter()
+        recorder.start_epoch()
+        train_one_epoch(model_b, data, batches, opt_b, sched_b, aug_gen, amp=args.amp, recorder=recorder,
+                        epoch=epoch)
+        recorder.end_epoch(epoch, torch.cat(batches))
+        recorder.wait()
+        return time.perf_counter() - t
+
+    ta, tb = run_a(schedule[0]), run_b(schedule[0], 0)
+    print(f"warm-up (not counted): bare {args.n / ta:.0f} img/s, train_one_epoch {args.n / tb:.0f} img/s")
+    sa = sb = 0.0
+    for e in range(1, args.epochs + 1):
+        ta, tb = run_a(schedule[e]), run_b(schedule[e], e)
+        sa, sb = sa + ta, sb + tb
+        print(f"epoch {e}: bare {args.n / ta:.0f} img/s, train_one_epoch {args.n / tb:.0f} img/s, ratio {ta / tb:.3f}")
+    a, b = args.n * args.epochs / sa, args.n * args.epochs / sb
+    print(f"(a) bare loop:        {a:8.1f} img/s")
+    print(f"(b) train_one_epoch:  {b:8.1f} img/s (augmentation, per-sample loss, recorder, .npy written)")
+    print(f"ratio b/a: {b / a:.3f} (target >= 0.85) -> {'PASS' if b / a >= 0.85 else 'MISS'}")
+    assert os.path.exists(os.path.join(folder.name, f'{args.epochs}_Output.npy'))
+    folder.cleanup()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,120 @@
+"""Nothing lost: a run killed with SIGKILL and resumed gives the same dynamics and metrics as an
+uninterrupted one; an interrupted write leaves the old file or none."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_script
+from utils.io import save_npy
+
+
+def _train_cmd(script, data_dir, save, epochs, *extra):
+    return [sys.executable, script, "--data_path", data_dir, "--dataset", "cifar10", "--arch", "resnet20",
+            "--epochs", str(epochs), "--batch-size", "32", "--ngpu", "0", "--save_path", str(save), *extra]
+
+
+def _kill_after_epochs(cmd, save, k, timeout=300):
+    """Start cmd, SIGKILL it as soon as metrics.json reports >= k completed epochs."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if json.loads((save / "metrics.json").read_text())["completed_epochs"] >= k:
+                    proc.send_signal(signal.SIGKILL)
+                    break
+            except (FileNotFoundError, json.JSONDecodeError, KeyError):
+                pass
+            time.sleep(0.01)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode
+
+
+@pytest.mark.parametrize("fmt", ["logits", "contrib"])
+def test_train_killed_and_resumed_equals_uninterrupted(cifar10_dir, tmp_path, fmt):
+    epochs = 5
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    extra = ("--dynamics", "--dynamics_format", fmt)
+    subprocess.run(_train_cmd("train.py", cifar10_dir, ref, epochs, *extra), cwd=ROOT, check=True,
+                   capture_output=True)
+    rc = _kill_after_epochs(_train_cmd("train.py", cifar10_dir, cut, epochs, *extra), cut, 2)
+    assert rc == -signal.SIGKILL, "the run finished before it could be killed: make it longer"
+    assert json.loads((cut / "metrics.json").read_text())["finished"] is False
+    # without --resume the half-done run is not overwritten
+    p = run_script(*_train_cmd("train.py", cifar10_dir, cut, epochs, *extra)[1:], check=False)
+    assert p.returncode == 2 and "already holds a run" in p.stderr
+    run_script(*_train_cmd("train.py", cifar10_dir, cut, epochs, *extra, "--resume")[1:])
+    a = json.loads((ref / "metrics.json").read_text())
+    b = json.loads((cut / "metrics.json").read_text())
+    assert b["finished"] and b["completed_epochs"] == epochs
+    assert a["final_acc"] == pytest.approx(b["final_acc"], abs=1e-9)
+    assert a["best_acc"] == pytest.approx(b["best_acc"], abs=1e-9)
+    assert [h["train_loss"] for h in a["history"]] == pytest.approx([h["train_loss"] for h in b["history"]], rel=1e-6)
+    files = sorted(f for f in os.listdir(ref / "npy") if f.endswith(".npy"))
+    assert files == sorted(f for f in os.listdir(cut / "npy") if f.endswith(".npy"))
+    for f in files:
+        np.testing.assert_allclose(np.load(cut / "npy" / f), np.load(ref / "npy" / f), rtol=1e-5, atol=1e-6,
+                                   err_msg=f)
+    assert not [f for f in os.listdir(cut) if ".tmp" in f]
+
+
+def test_train_subset_killed_and_resumed(cifar10_dir, tmp_path):
+    n = 160
+    order = np.random.default_rng(0).permutation(n)
+    np.save(tmp_path / "mask.npy", order)
+    np.save(tmp_path / "score.npy", np.sort(np.random.default_rng(1).random(n)).astype(np.float32))
+    flags = ("--subset_rate", "0.25", "--mask_path", str(tmp_path / "mask.npy"), "--score_path",
+             str(tmp_path / "score.npy"))
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    run_script(*_train_cmd("train_subset.py", cifar10_dir, ref, 6, *flags)[1:])
+    rc = _kill_after_epochs(_train_cmd("train_subset.py", cifar10_dir, cut, 6, *flags), cut, 2)
+    assert rc == -signal.SIGKILL
+    run_script(*_train_cmd("train_subset.py", cifar10_dir, cut, 6, *flags, "--resume")[1:])
+    a = json.loads((ref / "metrics.json").read_text())
+    b = json.loads((cut / "metrics.json").read_text())
+    assert [h["test_acc"] for h in a["history"]] == [h["test_acc"] for h in b["history"]]
+    assert [h["train_loss"] for h in a["history"]] == pytest.approx([h["train_loss"] for h in b["history"]], rel=1e-6)
+
+
+def test_interrupted_write_keeps_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "3_Output.npy"
+    save_npy(path, np.arange(10))
+
+    def broken_save(f, arr):
+        f.write(b"\x93NUMPY partial")  # half a file, then the process "dies"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_npy(path, np.zeros(1000))
+    monkeypatch.undo()
+    assert np.array_equal(np.load(path), np.arange(10))
+    assert os.listdir(tmp_path) == ["3_Output.npy"]
+
+
+def test_sigkill_during_writes_leaves_complete_files(tmp_path):
+    """A writer killed at a random moment: every file present loads completely."""
+    code = ("import numpy as np, sys; sys.path.insert(0, %r)\n"
+            "from utils.io import save_npy\n"
+            "i = 0\n"
+            "while True:\n"
+            "    save_npy(%r + f'/{i %% 3}_Output.npy', np.full((500, 1000), i, dtype=np.float32)); i += 1\n"
+            % (ROOT, str(tmp_path)))
+    for delay in (0.3, 0.55, 0.8):
+        proc = subprocess.Popen([sys.executable, "-c", code])
+        time.sleep(delay + 0.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        for f in os.listdir(tmp_path):
+            if f.endswith("_Output.npy") and not f.startswith("."):
+                a = np.load(tmp_path / f)
+                assert a.shape == (500, 1000) and (a == a.flat[0]).all()
