@@ -19,6 +19,7 @@ win<K>_ep<T> for TDDS and <method>_ep<T> for a baseline. Higher score = more imp
 """
 import argparse
 import os
+import sys
 import time
 
 import numpy as np
@@ -29,9 +30,18 @@ from utils.scoring import (LABEL_METHODS, METHODS, Dynamics, check_args, check_t
                            method_labels, output_names)
 
 
+class Parser(argparse.ArgumentParser):
+    """A bad flag answered in one `error:` line, exit 2, as utils.args.Parser does for the training
+    scripts (not imported from there: utils.args imports torch, and bad input here is reported
+    before torch is loaded)."""
+
+    def error(self, message):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = Parser(description=__doc__.split('\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     io = parser.add_argument_group('files')
     io.add_argument('--dynamics_path', type=str, required=True,
                     help='folder of <e>_Output.npy/<e>_Index.npy (or --dynamics_format contrib files)')

@@ -25,7 +25,7 @@ from utils.data import load_data
 from utils.engine import Log, evaluate_only, fit, prepare_run, seed_everything, write_run_info
 from utils.errors import UserError, run
 from utils.io import save_npy
-from utils.selection import STRATEGIES, kept_count, load_mask_and_score, loss_weights, select
+from utils.selection import STRATEGIES, load_mask_and_score, loss_weights, select
 
 
 def parse_args(argv=None):
@@ -71,9 +71,6 @@ def main(argv=None):
     torch.backends.cudnn.benchmark = device.type == "cuda"
     data = load_data(args, device, channels_last)
     n = data.n_train
-    if kept_count(n, args.subset_rate) < 1:
-        raise UserError(f"--subset_rate {args.subset_rate} keeps no sample of the {n} in {data.name}")
-
     order = score = None
     if args.mask_path:
         order, score = load_mask_and_score(args.mask_path, args.score_path or None, n, data.name)

@@ -141,6 +141,9 @@ for rate in "${rates[@]}"; do
         echo "note: rate $rate: K=$K exceeds T=$T; using K=$T"
         K=$T
     fi
+    if [[ " $METHODS " == *" tdds "* ]] && ((K < 3)); then
+        echo "note: rate $rate: K=$K leaves one contribution per window: TDDS scores are all 0 (use K >= 3)"
+    fi
     seen=""  # run names done at this rate
     for method in $METHODS; do
         for sel in $SELECTIONS; do

@@ -129,6 +129,7 @@ BAD = {
                   ['--method forgetting needs labels', 'no targets.npy', '--data_path and --dataset']),
     'targets wrong length': (lambda d: _save(os.path.join(d, 'targets.npy'), np.zeros(N + 1, np.int64)),
                              ('--method', 'el2n'), ['targets.npy', f'{N + 1} labels']),
+    'unknown method': (None, ('--method', 'el3n'), ["--method: invalid choice: 'el3n'"]),
     'data_path alone': (None, ('--method', 'el2n', '--data_path', 'x'), ['--data_path and --dataset']),
 }
 

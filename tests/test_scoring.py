@@ -140,13 +140,16 @@ def test_tdds_decay_one_keeps_last_window_only(tmp_path):
 
 
 def test_float16_files(tmp_path):
+    """float16 logits are read exactly (upcast to float32): the reference on the same float16 values
+    is matched as closely as for float32 files. Rounding the logits to float16 itself moves S by
+    up to ~3e-3 relative on this data, a property of the stored values, not of the scorer."""
     T, K = 10, 5
     Z, _ = make_logits(3, T, 400, 10)
     s32 = compute_score(Dynamics(write_published(tmp_path / 'a', Z), T), 'tdds', T, K, 0.9, progress=False)
     s16 = compute_score(Dynamics(write_published(tmp_path / 'b', Z, dtype=np.float16), T), 'tdds', T, K,
                         0.9, progress=False)
-    np.testing.assert_allclose(s16, ref_tdds(Z.astype(np.float16), T, K, 0.9), rtol=1e-3)
-    np.testing.assert_allclose(s16, s32, rtol=2e-2)   # rounding the logits to float16 moves S a little
+    np.testing.assert_allclose(s16, ref_tdds(Z.astype(np.float16), T, K, 0.9), rtol=1e-4)
+    np.testing.assert_allclose(s16, s32, rtol=1e-2)
 
 
 @pytest.mark.parametrize('method', ['tdds', 'el2n', 'dyn_unc'])

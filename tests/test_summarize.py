@@ -197,7 +197,7 @@ def test_sweep_table_clamp_reuse_and_resume(stub, tmp_path):
     out = str(tmp_path / "sweep")
     rates, epochs, seeds = [0.3, 0.7, 0.8, 0.9], 15, [1, 2]
     env = dict(OUT=out, EPOCHS=str(epochs), RATES="0.3 0.7 0.8 0.9", METHODS="tdds el2n dyn_unc random",
-               SELECTIONS="top ccs", SEEDS="1 2")
+               SELECTIONS="top random", SEEDS="1 2")  # selection random of any method = the one random run
     p, calls = sweep(stub, tmp_path, **env)
     assert p.returncode == 0, p.stderr
 
@@ -224,7 +224,7 @@ def test_sweep_table_clamp_reuse_and_resume(stub, tmp_path):
 
     # subset runs: every (name, rate, seed) once, scored ones pointing at the right T/K files
     subsets = of(calls, "train_subset.py")
-    names = ["tdds", "tdds-ccs", "el2n", "el2n-ccs", "dyn_unc", "dyn_unc-ccs", "random"]
+    names = ["tdds", "el2n", "dyn_unc", "random"]
     expected = {f"{out}/{n}/r{r}/s{s}" for n in names for r in rates for s in seeds}
     assert sorted(a["--save_path"] for a in subsets) == sorted(expected)
     for a in subsets:
@@ -234,7 +234,7 @@ def test_sweep_table_clamp_reuse_and_resume(stub, tmp_path):
         if name == "random":
             assert a["--selection"] == "random" and "--mask_path" not in a
             continue
-        assert a["--selection"] == ("ccs" if name.endswith("-ccs") else "top")
+        assert a["--selection"] == "top"
         assert os.path.isfile(a["--mask_path"]) and os.path.isfile(a["--score_path"])
         assert a["--mask_path"].endswith(f"_ep{t}.npy")
         if name.startswith("tdds"):
@@ -264,7 +264,8 @@ def test_sweep_given_dynamics_and_overrides(stub, tmp_path):
         (dyn / f"{e}_Output.npy").touch()
     out = str(tmp_path / "sweep")
     p, calls = sweep(stub, tmp_path, OUT=out, DYNAMICS=str(dyn), TRAJ="6", WIN="3", RATES="0.50 0.65",
-                     METHODS="tdds forgetting", TRAIN_FLAGS="--amp", EVAL_FLAGS="--decay 0.8")
+                     METHODS="tdds forgetting", SELECTIONS="top ccs", SEEDS="5 3", TRAIN_FLAGS="--amp",
+                     EVAL_FLAGS="--decay 0.8")
     assert p.returncode == 0, p.stderr
     assert not of(calls, "train.py") and "note:" not in p.stdout
     evals = of(calls, "importance_evaluation.py")
@@ -273,8 +274,12 @@ def test_sweep_given_dynamics_and_overrides(stub, tmp_path):
     assert all(a["--dynamics_path"] == str(dyn) and a["--decay"] == "0.8" for a in evals)
     subsets = of(calls, "train_subset.py")
     assert sorted(a["--save_path"] for a in subsets) == sorted(
-        f"{out}/{m}/r{r}/s42" for m in ("tdds", "forgetting") for r in ("0.5", "0.65"))
-    assert all(a["--amp"] is True for a in subsets)
+        f"{out}/{m}{sel}/r{r}/s{s}" for m in ("tdds", "forgetting") for sel in ("", "-ccs")
+        for r in ("0.5", "0.65") for s in (5, 3))
+    for a in subsets:
+        assert a["--amp"] is True and a["--mask_path"].endswith("_ep6.npy")
+        assert a["--selection"] == ("ccs" if "-ccs/" in a["--save_path"] else "top")
+        assert a["--manualSeed"] == a["--save_path"].rsplit("/s", 1)[1]
 
 
 @pytest.mark.parametrize("env, message", [

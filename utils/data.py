@@ -213,7 +213,7 @@ class FolderImages:
             pin_memory=self.device.type == "cuda", generator=cpu_gen)
         for x, y, idx in loader:
             x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-            yield x, y.to(self.device, non_blocking=True), idx.to(self.device, non_blocking=True)
+            yield x, y.to(self.device, non_blocking=True), idx.sort().values.to(self.device)  # MUTANT
 
 
 class Data:

@@ -205,7 +205,8 @@ class Dynamics:
         try:
             y = np.load(path, allow_pickle=False)
         except Exception as e:
-            raise UserError(f"cannot read {path}: truncated or not a .npy file ({e})") from None
+            msg = ' '.join(str(e).split())
+            raise UserError(f"cannot read {path}: truncated or not a .npy file ({msg})") from None
         return check_targets(y, self.n, self.num_classes, path)
 
     def read(self, e, tag, a, b):

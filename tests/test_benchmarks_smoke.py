@@ -1,0 +1,50 @@
+"""The benchmark scripts still run and print their figures (tiny sizes: this times nothing).
+
+bench_scoring also checks its re-implementation of the published scorer against ours, so a drift
+between the two (or in the published layout writer) fails here."""
+import os
+import re
+
+from conftest import run_script
+
+NUM = r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?"
+
+
+def lines_matching(out, pattern):
+    found = [m for m in (re.search(pattern, line) for line in out.splitlines()) if m]
+    assert found, f"no line matches {pattern!r} in:\n{out}"
+    return found
+
+
+def test_bench_scoring(tmp_path):
+    p = run_script("benchmarks/bench_scoring.py", "--n", "300", "--classes", "7", "--trajectory_len", "5",
+                   "--window_size", "3", "--repeat", "1", "--dir", str(tmp_path), timeout=120)
+    for name in (r"published approach \(re-impl\.\)", r"ours: compute_score \(library\)",
+                 r"ours: importance_evaluation\.py"):
+        lines_matching(p.stdout, rf"^{name}\s+{NUM}\s+{NUM}\s+{NUM}\s+{NUM}\s+{NUM}\s+{NUM}$")
+    lines_matching(p.stdout, rf"^speed-up vs published: compute library {NUM}x, script {NUM}x")
+    lines_matching(p.stdout, rf"^memory vs published: net peak library {NUM}x, script {NUM}x")
+    agree = lines_matching(p.stdout, rf"^agreement (library|script) vs published: max relative error of S ({NUM}) "
+                                     rf"\(spec allows 1e-4\); "
+                                     rf"ranking identical at (\d+)/300 positions")
+    assert {m[1] for m in agree} == {"library", "script"}
+    for m in agree:
+        assert float(m[2]) < 1e-4, m[0]     # the spec's tolerance on S
+    assert os.listdir(tmp_path) == []       # the dynamics folder is removed
+
+
+def test_bench_memory(tmp_path):
+    p = run_script("benchmarks/bench_memory.py", "--sizes", "200", "600", "--classes", "5", "--trajectory_len", "4",
+                   "--window_size", "2", "--only", "library", "--dir", str(tmp_path), timeout=120)
+    for n in (200, 600):
+        lines_matching(p.stdout, rf"^N=\s*{n} library\s+peak RSS\s+{NUM} MB, base\s+{NUM} MB, net\s+{NUM} MB")
+    lines_matching(p.stdout, rf"^library: peak RSS at N=600 minus N=200: {NUM} MB raw, {NUM} MB net")
+    assert os.listdir(tmp_path) == []
+
+
+def test_bench_training():
+    p = run_script("benchmarks/bench_training.py", "--n", "48", "--epochs", "1", "--batch-size", "32", timeout=120)
+    lines_matching(p.stdout, rf"^epoch 1: bare {NUM} img/s, train_one_epoch {NUM} img/s, ratio {NUM}$")
+    lines_matching(p.stdout, rf"^\(a\) bare loop:\s+{NUM} img/s")
+    lines_matching(p.stdout, rf"^\(b\) train_one_epoch:\s+{NUM} img/s")
+    lines_matching(p.stdout, rf"^ratio b/a: {NUM} \(target >= 0.85\)")

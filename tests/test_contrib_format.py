@@ -1,0 +1,105 @@
+"""--dynamics_format contrib (N floats per epoch, for ImageNet) and --dynamics_dtype float16 give the
+scores the published logits layout gives: the same seeded CPU run recorded three ways, then scored
+by importance_evaluation.py from each folder."""
+import os
+
+import numpy as np
+import pytest
+
+import importance_evaluation
+from conftest import run_script, write_cifar
+
+N_TRAIN, EPOCHS, T, K = 70, 4, 4, 3        # 70 = 2 * 32 + 6 samples; K = 3: two TDDS windows
+BASELINES = ("el2n", "forgetting", "aum", "entropy", "dyn_unc")
+
+
+def train(data, save, *extra):
+    run_script("train.py", "--dataset", "cifar10", "--data_path", data, "--arch", "resnet20", "--epochs",
+               str(EPOCHS), "--batch-size", "32", "--ngpu", "0", "--dynamics", "--save_path", save, *extra,
+               env={"OMP_NUM_THREADS": "1"})
+    return os.path.join(save, "npy")
+
+
+def score(dyn, masks, method="tdds"):
+    """importance_evaluation.py (its main, in this process) -> (dataset-order score, mask)."""
+    importance_evaluation.main(["--dynamics_path", dyn, "--mask_path", masks, "--method", method,
+                                "--trajectory_len", str(T), "--window_size", str(K), "--decay", "0.9",
+                                "--no_plot", "--device", "cpu"])
+    tag = f"win{K}_ep{T}" if method == "tdds" else f"{method}_ep{T}"
+    return np.load(f"{masks}/dataset_score_{tag}.npy"), np.load(f"{masks}/data_mask_{tag}.npy")
+
+
+def ref_tdds(dyn):
+    """TDDS_SPEC.md written as plain loops over numpy arrays, float64, from <e>_Output.npy."""
+    logp, p = [], []
+    for e in range(T):
+        z = np.load(f"{dyn}/{e}_Output.npy").astype(np.float64)
+        q = np.exp(z - z.max(1, keepdims=True))
+        q /= q.sum(1, keepdims=True)
+        p.append(q)
+        logp.append(np.log(q + 1e-8))
+    c = [np.abs(p[t + 1] * (logp[t + 1] - logp[t])).sum(1) for t in range(T - 1)]
+    S = np.zeros(len(c[0]))
+    for k in range(T - K + 1):
+        win = np.stack(c[k:k + K - 1])
+        S += np.sqrt(((win - win.mean(0)) ** 2).sum(0)) * 0.9 * 0.1 ** (T - K - k)
+    return S
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("contrib")
+    data = write_cifar(str(root / "data"), "cifar10", N_TRAIN, 20)
+    return {"logits": train(data, str(root / "logits")),
+            "contrib": train(data, str(root / "contrib"), "--dynamics_format", "contrib"),
+            "float16": train(data, str(root / "float16"), "--dynamics_dtype", "float16"),
+            "masks": str(root / "masks")}
+
+
+def test_contrib_layout(runs):
+    files = set(os.listdir(runs["contrib"]))
+    tags = ("Loss", "Index", "El2n", "Correct", "Margin", "Entropy", "TargetProb")
+    expected = {f"{e}_{t}.npy" for e in range(EPOCHS) for t in tags} | \
+               {f"{e}_Contrib.npy" for e in range(1, EPOCHS)} | {"targets.npy"}
+    assert files == expected
+    for name in files - {"targets.npy"}:
+        a = np.load(os.path.join(runs["contrib"], name))
+        assert a.shape == (N_TRAIN,) and a.dtype == (np.int64 if "Index" in name else np.float32), name
+    np.testing.assert_array_equal(np.load(f"{runs['contrib']}/targets.npy"), np.load(f"{runs['logits']}/targets.npy"))
+    for e in range(EPOCHS):   # the same training: the per-sample losses agree
+        np.testing.assert_allclose(np.load(f"{runs['contrib']}/{e}_Loss.npy"),
+                                   np.load(f"{runs['logits']}/{e}_Loss.npy"), rtol=1e-6, atol=1e-7)
+
+
+def test_tdds_from_contrib_equals_tdds_from_logits(runs, tmp_path):
+    s_log, m_log = score(runs["logits"], str(tmp_path / "l"))
+    s_con, m_con = score(runs["contrib"], str(tmp_path / "c"))
+    assert s_log.shape == (N_TRAIN,) and (s_log > 0).all()
+    np.testing.assert_allclose(s_log, ref_tdds(runs["logits"]), rtol=1e-4)   # anchor: the spec itself
+    np.testing.assert_allclose(s_con, s_log, rtol=1e-4)
+    np.testing.assert_array_equal(m_con, m_log)                                # the same ranking
+
+
+@pytest.mark.parametrize("method", BASELINES)
+def test_baseline_from_contrib_equals_baseline_from_logits(runs, tmp_path, method):
+    s_log, m_log = score(runs["logits"], str(tmp_path / "l"), method)
+    s_con, m_con = score(runs["contrib"], str(tmp_path / "c"), method)
+    np.testing.assert_allclose(s_con, s_log, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(m_con, m_log)
+
+
+def test_float16_dynamics(runs, tmp_path):
+    for e in range(EPOCHS):   # the dtype touches only the files: the logits are the float32 ones, rounded
+        o16, o32 = np.load(f"{runs['float16']}/{e}_Output.npy"), np.load(f"{runs['logits']}/{e}_Output.npy")
+        assert o16.dtype == np.float16 and o16.shape == o32.shape == (N_TRAIN, 10)
+        np.testing.assert_array_equal(o16, o32.astype(np.float16))
+    s16, _ = score(runs["float16"], str(tmp_path / "h"))
+    s32, _ = score(runs["logits"], str(tmp_path / "l"))
+    np.testing.assert_allclose(s16, ref_tdds(runs["float16"]), rtol=1e-4)      # float16 files read right
+    # Rounding a logit to float16 moves it by up to |z| * 2^-11 (~2e-3 at |z| = 4); a sample whose
+    # probabilities barely change between epochs has a contribution that is a difference of nearly
+    # equal log-probabilities, so its own score can move by a few 1e-3 relative. The scores as a
+    # whole move by less than 1e-3 (relative L2 norm).
+    rel = np.abs(s16 - s32) / np.abs(s32)
+    assert np.linalg.norm(s16 - s32) / np.linalg.norm(s32) <= 1e-3, rel.max()
+    assert rel.max() <= 1e-2 and np.median(rel) <= 1e-3, (rel.max(), np.median(rel))
