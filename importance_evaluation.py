@@ -17,31 +17,20 @@ published file train_subset.py reads), score_<tag>.npy (the score sorted ascendi
 dataset_score_<tag>.npy (the score in dataset order) and score_hist_<tag>.png, where <tag> is
 win<K>_ep<T> for TDDS and <method>_ep<T> for a baseline. Higher score = more important = kept.
 """
-import argparse
 import os
-import sys
 import time
 
 import numpy as np
 
+from utils.args import DATASETS, Parser
 from utils.errors import UserError, run
 from utils.io import ensure_writable_dir, save_figure, save_npy
 from utils.scoring import (LABEL_METHODS, METHODS, Dynamics, check_args, check_targets, compute_score,
                            method_labels, output_names)
 
 
-class Parser(argparse.ArgumentParser):
-    """A bad flag answered in one `error:` line, exit 2, as utils.args.Parser does for the training
-    scripts (not imported from there: utils.args imports torch, and bad input here is reported
-    before torch is loaded)."""
-
-    def error(self, message):
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 def parse_args(argv=None):
-    parser = Parser(description=__doc__.split('\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = Parser(description=__doc__.split('\n')[0])
     io = parser.add_argument_group('files')
     io.add_argument('--dynamics_path', type=str, required=True,
                     help='folder of <e>_Output.npy/<e>_Index.npy (or --dynamics_format contrib files)')
@@ -56,7 +45,7 @@ def parse_args(argv=None):
     score.add_argument('--manualSeed', type=int, default=42, help='seed of --method random')
     labels = parser.add_argument_group('labels (for el2n, forgetting, aum, dyn_unc when the folder has no targets.npy)')
     labels.add_argument('--data_path', type=str, default=None, help='data set root, as for train.py')
-    labels.add_argument('--dataset', type=str, default=None, help='data set name, as for train.py')
+    labels.add_argument('--dataset', type=str, default=None, choices=DATASETS, help='data set name, as for train.py')
     compute = parser.add_argument_group('compute')
     compute.add_argument('--chunk_size', type=int, default=8192, help='samples scored at a time (bounds memory)')
     compute.add_argument('--device', type=str, default=None, help='torch device (default: cuda if available, else cpu)')
@@ -123,6 +112,8 @@ def main(argv=None):
     T, K = args.trajectory_len, args.window_size
     check_args(args.method, T, K, args.decay, args.chunk_size)
     check_output_dir(args.mask_path)
+    if args.method == 'tdds' and K == 2:
+        print("note: --window_size 2 puts one contribution in each window, so every TDDS score is 0; use K >= 3")
     dyn = Dynamics(args.dynamics_path, T)
     targets = method_labels(dyn, args.method, load_labels(args, dyn))   # None if not needed
     device = resolve_device(args.device) if args.method != 'random' else 'cpu'
