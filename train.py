@@ -13,12 +13,10 @@ import os
 
 import torch
 
-from models import create_model
 from utils import dist
 from utils.args import Parser, add_training_args, check_training_args
-from utils.data import load_data
 from utils.dynamics import DTYPES, FORMATS, DynamicsRecorder
-from utils.engine import Log, evaluate_only, fit, prepare_run, seed_everything, write_run_info
+from utils.engine import evaluate_only, fit, open_log, start_run
 from utils.errors import run
 
 
@@ -37,19 +35,10 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     check_training_args(args)
-    device = dist.setup(args.ngpu)
-    resume_from = prepare_run(args)
-    channels_last = args.amp or device.type == "cuda"
-    torch.backends.cudnn.benchmark = device.type == "cuda"
-    data = load_data(args, device, channels_last)
-    seed_everything(args.manualSeed)                         # model initialisation stream
-    model = create_model(args.arch, data.num_classes).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    log = Log(args.save_path, args.manualSeed, append=bool(resume_from) or args.evaluate)
+    device, data, model, resume_from = start_run(args)
     if args.evaluate:
-        return evaluate_only(args, model, data, log)
-    write_run_info(args)
+        return evaluate_only(args, model, data)
+    log = open_log(args, resume_from)
     log(f"{data.name}: {data.n_train} training / {len(data.test)} test images, {data.num_classes} classes | "
         f"{args.arch} on {device}{' x' + str(dist.world_size()) if dist.world_size() > 1 else ''}"
         f"{' bf16' if args.amp else ''} | {args.epochs} epochs")

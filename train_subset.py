@@ -18,11 +18,9 @@ import re
 import numpy as np
 import torch
 
-from models import create_model
 from utils import dist
 from utils.args import Parser, add_training_args, check_training_args
-from utils.data import load_data
-from utils.engine import Log, evaluate_only, fit, prepare_run, seed_everything, write_run_info
+from utils.engine import evaluate_only, fit, open_log, start_run
 from utils.errors import UserError, run
 from utils.io import save_npy
 from utils.selection import STRATEGIES, load_mask_and_score, loss_weights, select
@@ -65,11 +63,7 @@ def main(argv=None):
         raise UserError(f"--selection {args.selection} needs --mask_path (a data_mask_*.npy from importance_evaluation.py)")
     if args.selection == "ccs" and not args.score_path:
         raise UserError("--selection ccs needs --score_path (the score_*.npy of the mask)")
-    device = dist.setup(args.ngpu)
-    resume_from = prepare_run(args)
-    channels_last = args.amp or device.type == "cuda"
-    torch.backends.cudnn.benchmark = device.type == "cuda"
-    data = load_data(args, device, channels_last)
+    device, data, model, resume_from = start_run(args)
     n = data.n_train
     order = score = None
     if args.mask_path:
@@ -79,15 +73,9 @@ def main(argv=None):
                   targets=data.targets, n=n)
     weighted = score is not None and not args.no_score_weighting and args.selection != "random"
     weights = torch.from_numpy(loss_weights(score)).to(device) if weighted else None
-
-    seed_everything(args.manualSeed)
-    model = create_model(args.arch, data.num_classes).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    log = Log(args.save_path, args.manualSeed, append=bool(resume_from) or args.evaluate)
     if args.evaluate:
-        return evaluate_only(args, model, data, log)
-    write_run_info(args)
+        return evaluate_only(args, model, data)
+    log = open_log(args, resume_from)
     if dist.is_main_process():
         save_npy(os.path.join(args.save_path, "subset_indices.npy"), kept)
     method = method_name(args.score_path, args.selection)

@@ -29,7 +29,8 @@ FULL = "full"  # label of the full-data run(s)
 
 
 def run_label(m):
-    """Table row of a run: method, "random" for random selection, -ccs / -cb for the variants."""
+    """Table row of a run: method, "random" for random selection, -ccs / -cb / -unweighted for the
+    variants (-unweighted: a scored run trained with --no_score_weighting)."""
     if m.get("subset_rate", 0.0) == 0.0 and m.get("method", FULL) == FULL:
         return FULL
     label = "random" if m.get("selection") == "random" else m.get("method", "unknown")
@@ -37,6 +38,8 @@ def run_label(m):
         label += "-ccs"
     if m.get("class_balanced"):
         label += "-cb"
+    if m.get("score_weighting") is False and m.get("selection") != "random":
+        label += "-unweighted"
     return label
 
 

@@ -17,14 +17,14 @@ from utils.data import make_batches
 from utils.errors import UserError
 from utils.features import FEATURES, FILE_TAGS, epoch_features
 
-N_TRAIN, N_TEST, BATCH, EPOCHS = 129, 60, 32, 4   # 129 = 4 * 32 + 1: the last global batch (1 < 2) is merged
+N_TRAIN, N_TEST, BATCH, EPOCHS = 65, 40, 32, 4    # 65 = 2 * 32 + 1: the last global batch (1 < 2) is merged
 ENV = {"OMP_NUM_THREADS": "1"}                    # torchrun sets it too; the same for the 1-process run
 
 
 # ----------------------------------------------------------------------------- helpers
 
 def write_easy_cifar10(root, n_train, n_test):
-    """write_cifar's layout, with images a 3-epoch run can learn: 4 classes, each a flat colour plus
+    """write_cifar's layout, with images a few training steps learn: 4 classes, each a flat colour plus
     noise (crop- and flip-invariant), so one- and two-process accuracies are both near 100%."""
     write_cifar(root, "cifar10", n_train, n_test)
     rng = np.random.default_rng(0)

@@ -290,3 +290,13 @@ def test_sweep_given_dynamics_and_overrides(stub, tmp_path):
 def test_sweep_rejects_bad_settings_before_training(stub, tmp_path, env, message):
     p, calls = sweep(stub, tmp_path, OUT=str(tmp_path / "sweep"), EPOCHS="4", **env)
     assert p.returncode == 2 and message in p.stderr and calls == []
+
+
+def test_run_labels_keep_variants_apart():
+    label = load_summarize().run_label
+    base = dict(subset_rate=0.5, method="tdds", selection="top", class_balanced=False, score_weighting=True)
+    assert label(base) == "tdds"
+    assert label({**base, "score_weighting": False}) == "tdds-unweighted"
+    assert label({**base, "selection": "ccs", "class_balanced": True}) == "tdds-ccs-cb"
+    assert label({**base, "selection": "random", "score_weighting": False}) == "random"
+    assert label({"subset_rate": 0.0, "method": "full"}) == "full"

@@ -73,6 +73,30 @@ def prepare_run(args):
     return None
 
 
+def start_run(args):
+    """The first steps of both training scripts: device (and process group), the run folder check,
+    the data on the device, the model from the seeded initialisation stream.
+    Returns (device, data, model, resume_from)."""
+    from models import create_model
+    from .data import load_data
+    device = dist.setup(args.ngpu)
+    resume_from = prepare_run(args)
+    channels_last = args.amp or device.type == "cuda"
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+    data = load_data(args, device, channels_last)
+    seed_everything(args.manualSeed)
+    model = create_model(args.arch, data.num_classes).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return device, data, model, resume_from
+
+
+def open_log(args, resume_from):
+    """The run's log (appended to when resuming) and args.json; call once the inputs are checked."""
+    write_run_info(args)
+    return Log(args.save_path, args.manualSeed, append=bool(resume_from))
+
+
 def seed_everything(seed):
     """Seed python, numpy and torch's global stream (model initialisation uses the latter)."""
     random.seed(seed)
@@ -248,7 +272,7 @@ def fit(args, model, data, train_indices, device, *, run_info, resume_from=None,
                              print_freq=args.print_freq)
         if recorder is not None:
             recorder.end_epoch(epoch, torch.cat(batches))   # written in the background...
-        ev = evaluate(net, data, amp=args.amp)
+        ev = evaluate(model, data, amp=args.amp)          # unwrapped: no DDP collectives in eval
         if recorder is not None:
             recorder.wait()                                # ...and on disk before the checkpoint
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **tr, **ev}
@@ -283,7 +307,7 @@ def fit(args, model, data, train_indices, device, *, run_info, resume_from=None,
     return final
 
 
-def evaluate_only(args, model, data, log):
+def evaluate_only(args, model, data):
     """--evaluate: the published behaviour, test accuracy of the (resumed) model, nothing written."""
     if args.resume:
         path = os.path.join(args.save_path, CHECKPOINT) if args.resume == "auto" else args.resume
