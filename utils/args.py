@@ -1,6 +1,7 @@
 """Flags shared by train.py and train_subset.py, defined once. Names and defaults are the published
 scripts' (--batch-size, --decay = weight decay, --manualSeed, --ngpu, --save_path, ...)."""
 import argparse
+import os
 import sys
 
 DATASETS = ("cifar10", "cifar100", "digits", "imagefolder")  # utils.data reads them; kept here so
@@ -61,6 +62,10 @@ def check_training_args(args):
                              ("--image_size", args.image_size, 8), ("--ngpu", args.ngpu, 0)):
         if value < low:
             raise UserError(f"{flag} must be at least {low}, got {value}")
+    world = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun
+    if args.batch_size < world:
+        raise UserError(f"--batch-size {args.batch_size} is the global batch: it must be at least the "
+                        f"number of processes ({world})")
     if args.learning_rate <= 0:
         raise UserError(f"--learning_rate must be positive, got {args.learning_rate}")
     if not 0 <= args.momentum < 1:

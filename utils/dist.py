@@ -78,6 +78,14 @@ def broadcast_object(obj):
     return box[0]
 
 
+def broadcast_buffers(module):
+    """rank 0's buffers (BatchNorm running statistics) on every rank, so that all ranks evaluate the
+    model rank 0 saves; DDP re-broadcasts them before every training forward anyway."""
+    if is_distributed():
+        for b in module.buffers():
+            dist.broadcast(b, src=0)
+
+
 def barrier():
     if is_distributed():
         dist.barrier()

@@ -272,7 +272,8 @@ def fit(args, model, data, train_indices, device, *, run_info, resume_from=None,
                              print_freq=args.print_freq)
         if recorder is not None:
             recorder.end_epoch(epoch, torch.cat(batches))   # written in the background...
-        ev = evaluate(model, data, amp=args.amp)          # unwrapped: no DDP collectives in eval
+        dist.broadcast_buffers(model)                      # every rank evaluates rank 0's model...
+        ev = evaluate(model, data, amp=args.amp)          # ...unwrapped: no DDP collectives in eval
         if recorder is not None:
             recorder.wait()                                # ...and on disk before the checkpoint
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **tr, **ev}
