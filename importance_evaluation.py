@@ -47,7 +47,8 @@ def parse_args(argv=None):
     labels.add_argument('--data_path', type=str, default=None, help='data set root, as for train.py')
     labels.add_argument('--dataset', type=str, default=None, choices=DATASETS, help='data set name, as for train.py')
     compute = parser.add_argument_group('compute')
-    compute.add_argument('--chunk_size', type=int, default=8192, help='samples scored at a time (bounds memory)')
+    compute.add_argument('--chunk_size', type=int, default=None,
+                         help='samples scored at a time (default: buffers of ~32 MB; bounds memory)')
     compute.add_argument('--device', type=str, default=None, help='torch device (default: cuda if available, else cpu)')
     return parser.parse_args(argv)
 

@@ -10,7 +10,7 @@ order, <e>_Index.npy = arange(N), --dynamics_dtype float16), then scored in fres
 and the folder is deleted before the next N (400k x 100 x 2 B x 10 epochs = 800 MB on disk).
 Peak RSS is ru_maxrss read just before the process exits, "net" is that minus the same process
 after its imports (see bench_scoring.py, whose workers run here). The O(N) arrays that remain
-(score, mask, the Index check) cost ~30 B per sample: ~10 MB more at 400k than at 100k.
+(score, mask, the Index check) cost ~30-40 B per sample: ~10-15 MB more at 400k than at 100k.
 """
 import argparse
 import os

@@ -11,10 +11,11 @@ Writes float32 logits in the PUBLISHED layout (every epoch's rows in a different
   library    ours: utils.scoring.compute_score (streamed over sample chunks and epochs);
   script     ours end to end: importance_evaluation.py --no_plot run as __main__ (argument checks,
              reading, scoring, argsort, writing the three .npy files).
-Peak memory is the process's ru_maxrss read just before it exits (torch's interpreter shutdown alone
-adds ~130 MB to a peak, which says nothing about scoring); "net" subtracts the same process's
-ru_maxrss after its imports (torch alone is ~500 MB resident). The page cache cannot be dropped without root, so every
-measurement runs --repeat times and the LAST (warm-cache) run is reported.
+Peak memory is the process's ru_maxrss read just before it exits (torch's interpreter shutdown
+alone adds ~130 MB to a peak, which says nothing about scoring); "net" subtracts the same
+process's ru_maxrss after its imports (torch alone is ~500 MB resident). The page cache cannot be
+dropped without root, so every measurement runs --repeat times and the LAST (warm-cache) round is
+reported; each round also prints the load average and the CPU time stolen by the hypervisor.
 """
 import argparse
 import json
@@ -105,10 +106,9 @@ def ours_tdds(path, T, K, decay):
     return score
 
 
-def run_script(path, T, K, decay, score_out):
+def run_script(path, T, K, decay, mask_path):
     """python importance_evaluation.py ... as __main__ in this process; its dataset-order score."""
     import runpy
-    mask_path = os.path.join(os.path.dirname(score_out), 'mask')
     sys.argv = ['importance_evaluation.py', '--dynamics_path', path, '--mask_path', mask_path,
                 '--trajectory_len', str(T), '--window_size', str(K), '--decay', str(decay),
                 '--no_plot', '--device', 'cpu']
@@ -129,11 +129,13 @@ def worker(mode, path, T, K, decay, score_out):
         import importance_evaluation  # noqa: F401  (the script's and the library's imports)
         import tqdm  # noqa: F401
         import utils.features  # noqa: F401
-    run = {'published': published_tdds, 'library': ours_tdds, 'script': run_script}[mode]
     t_ready = time.time()
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t0 = time.perf_counter()
-    score = run(path, T, K, decay, **({'score_out': score_out} if mode == 'script' else {}))
+    if mode == 'script':
+        score = run_script(path, T, K, decay, os.path.join(os.path.dirname(score_out), 'mask'))
+    else:
+        score = {'published': published_tdds, 'library': ours_tdds}[mode](path, T, K, decay)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     np.save(score_out, score)
@@ -143,25 +145,17 @@ def worker(mode, path, T, K, decay, score_out):
 # --------------------------------------------------------------------------------------------------
 # Measuring in fresh processes
 # --------------------------------------------------------------------------------------------------
-def run_measured(cmd):
-    """Run cmd in a fresh process from the repository root; (launch time, wall s, peak RSS bytes, output)."""
-    with tempfile.TemporaryFile('w+') as out:
-        t0 = time.time()
-        p = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True)
-        _, status, usage = os.wait4(p.pid, 0)        # the rusage of this child alone
-        wall = time.time() - t0
-        p.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        text = out.read()
-    if p.returncode != 0:
-        sys.exit(f"error: {' '.join(cmd)} failed with exit code {p.returncode}:\n{text[-3000:]}")
-    return t0, wall, usage.ru_maxrss * 1024, text
-
-
 def run_worker(script, mode, *args):
-    """A worker of `script` (this file or another benchmark); its figures plus the end-to-end wall time."""
-    t0, wall, _, text = run_measured([sys.executable, script, '--worker', mode, *map(str, args)])
-    r = json.loads(text.strip().splitlines()[-1])
+    """`script --worker mode args...` (this file, or a benchmark reusing its workers) in a fresh
+    process from the repository root: its figures plus the wall time and start-up seen from here."""
+    cmd = [sys.executable, script, '--worker', mode, *map(str, args)]
+    t0 = time.time()
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.time() - t0
+    if p.returncode != 0:
+        sys.exit(f"error: {' '.join(cmd)} failed with exit code {p.returncode}:\n"
+                 f"{(p.stdout + p.stderr)[-3000:]}")
+    r = json.loads(p.stdout.strip().splitlines()[-1])
     r.update(wall=wall, startup=r['t_ready'] - t0)
     return r
 
@@ -173,6 +167,17 @@ def measure(args, folder):
     lib = run_worker(__file__, 'library', folder, T, K, d, os.path.join(folder, 'bench_library.npy'))
     script = run_worker(__file__, 'script', folder, T, K, d, os.path.join(folder, 'bench_script.npy'))
     return {'published': pub, 'library': lib, 'script': script}
+
+
+def cpu_jiffies():
+    """(total, steal) CPU time counters of /proc/stat, or None where there is none. Steal is time
+    the hypervisor gave this VM's cores to others: a round with much of it is not to be trusted."""
+    try:
+        with open('/proc/stat') as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        return sum(v), v[7]
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def relative_error(a, b):
@@ -190,7 +195,7 @@ def compare(ours, ref, rate=0.9):
 
 
 def fmt(x, width=12, digits=2):
-    return f"{'-':>{width}}" if x is None else f"{x:>{width}.{digits}f}"
+    return f"{x:>{width}.{digits}f}"
 
 
 def main():
@@ -202,7 +207,8 @@ def main():
     parser.add_argument('--window_size', type=int, default=10, help='K')
     parser.add_argument('--decay', type=float, default=0.9, help='beta')
     parser.add_argument('--repeat', type=int, default=2, help='rounds of measurements; the last is reported')
-    parser.add_argument('--dir', type=str, default=None, help='where the temporary dynamics folder is made (default: the system temp dir)')
+    parser.add_argument('--dir', type=str, default=None,
+                        help='where the temporary dynamics folder is made (default: the system temp dir)')
     parser.add_argument('--keep', action='store_true', help='keep the dynamics folder afterwards')
     parser.add_argument('--worker', nargs=6, metavar='ARG', help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -219,13 +225,17 @@ def main():
         write_published(folder, N, C, T)
         print(f"dynamics: N={N} C={C} T={T} float32 logits, published shuffled layout, "
               f"{N * C * 4 * T / MB:.0f} MB in {folder} (written in {time.time() - t0:.1f} s)")
-        print(f"scoring: TDDS K={K} decay={args.decay}; {os.cpu_count()} CPU cores, torch threads default")
+        print(f"scoring: TDDS K={K} decay={args.decay}; {os.cpu_count()} CPU cores, torch's default threads")
         rounds = []
         for r in range(args.repeat):
+            j0 = cpu_jiffies()
             rounds.append(measure(args, folder))
-            print(f"round {r + 1}/{args.repeat}: published {rounds[-1]['published']['seconds']:.2f} s, "
-                  f"library {rounds[-1]['library']['seconds']:.2f} s, "
-                  f"script {rounds[-1]['script']['wall']:.2f} s end to end")
+            j1 = cpu_jiffies()
+            steal = f"{100 * (j1[1] - j0[1]) / max(1, j1[0] - j0[0]):.1f}%" if j0 and j1 else 'n/a'
+            sec = {k: v['seconds'] for k, v in rounds[-1].items()}
+            print(f"round {r + 1}/{args.repeat}: published {sec['published']:.2f} s, library {sec['library']:.2f} s, "
+                  f"script {sec['script']:.2f} s (compute) | load average {os.getloadavg()[0]:.2f}, "
+                  f"CPU steal {steal}")
         m = rounds[-1]
         print(f"the page cache cannot be dropped here: figures are from round {args.repeat} of {args.repeat} "
               f"(warm cache), each in a fresh process")
@@ -235,7 +245,7 @@ def main():
                  'script': 'ours: importance_evaluation.py'}
         for key, name in names.items():
             x = m[key]
-            print(f"{name:34}{fmt(x['seconds'])}{fmt(x['wall'], 14)}{fmt(x.get('startup'))}"
+            print(f"{name:34}{fmt(x['seconds'])}{fmt(x['wall'], 14)}{fmt(x['startup'])}"
                   f"{fmt(x['peak'] / MB, digits=1)}{fmt(x['base'] / MB, digits=1)}"
                   f"{fmt((x['peak'] - x['base']) / MB, digits=1)}")
         pub, lib, scr = m['published'], m['library'], m['script']

@@ -83,8 +83,9 @@ def main():
     opt_b, sched_b = sgd(model_b, iters)
     folder = tempfile.TemporaryDirectory(prefix='bench_training_')
     recorder = DynamicsRecorder(folder.name, torch.from_numpy(labels), 10, cpu, 'logits')
+    precision = 'bf16 autocast + channels_last' if args.amp else 'fp32'
     print(f"{args.arch}, N={args.n} random 32x32 uint8 images, 10 classes, batch {args.batch_size}, "
-          f"CPU, {torch.get_num_threads()} torch threads, {'bf16 autocast + channels_last' if args.amp else 'fp32'}")
+          f"CPU, {torch.get_num_threads()} torch threads, {precision}")
 
     def run_a(batches):
         xs = [X[b] for b in batches]            # (B, 3, 32, 32) float, prepared outside the timing
@@ -108,7 +109,8 @@ def main():
     for e in range(1, args.epochs + 1):
         ta, tb = run_a(schedule[e]), run_b(schedule[e], e)
         sa, sb = sa + ta, sb + tb
-        print(f"epoch {e}: bare {args.n / ta:.0f} img/s, train_one_epoch {args.n / tb:.0f} img/s, ratio {ta / tb:.3f}")
+        print(f"epoch {e}: bare {args.n / ta:.0f} img/s, train_one_epoch {args.n / tb:.0f} img/s, "
+              f"ratio {ta / tb:.3f}")
     a, b = args.n * args.epochs / sa, args.n * args.epochs / sb
     print(f"(a) bare loop:        {a:8.1f} img/s")
     print(f"(b) train_one_epoch:  {b:8.1f} img/s (augmentation, per-sample loss, recorder, .npy written)")

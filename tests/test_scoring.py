@@ -161,7 +161,7 @@ def test_chunk_size_does_not_change_the_score(tmp_path, monkeypatch, method):
     for chunk in (7, 64, 149):
         np.testing.assert_array_equal(compute_score(dyn, method, T, K, 0.9, chunk_size=chunk,
                                                     progress=False), whole)
-    monkeypatch.setattr(scoring, '_MAP_BYTES', 100)   # read shuffled rows through many small maps
+    monkeypatch.setattr(scoring, '_BLOCK_BYTES', 100)   # read the files in many small blocks
     np.testing.assert_array_equal(compute_score(dyn, method, T, K, 0.9, chunk_size=50, progress=False), whole)
 
 

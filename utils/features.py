@@ -15,6 +15,23 @@ LABEL_FEATURES = ('el2n', 'correct', 'margin', 'target_prob')    # these need th
 EPS = 1e-8   # log(p + 1e-8), as in the published TDDS script
 
 
+def softmax_(z):
+    """Softmax over dim 1 computed in place in z (B, C) float32, which then holds p."""
+    z.sub_(z.amax(1, keepdim=True)).exp_()
+    return z.div_(z.sum(1, keepdim=True))
+
+
+def log_eps(p, out=None):
+    """log(p + 1e-8), into `out` when given (no allocation)."""
+    return torch.add(p, EPS, out=out).log_() if out is not None else (p + EPS).log_()
+
+
+def contribution_(p, logp, prev_logp):
+    """TDDS first depth c = sum_c |p_e (log(p_e+1e-8) - log(p_{e-1}+1e-8))| (B,), with the absolute
+    value inside the class sum (as published). prev_logp (B, C) is used as scratch: overwritten."""
+    return prev_logp.sub_(logp).mul_(p).abs_().sum(1)   # |p (prev - logp)| == |p (logp - prev)|
+
+
 def epoch_features(logits, targets, prev_logp, names):
     """Features `names` of one epoch for a batch of samples.
 
@@ -36,10 +53,10 @@ def epoch_features(logits, targets, prev_logp, names):
 
     z = logits.float()                       # (B, C)
     p = torch.softmax(z, dim=1)              # (B, C) p_e
-    logp = (p + EPS).log_()                  # (B, C) log(p_e + 1e-8)
+    logp = log_eps(p)                        # (B, C) log(p_e + 1e-8)
     out = {}
     if 'contrib' in names and prev_logp is not None:
-        out['contrib'] = (logp - prev_logp).mul_(p).abs_().sum(1)
+        out['contrib'] = contribution_(p, logp, prev_logp.clone())
     if 'entropy' in names:
         # exact log p here (not log(p + 1e-8)): confident samples have entropies far below 1e-8 * C
         out['entropy'] = -(p * torch.log_softmax(z, dim=1)).sum(1)

@@ -5,7 +5,7 @@ together, so the work is split into chunks of SAMPLES (outer loop) and epochs (i
 each (chunk, epoch) only that chunk's rows of the epoch file are read, the features of the epoch
 are computed once (one softmax), and the chunk keeps a (T, chunk) array of the one feature its
 method needs. Memory is therefore bounded by the chunk size, not by N x T x C; the only O(N)
-arrays are the score itself, the labels, and an int32 inverse permutation per epoch whose rows
+arrays are the score itself, the labels, and the int32 Index of each epoch whose rows
 are shuffled (the published layout stores rows in the visiting order).
 
 torch is imported only when scores are computed, so bad input is reported in a fraction of a second.
@@ -25,7 +25,7 @@ LABEL_METHODS = ('el2n', 'forgetting', 'aum', 'dyn_unc')   # need y when compute
 WINDOW_METHODS = ('tdds', 'dyn_unc')                        # use --window_size
 
 _EPOCH_FILE = re.compile(r'^(\d+)_([A-Za-z][A-Za-z0-9]*)\.npy$')      # <e>_<Tag>.npy
-_MAP_BYTES = 32 << 20   # rows are read through memory maps of at most this size (see _Npy)
+_BLOCK_BYTES = 32 << 20   # rows are read in blocks of at most this size (see _Npy)
 
 
 def output_names(method, trajectory_len, window_size):
@@ -40,7 +40,13 @@ def output_names(method, trajectory_len, window_size):
             'hist': f'score_hist_{tag}.png'}              # histogram of the score
 
 
-def check_args(method, trajectory_len, window_size, decay, chunk_size=8192):
+def auto_chunk_size(num_classes, trajectory_len):
+    """Samples per chunk: buffers of about 32 MB, whatever N (so memory does not grow with N) and
+    large enough that each shuffled epoch file is read in few passes."""
+    return max(256, (32 << 20) // (4 * max(num_classes or 1, trajectory_len)))
+
+
+def check_args(method, trajectory_len, window_size, decay, chunk_size=None):
     """Flag values that cannot work, as a UserError naming the flag."""
     if method not in METHODS:
         raise UserError(f"--method {method!r} is not one of {', '.join(METHODS)}")
@@ -51,14 +57,14 @@ def check_args(method, trajectory_len, window_size, decay, chunk_size=8192):
                         f"{trajectory_len} for --method {method}")
     if method == 'tdds' and not 0 < decay <= 1:
         raise UserError(f"--decay {decay} must be in (0, 1]")
-    if chunk_size < 1:
+    if chunk_size is not None and chunk_size < 1:
         raise UserError(f"--chunk_size {chunk_size} must be at least 1")
 
 
 class _Npy:
-    """One .npy file: its header is checked on opening; rows are read through short-lived memory
-    maps of at most _MAP_BYTES, because a memmap keeps every page it touched resident until it is
-    unmapped, and a chunk of shuffled rows touches pages all over the file."""
+    """One .npy file: its header is checked on opening; rows are read with plain sequential reads
+    into a block buffer of at most _BLOCK_BYTES (no memory map: a map keeps every page it touched
+    resident, so reading a whole trajectory through maps would make memory grow with the data)."""
 
     def __init__(self, path):
         self.path = path
@@ -74,36 +80,41 @@ class _Npy:
             raise UserError(f"{path} is stored in Fortran order; re-save it with np.ascontiguousarray")
         self.row_bytes = self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
 
-    def _map(self, lo, hi):
-        return np.memmap(self.path, dtype=self.dtype, mode='r', shape=(hi - lo,) + self.shape[1:],
-                         offset=self.offset + lo * self.row_bytes)
+    def blocks(self, lo, hi):
+        """Yield (first row, rows) for rows lo..hi-1 in consecutive blocks; each block is a view of
+        one reused buffer, valid until the next one is read."""
+        step = max(1, _BLOCK_BYTES // max(1, self.row_bytes))
+        buf = np.empty((min(step, hi - lo),) + self.shape[1:], self.dtype)
+        with open(self.path, 'rb') as f:
+            f.seek(self.offset + lo * self.row_bytes)
+            for a in range(lo, hi, step):
+                view = buf[:min(step, hi - a)]
+                if f.readinto(view) != view.nbytes:
+                    raise UserError(f"cannot read {self.path}: the file is truncated")
+                yield a, view
 
-    def rows(self, lo, hi):
-        """Rows lo..hi-1, copied out of the file."""
-        mm = self._map(lo, hi)
-        out = np.array(mm)
-        del mm
+    def rows(self, lo, hi, out=None):
+        """Rows lo..hi-1 (into `out`, converted to its dtype, when given)."""
+        out = np.empty((hi - lo,) + self.shape[1:], self.dtype) if out is None else out
+        for a, blk in self.blocks(lo, hi):
+            out[a - lo:a - lo + len(blk)] = blk
         return out
 
-    def take(self, rows):
-        """Rows `rows` (any order), copied out of the file in that order."""
-        step = max(1, _MAP_BYTES // max(1, self.row_bytes))    # rows per memory map
-        if self.shape[0] <= step:                              # the whole file in one map
-            mm = self._map(0, self.shape[0])
-            out = mm[rows]
-            del mm
-            return out
-        window = rows // step
-        order = np.argsort(window, kind='stable')              # rows grouped by map window
-        bounds = np.searchsorted(window[order], np.arange(window.max() + 2))
-        out = np.empty((len(rows),) + self.shape[1:], self.dtype)
-        for w in range(len(bounds) - 1):
-            sel = order[bounds[w]:bounds[w + 1]]
-            if len(sel):
-                lo = w * step
-                mm = self._map(lo, min(lo + step, self.shape[0]))
-                out[sel] = mm[rows[sel] - lo]
-                del mm
+    def scatter(self, index, a, b, out=None):
+        """The rows whose dataset index (row r holds index[r]) lies in a..b-1, placed at
+        out[index - a]: one sequential pass over the file, rows scattered in place (torch's
+        index_copy_ uses every core)."""
+        import torch
+        out = np.empty((b - a,) + self.shape[1:], self.dtype) if out is None else out
+        dst = torch.from_numpy(out)
+        whole = a == 0 and b == len(index)
+        for lo, blk in self.blocks(0, self.shape[0]):
+            idx = index[lo:lo + len(blk)]
+            src = torch.from_numpy(blk)
+            if not whole:
+                keep = torch.from_numpy((idx >= a) & (idx < b))
+                idx, src = idx[keep.numpy()], src[keep]
+            dst.index_copy_(0, torch.from_numpy(idx.astype(np.int64) - a), src.to(dst.dtype))
         return out
 
 
@@ -143,7 +154,7 @@ class Dynamics:
         self.trajectory_len = T
         self.n, self.num_classes = None, None
         self._files = {}   # (epoch, tag) -> _Npy, checked
-        self._inv = {}     # epoch -> None (rows in dataset order) or (N,) int32 row of each sample
+        self._index = {}   # epoch -> None (rows in dataset order) or (N,) int32 Index of the file
         for e in range(T):
             if self.fmt == 'logits':
                 out = self.file(e, 'Output')
@@ -154,7 +165,7 @@ class Dynamics:
                 elif out.shape != (self.n, self.num_classes):
                     raise UserError(f"{out.path} has shape {out.shape}, expected "
                                     f"{(self.n, self.num_classes)} like {self._first}")
-            self._inv[e] = self._inverse(e)
+            self._index[e] = self._check_index(e)
         if self.n == 0:
             raise UserError(f"{self._first} has no samples")
         self.targets = self._load_targets()
@@ -173,9 +184,9 @@ class Dynamics:
             self._files[e, tag] = f
         return self._files[e, tag]
 
-    def _inverse(self, e):
+    def _check_index(self, e):
         """Check <e>_Index.npy is a permutation of 0..N-1; return None if it is 0..N-1 in order,
-        else the int32 inverse permutation (the row holding each dataset index)."""
+        else the Index itself as int32 (row r holds dataset index Index[r])."""
         f = self.file(e, 'Index')
         if len(f.shape) != 1 or f.dtype.kind not in 'iuf':
             raise UserError(f"{f.path} holds {f.dtype} {f.shape}, expected (N,) integer dataset indices")
@@ -194,9 +205,7 @@ class Dynamics:
                        (np.bincount(idx, minlength=self.n) != 1).any()):
             raise UserError(f"{f.path} is not a permutation of 0..{self.n - 1} "
                             f"(indices out of range, repeated or missing)")
-        inv = np.empty(self.n, np.int32)
-        inv[idx] = np.arange(self.n, dtype=np.int32)
-        return inv
+        return idx.astype(np.int32)
 
     def _load_targets(self):
         path = os.path.join(self.path, 'targets.npy')
@@ -209,10 +218,11 @@ class Dynamics:
             raise UserError(f"cannot read {path}: truncated or not a .npy file ({msg})") from None
         return check_targets(y, self.n, self.num_classes, path)
 
-    def read(self, e, tag, a, b):
-        """Values of dataset indices a..b-1 at epoch e from <e>_<tag>.npy, in dataset order."""
-        f, inv = self.file(e, tag), self._inv[e]
-        return f.rows(a, b) if inv is None else f.take(inv[a:b])
+    def read(self, e, tag, a, b, out=None):
+        """Values of dataset indices a..b-1 at epoch e from <e>_<tag>.npy, in dataset order
+        (into the numpy array `out`, converted to its dtype, when given)."""
+        f, index = self.file(e, tag), self._index[e]
+        return f.rows(a, b, out) if index is None else f.scatter(index, a, b, out)
 
 
 def check_targets(y, n, num_classes, what):
@@ -241,7 +251,7 @@ def method_labels(dyn, method, targets=None):
 
 
 def compute_score(dyn, method, trajectory_len, window_size, decay, targets=None, seed=42,
-                  chunk_size=8192, device='cpu', progress=True):
+                  chunk_size=None, device='cpu', progress=True):
     """(N,) float32 score of every sample in DATASET order; higher = more important = kept.
 
     targets: (N,) labels, overriding dyn.targets (needed by el2n, forgetting, aum, dyn_unc when
@@ -258,7 +268,7 @@ def compute_score(dyn, method, trajectory_len, window_size, decay, targets=None,
 
     import torch
     from tqdm import tqdm
-    from .features import FILE_TAGS, epoch_features
+    from .features import FILE_TAGS, contribution_, epoch_features, log_eps, softmax_
     feature = METHOD_FEATURE[method]
     epochs = [T - 1] if method == 'entropy' else list(range(T))   # epochs whose data is read
     tag = 'Output' if dyn.fmt == 'logits' else FILE_TAGS[feature]  # the file read per epoch
@@ -277,16 +287,34 @@ def compute_score(dyn, method, trajectory_len, window_size, decay, targets=None,
     bar = tqdm(total=len(epochs), unit='epoch', desc=f'{method} scores',
                disable=not (progress and sys.stderr.isatty()),
                bar_format='{l_bar}{bar}| {n:.1f}/{total_fmt} epochs [{elapsed}<{remaining}]')
+    chunk_size = chunk_size or auto_chunk_size(dyn.num_classes, T)
+    # TDDS from logits, the common case, allocates nothing per epoch: the chunk's logits are read
+    # into one buffer, turned into p in place, and log(p + 1e-8) ping-pongs between two buffers.
+    fast = dyn.fmt == 'logits' and feature == 'contrib'
+    if fast:
+        host = torch.empty(min(chunk_size, n), dyn.num_classes)              # (chunk, C) float32
+        xbuf = host if device.type == 'cpu' else torch.empty_like(host, device=device)
+        logp_buf, prev_buf = torch.empty_like(xbuf), torch.empty_like(xbuf)
     for a in range(0, n, chunk_size):
         b = min(a + chunk_size, n)
         rows, prev = [], None   # per-epoch (b-a,) features; log(p_{e-1} + 1e-8) of the chunk
         yb = None if y is None else y[a:b].to(device)
         for j, e in enumerate(epochs):
-            x = torch.from_numpy(_native(dyn.read(e, tag, a, b))).to(device).float()  # (B, C) logits or (B,)
+            if fast:
+                dyn.read(e, tag, a, b, out=host[:b - a].numpy())
+                x = xbuf[:b - a].copy_(host[:b - a]) if xbuf is not host else host[:b - a]
+            else:
+                x = torch.from_numpy(_native(dyn.read(e, tag, a, b))).to(device).float()  # (B, C) or (B,)
             bad = ~torch.isfinite(x.sum(-1) if x.dim() == 2 else x)
             if bad.any():
                 nonfinite[j] += int((~torch.isfinite(x)).reshape(b - a, -1).any(1).sum())
-            if dyn.fmt == 'logits':
+            if fast:
+                p = softmax_(x)                                       # (B, C) p_e, in place
+                logp = log_eps(p, out=logp_buf[:b - a])               # (B, C) log(p_e + 1e-8)
+                if j > 0:
+                    rows.append(contribution_(p, logp, prev_buf[:b - a]))  # c_{e-1}
+                logp_buf, prev_buf = prev_buf, logp_buf
+            elif dyn.fmt == 'logits':
                 f, logp = epoch_features(x, yb, prev, (feature,))
                 prev = logp if feature == 'contrib' else None
                 if feature in f:
