@@ -52,7 +52,9 @@ def test_train_killed_and_resumed_equals_uninterrupted(cifar10_dir, tmp_path, fm
     # without --resume the half-done run is not overwritten
     p = run_script(*_train_cmd("train.py", cifar10_dir, cut, epochs, *extra)[1:], check=False)
     assert p.returncode == 2 and "already holds a run" in p.stderr
+    (cut / "npy" / ".3_Output.npy.tmp12345").write_bytes(b"half a file")  # what a kill mid-write leaves
     run_script(*_train_cmd("train.py", cifar10_dir, cut, epochs, *extra, "--resume")[1:])
+    assert not (cut / "npy" / ".3_Output.npy.tmp12345").exists()
     a = json.loads((ref / "metrics.json").read_text())
     b = json.loads((cut / "metrics.json").read_text())
     assert b["finished"] and b["completed_epochs"] == epochs

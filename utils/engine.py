@@ -8,6 +8,7 @@ the log, and torchrun's DistributedDataParallel. Both functions return plain dic
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -46,10 +47,22 @@ class Log:
         self.file.flush()
 
 
+def remove_stale_temporaries(save_path):
+    """Delete the temporary files of writes that a killed run left half-done (utils.io names them
+    .<name>.tmp<pid>); they are never trusted, but a checkpoint's can be gigabytes."""
+    for folder in (save_path, os.path.join(save_path, "npy")):
+        if os.path.isdir(folder):
+            for f in os.listdir(folder):
+                if f.startswith(".") and re.search(r"\.tmp\d+$", f):
+                    os.remove(os.path.join(folder, f))
+
+
 def prepare_run(args):
     """Check the save_path and the --resume/--overwrite request; returns the checkpoint to resume
     from (or None). A save_path holding a run is never silently overwritten."""
     ensure_writable_dir(args.save_path, "--save_path")
+    if dist.is_main_process():
+        remove_stale_temporaries(args.save_path)
     own = os.path.join(args.save_path, CHECKPOINT)
     if args.resume:
         path = own if args.resume == "auto" else args.resume
