@@ -90,3 +90,11 @@ def test_train_subset_bad_inputs(cifar10_dir, tmp_path, masks, flags, fragments)
     save = tmp_path / "sub"
     assert_user_error(_subset(cifar10_dir, save, *flags(masks)), *fragments)
     assert not (save / "subset_indices.npy").exists() and not (save / "metrics.json").exists()
+
+
+def test_resume_with_other_settings_is_refused(cifar10_dir, tmp_path):
+    save = tmp_path / "run"
+    run_script("train.py", "--data_path", cifar10_dir, "--dataset", "cifar10", *CPU, "--save_path", str(save))
+    p = run_script("train.py", "--data_path", cifar10_dir, "--dataset", "cifar10", "--ngpu", "0", "--arch",
+                   "resnet20", "--epochs", "3", "--save_path", str(save), "--resume", check=False)
+    assert_user_error(p, "epochs=1", "not 3", "--overwrite")

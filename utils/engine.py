@@ -250,10 +250,12 @@ def fit(args, model, data, train_indices, device, *, run_info, resume_from=None,
 
     if resume_from:
         ck = load_checkpoint(resume_from)
-        for key in ("dataset", "arch", "num_train_samples"):
-            if ck["run_info"].get(key) != run_info.get(key):
-                raise UserError(f"{resume_from} is a run with {key}={ck['run_info'].get(key)!r}, "
-                                f"not {run_info.get(key)!r}; resume it with the same settings")
+        was, now = {**ck["args"], **ck["run_info"]}, {**vars(args), **run_info}
+        for key in ("dataset", "arch", "num_train_samples", "method", "subset_rate", "selection",
+                    "epochs", "batch_size", "learning_rate", "momentum", "decay", "manualSeed"):
+            if was.get(key) != now.get(key):
+                raise UserError(f"{resume_from} is a run with {key}={was.get(key)!r}, not {now.get(key)!r}; "
+                                f"resume it with the same settings (or start again with --overwrite)")
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
