@@ -97,11 +97,12 @@ def start_run(args):
     channels_last = args.amp or device.type == "cuda"
     torch.backends.cudnn.benchmark = device.type == "cuda"
     data = load_data(args, device, channels_last)
-    seed_everything(args.manualSeed)
+    seed_everything(args.manualSeed)                     # the same initial model on every rank
     model = create_model(args.arch, data.num_classes).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return device, data, model, resume_from
+    torch.manual_seed(args.manualSeed + 1000 * dist.rank())  # then per rank: ImageFolder transforms
+    return device, data, model, resume_from                  # with --workers 0 draw from this stream
 
 
 def open_log(args, resume_from):
@@ -252,7 +253,8 @@ def fit(args, model, data, train_indices, device, *, run_info, resume_from=None,
         ck = load_checkpoint(resume_from)
         was, now = {**ck["args"], **ck["run_info"]}, {**vars(args), **run_info}
         for key in ("dataset", "arch", "num_train_samples", "method", "subset_rate", "selection",
-                    "epochs", "batch_size", "learning_rate", "momentum", "decay", "manualSeed"):
+                    "epochs", "batch_size", "learning_rate", "momentum", "decay", "manualSeed",
+                    "dynamics", "dynamics_format", "dynamics_dtype"):
             if was.get(key) != now.get(key):
                 raise UserError(f"{resume_from} is a run with {key}={was.get(key)!r}, not {now.get(key)!r}; "
                                 f"resume it with the same settings (or start again with --overwrite)")
