@@ -297,7 +297,7 @@ def compute_score(dyn, method, trajectory_len, window_size, decay, targets=None,
         logp_buf, prev_buf = torch.empty_like(xbuf), torch.empty_like(xbuf)
     for a in range(0, n, chunk_size):
         b = min(a + chunk_size, n)
-        rows, prev = [], None   # per-epoch (b-a,) features; log(p_{e-1} + 1e-8) of the chunk
+        rows = []   # per-epoch (b-a,) features of the chunk
         yb = None if y is None else y[a:b].to(device)
         for j, e in enumerate(epochs):
             if fast:
@@ -314,11 +314,8 @@ def compute_score(dyn, method, trajectory_len, window_size, decay, targets=None,
                 if j > 0:
                     rows.append(contribution_(p, logp, prev_buf[:b - a]))  # c_{e-1}
                 logp_buf, prev_buf = prev_buf, logp_buf
-            elif dyn.fmt == 'logits':
-                f, logp = epoch_features(x, yb, prev, (feature,))
-                prev = logp if feature == 'contrib' else None
-                if feature in f:
-                    rows.append(f[feature])
+            elif dyn.fmt == 'logits':   # a baseline: one epoch's feature, no previous epoch needed
+                rows.append(epoch_features(x, yb, None, (feature,))[0][feature])
             else:
                 rows.append(x)
             bar.update((b - a) / n)
