@@ -1,5 +1,4 @@
 """Every user mistake in the training scripts: one `error:` line, exit 2, no traceback, nothing written."""
-import os
 
 import numpy as np
 import pytest

@@ -1,7 +1,6 @@
 """The three published command lines, end to end, on small files in the real CIFAR layouts, and a
 ResNet-20 on real digit images reaching the accuracy one expects of it."""
 import json
-import os
 
 import numpy as np
 
