@@ -6,12 +6,14 @@
         --score_path ./checkpoint/generated_mask/score_win10_ep30.npy
     python train_subset.py ... --subset_rate 0.7 --selection ccs --mis_ratio 0.1     # coverage-centric
     python train_subset.py ... --subset_rate 0.7 --selection random                  # the fair baseline
+    python train_subset.py ... --subset_rate 0.7 --budget iterations                 # as many steps as the full data
     torchrun --nproc_per_node=4 train_subset.py ...
 
 --subset_rate is the fraction PRUNED: the kept set is mask[int(rate * N):], N - floor(rate * N)
 samples (every strategy keeps that many). As published, each batch's mean loss is multiplied by the
 batch's mean min-max-normalised score (see README, "Loss weighting"); --no_score_weighting turns it off.
 """
+import json
 import os
 import re
 
@@ -20,17 +22,25 @@ import torch
 
 from utils import dist
 from utils.args import Parser, add_training_args, check_training_args
-from utils.engine import evaluate_only, fit, open_log, start_run
+from utils.data import make_batches
+from utils.engine import build_model, evaluate_only, fit, run_facts, setup
 from utils.errors import UserError, run
 from utils.io import save_npy
+from utils.run_folder import (begin_run, check_fingerprint, file_sha256, load_checkpoint, run_fingerprint,
+                              training_set_info, write_training_set_files)
 from utils.selection import STRATEGIES, load_mask_and_score, loss_weights, select
+
+BUDGETS = ("epochs", "iterations")
+# the dynamics run's settings that decide which training set was scored; the subset run must match
+DATA_SETTINGS = {"label_noise": 0.0, "noise_type": "symmetric", "noise_seed": 0,
+                 "corrupt_ratio": 0.0, "corruption": "gaussian_noise", "severity": 3, "corrupt_seed": 0}
 
 
 def parse_args(argv=None):
     parser = Parser(description=__doc__.split("\n")[0])
-    add_training_args(parser, default_save_path="./checkpoint/pruned-dataset")
+    add_training_args(parser, default_save_path="./checkpoint/pruned-dataset", default_batch_size=128)
     g = parser.add_argument_group("subset")
-    g.add_argument("--subset_rate", type=float, default=0.3, help="fraction of the training set PRUNED")
+    g.add_argument("--subset_rate", type=float, default=0.9, help="fraction of the training set PRUNED")
     g.add_argument("--mask_path", type=str, default="", help="data_mask_*.npy from importance_evaluation.py")
     g.add_argument("--score_path", type=str, default="", help="score_*.npy belonging to that mask")
     g.add_argument("--selection", choices=STRATEGIES, default="top",
@@ -40,61 +50,131 @@ def parse_args(argv=None):
     g.add_argument("--class_balanced", action="store_true", help="select within each class, budgets by class size")
     g.add_argument("--no_score_weighting", action="store_true",
                    help="plain mean loss instead of the published score-weighted loss")
+    g.add_argument("--budget", choices=BUDGETS, default="epochs",
+                   help="epochs: --epochs passes over the subset (published); iterations: as many optimizer "
+                        "steps as --epochs over the full data at this batch size (CCS, DUAL, D2, ELFS)")
     return parser.parse_args(argv)
 
 
-def method_name(score_path, selection):
-    """'tdds' for score_win{K}_ep{T}.npy, M for score_{M}_ep{T}.npy, 'random' for random selection."""
+def score_info(mask_path):
+    """importance_evaluation.py's info_<tag>.json beside data_mask_<tag>.npy, or {} (published files)."""
+    name = os.path.basename(mask_path)
+    if not (name.startswith("data_mask_") and name.endswith(".npy")):
+        return {}
+    path = os.path.join(os.path.dirname(mask_path), f"info_{name[len('data_mask_'):-4]}.json")
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def method_name(score_path, selection, info):
+    """The info file's method, else from the name: 'tdds' for score_win{K}_ep{T}*.npy, M for
+    score_{M}_ep{T}*.npy or score_{M}.npy; 'random' for random selection."""
     if selection == "random":
         return "random"
+    if info.get("method"):
+        return info["method"]
     name = os.path.basename(score_path or "")
-    if re.fullmatch(r"score_win\d+_ep\d+\.npy", name):
+    if re.fullmatch(r"score_win\d+_ep\d+.*\.npy", name):
         return "tdds"
-    m = re.fullmatch(r"score_(\w+?)_ep\d+\.npy", name)
+    m = re.fullmatch(r"score_([a-z0-9]+(?:_[a-z]+)?)(?:_ep\d+.*)?\.npy", name)
     return m.group(1) if m else "custom"
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    check_training_args(args)
+def check_same_training_set(args, info):
+    """Refuse a mask scored on dynamics whose training set (label noise, corruption) differs."""
+    for key, default in DATA_SETTINGS.items():
+        if key not in info:
+            continue
+        scored = default if info[key] is None else info[key]
+        if scored != getattr(args, key):
+            raise UserError(f"--mask_path {args.mask_path} was scored on dynamics recorded with --{key} {scored}, "
+                            f"this run has --{key} {getattr(args, key)}: train on the data set that was scored")
+
+
+def check_subset_args(args):
     if not 0 <= args.subset_rate < 1:
         raise UserError(f"--subset_rate is the fraction pruned and must lie in [0, 1), got {args.subset_rate}")
     if args.selection != "random" and not args.mask_path:
         raise UserError(f"--selection {args.selection} needs --mask_path (a data_mask_*.npy from importance_evaluation.py)")
     if args.selection == "ccs" and not args.score_path:
         raise UserError("--selection ccs needs --score_path (the score_*.npy of the mask)")
-    device, data, model, resume_from = start_run(args)
+    if args.selection != "random" and not args.score_path and not args.no_score_weighting:
+        raise UserError("the published score-weighted loss needs --score_path (the score_*.npy of the mask); "
+                        "pass it, or --no_score_weighting to train with the plain mean loss")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    check_training_args(args)
+    check_subset_args(args)
+    device, data, resume_from = setup(args)                       # reads only, writes nothing
     n = data.n_train
     order = score = None
-    if args.mask_path:
+    info = score_info(args.mask_path) if args.mask_path and args.selection != "random" else {}
+    if args.mask_path and args.selection != "random":
+        check_same_training_set(args, info)
         order, score = load_mask_and_score(args.mask_path, args.score_path or None, n, data.name)
     kept = select(order, score, args.subset_rate, args.selection, seed=args.manualSeed,
                   mis_ratio=args.mis_ratio, strata=args.strata, class_balanced=args.class_balanced,
                   targets=data.targets, n=n)
     weighted = score is not None and not args.no_score_weighting and args.selection != "random"
-    weights = torch.from_numpy(loss_weights(score)).to(device) if weighted else None
+    files = {f"content of {flag}": file_sha256(path) if path and args.selection != "random" else None
+             for flag, path in (("--mask_path", args.mask_path), ("--score_path", args.score_path))}
+    fingerprint = run_fingerprint(args, **run_facts(args, data, device), **files)
+    ck = load_checkpoint(resume_from) if resume_from else None
+    if ck is not None:
+        check_fingerprint(ck, fingerprint, resume_from)
+    model = build_model(args, data, device)
     if args.evaluate:
         return evaluate_only(args, model, data)
-    log = open_log(args, resume_from)
+
+    log = begin_run(args, resuming=ck is not None, fingerprint=fingerprint)   # the first write
     if dist.is_main_process():
         save_npy(os.path.join(args.save_path, "subset_indices.npy"), kept)
-    method = method_name(args.score_path, args.selection)
+        write_training_set_files(args.save_path, data)
+    method = method_name(args.score_path, args.selection, info)
     classes = np.bincount(data.targets[kept], minlength=data.num_classes)
     log(f"{data.name}: keeping {len(kept)} of {n} samples (pruning rate {args.subset_rate}, {method}, "
         f"selection {args.selection}{', class-balanced' if args.class_balanced else ''}); "
         f"per class min {classes.min()} max {classes.max()} | {args.save_path}/subset_indices.npy")
+    weights = mean_u = None
     if weighted:
-        log(f"score-weighted loss: mean weight u of the kept set {weights[torch.from_numpy(kept).to(device)].mean().item():.3f} "
-            f"(the effective learning rate is scaled by about that; --no_score_weighting turns it off)")
+        weights = torch.from_numpy(loss_weights(score)).to(device)
+        mean_u = weights[torch.from_numpy(kept).to(device)].mean().item()
+        log(f"score-weighted loss (published): mean weight u of the kept set {mean_u:.3f}, so the effective "
+            f"learning rate is scaled by about {mean_u:.3f}; --no_score_weighting turns it off")
+    total_steps = None
+    if args.budget == "iterations":   # the full data's steps at this batch size
+        total_steps = args.epochs * len(make_batches(torch.arange(n), args.batch_size, None, 0, dist.world_size()))
     run_info = {"dataset": data.name, "arch": args.arch, "seed": args.manualSeed, "method": method,
                 "subset_rate": args.subset_rate, "selection": args.selection,
-                "class_balanced": args.class_balanced, "score_weighting": weighted,
-                "mask_path": args.mask_path, "score_path": args.score_path,
-                "num_train_samples": int(len(kept))}
-    result = fit(args, model, data, torch.from_numpy(kept), device, run_info=run_info,
-                 resume_from=resume_from, weights=weights, log=log)
+                "class_balanced": args.class_balanced, "score_weighting": weighted, "mean_weight": mean_u,
+                "mask_path": args.mask_path, "score_path": args.score_path, "budget": args.budget,
+                "scored_arch": info.get("arch"), "score_info": info or None,
+                "num_train_samples": int(len(kept)), "full_train_samples": n,
+                **training_set_info(data), **kept_flagged(kept, data, log)}
+    result = fit(args, model, data, torch.from_numpy(kept), device, run_info=run_info, fingerprint=fingerprint,
+                 ck=ck, resume_from=resume_from, weights=weights, total_steps=total_steps, log=log)
     dist.cleanup()
     return result
+
+
+def kept_flagged(kept, data, log):
+    """How many of the kept samples are mislabeled / corrupted, and how many of those were kept."""
+    out = {}
+    for name, flagged in (("mislabeled", data.flipped), ("corrupted", data.corrupted)):
+        if flagged is None:
+            continue
+        k = int(flagged[kept].sum())
+        out[f"kept_{name}_fraction"] = k / len(kept)
+        out[f"{name}_kept_fraction"] = k / int(flagged.sum()) if flagged.any() else None
+        log(f"{name}: {k} of the {len(kept)} kept samples ({100 * k / len(kept):.1f}%); "
+            f"{k} of all {int(flagged.sum())} {name} samples kept")
+    return out
 
 
 if __name__ == "__main__":

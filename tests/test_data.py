@@ -57,5 +57,5 @@ def test_cifar_reader_any_size_and_missing(tmp_path):
     write_cifar(str(tmp_path), "cifar100", 13, 7)
     x, y = read_cifar(str(tmp_path), "cifar100", train=True)
     assert x.shape == (13, 3, 32, 32) and x.dtype == np.uint8 and y.shape == (13,)
-    with pytest.raises(UserError, match="cifar10 not found: looked for .*data_batch_1"):
+    with pytest.raises(UserError, match="cifar10 not found: .*data_batch_1 is missing"):
         read_cifar(str(tmp_path), "cifar10", train=True)

@@ -28,13 +28,15 @@ def _subset(data, save, *extra):
 def test_train_bad_flags(cifar10_dir, tmp_path, extra, fragments):
     save = tmp_path / "run"
     assert_user_error(_train(cifar10_dir, save, *extra), *fragments)
-    assert not (save / "checkpoint.pth.tar").exists() and not (save / "metrics.json").exists()
+    assert not save.exists()
 
 
 def test_dataset_not_found(tmp_path):
     p = run_script("train.py", "--data_path", str(tmp_path / "nowhere"), "--dataset", "cifar100", *CPU,
                    "--save_path", str(tmp_path / "run"), check=False)
-    assert_user_error(p, "cifar100 not found", "nowhere/cifar-100-python/train", "--download")
+    assert_user_error(p, "cifar100 not found", "nowhere/cifar-100-python/train", "cifar-100-python.tar.gz",
+                      "unpack it into")
+    assert not (tmp_path / "run").exists()   # a refused command creates no folder
 
 
 def test_unwritable_output(cifar10_dir, tmp_path):
@@ -73,22 +75,23 @@ def masks(tmp_path):
 @pytest.mark.parametrize("flags,fragments", [
     (lambda m: ("--subset_rate", "1.0", "--mask_path", m("mask")), ["--subset_rate", "[0, 1)"]),
     (lambda m: ("--subset_rate", "-0.1", "--mask_path", m("mask")), ["--subset_rate"]),
-    (lambda m: ("--subset_rate", "0.5", "--mask_path", m("missing")), ["missing.npy"]),
-    (lambda m: ("--subset_rate", "0.5", "--mask_path", m("short_mask")), ["short_mask.npy", "160"]),
-    (lambda m: ("--subset_rate", "0.5", "--mask_path", m("dup_mask")), ["dup_mask.npy", "more than once"]),
-    (lambda m: ("--subset_rate", "0.5", "--mask_path", m("range_mask")), ["range_mask.npy"]),
+    (lambda m: ("--subset_rate", "0.5", "--mask_path", m("missing"), "--no_score_weighting"), ["missing.npy"]),
+    (lambda m: ("--subset_rate", "0.5", "--mask_path", m("short_mask"), "--no_score_weighting"), ["short_mask.npy", "160"]),
+    (lambda m: ("--subset_rate", "0.5", "--mask_path", m("dup_mask"), "--no_score_weighting"), ["dup_mask.npy", "more than once"]),
+    (lambda m: ("--subset_rate", "0.5", "--mask_path", m("range_mask"), "--no_score_weighting"), ["range_mask.npy"]),
     (lambda m: ("--subset_rate", "0.5", "--mask_path", m("mask"), "--score_path", m("short_score")),
      ["short_score.npy"]),
     (lambda m: ("--subset_rate", "0.5", "--mask_path", m("mask"), "--score_path", m("unsorted_score")),
      ["unsorted_score.npy", "sorted"]),
     (lambda m: ("--subset_rate", "0.5"), ["--mask_path"]),
+    (lambda m: ("--subset_rate", "0.5", "--mask_path", m("mask")), ["--score_path", "--no_score_weighting"]),
     (lambda m: ("--subset_rate", "0.3", "--mask_path", m("mask"), "--score_path", m("score"),
                 "--selection", "ccs", "--mis_ratio", "0.5"), ["--mis_ratio"]),
 ])
 def test_train_subset_bad_inputs(cifar10_dir, tmp_path, masks, flags, fragments):
     save = tmp_path / "sub"
     assert_user_error(_subset(cifar10_dir, save, *flags(masks)), *fragments)
-    assert not (save / "subset_indices.npy").exists() and not (save / "metrics.json").exists()
+    assert not save.exists()   # checks come before the first write, the folder included
 
 
 def test_resume_with_other_settings_is_refused(cifar10_dir, tmp_path):
@@ -96,4 +99,4 @@ def test_resume_with_other_settings_is_refused(cifar10_dir, tmp_path):
     run_script("train.py", "--data_path", cifar10_dir, "--dataset", "cifar10", *CPU, "--save_path", str(save))
     p = run_script("train.py", "--data_path", cifar10_dir, "--dataset", "cifar10", "--ngpu", "0", "--arch",
                    "resnet20", "--epochs", "3", "--save_path", str(save), "--resume", check=False)
-    assert_user_error(p, "epochs=1", "not 3", "--overwrite")
+    assert_user_error(p, "--epochs 1 (now 3)", "--overwrite")

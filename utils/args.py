@@ -1,31 +1,52 @@
 """Flags shared by train.py and train_subset.py, defined once. Names and defaults are the published
-scripts' (--batch-size, --decay = weight decay, --manualSeed, --ngpu, --save_path, ...)."""
+scripts' (--batch-size, --decay = weight decay, --manualSeed, --ngpu, --save_path, ...); where the
+published scripts differ from each other (train.py's batch size is 100, train_subset.py's 128) the
+default is a parameter of add_training_args, not a second copy of the flag."""
 import argparse
 import os
 import sys
 
 DATASETS = ("cifar10", "cifar100", "digits", "imagefolder")  # utils.data reads them; kept here so
 # that parsing flags does not import torch
+NOISE_TYPES = ("symmetric", "asymmetric")                          # utils.robustness applies them
+CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "contrast", "jpeg")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows '(default: X)' only where X says something: not for None, '', False or a help text
+    that already names its default."""
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        if action.default in (None, "", False) or "default" in help_text or action.default is argparse.SUPPRESS:
+            return help_text
+        return super()._get_help_string(action)
 
 
 class Parser(argparse.ArgumentParser):
     """argparse with defaults shown in --help and a bad flag answered in one line (exit 2)."""
 
     def __init__(self, **kw):
-        super().__init__(formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kw)
+        super().__init__(formatter_class=_HelpFormatter, **kw)
 
     def error(self, message):
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
 
 
-def add_training_args(parser, default_save_path):
+def flag_name(dest):
+    """The command-line spelling of an args attribute (batch_size -> --batch-size)."""
+    return "--batch-size" if dest == "batch_size" else f"--{dest}"
+
+
+def add_training_args(parser, default_save_path, default_batch_size):
     g = parser.add_argument_group("data")
     g.add_argument("--data_path", type=str, default="./data", help="folder holding the data set")
     g.add_argument("--dataset", type=str, default="cifar100", choices=DATASETS,
                    help="digits = scikit-learn's bundled 8x8 digits (no download); "
                         "imagefolder = DATA_PATH/train/<class>/* and DATA_PATH/val/<class>/*")
-    g.add_argument("--download", action="store_true", help="download CIFAR through torchvision if missing")
+    g.add_argument("--download", action="store_true",
+                   help="(accepted for the published command lines: missing CIFAR files are always downloaded)")
     g.add_argument("--image_size", type=int, default=224, help="crop size for --dataset imagefolder")
     g.add_argument("--workers", type=int, default=2, help="data loading workers (imagefolder only)")
 
@@ -33,16 +54,32 @@ def add_training_args(parser, default_save_path):
     g.add_argument("--arch", type=str, default="resnet18",
                    help="resnet18/34/50/101 (CIFAR-style), resnet20/32/44/56, or tv_<torchvision model>")
     g.add_argument("--epochs", type=int, default=200, help="number of epochs to train")
-    g.add_argument("--batch-size", type=int, default=128, help="global batch size (over all processes)")
+    g.add_argument("--batch-size", type=int, default=default_batch_size,
+                   help="global batch size (over all processes)")
     g.add_argument("--learning_rate", type=float, default=0.1, help="initial learning rate")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    g.add_argument("--decay", type=float, default=0.0005, help="weight decay (L2 penalty)")
+    g.add_argument("--decay", type=float, default=0.0005,
+                   help="weight decay (L2 penalty) of SGD (importance_evaluation.py's --decay is TDDS's beta)")
+
+    g = parser.add_argument_group("robustness experiments (the same flags in train.py and train_subset.py)")
+    g.add_argument("--label_noise", type=float, default=0.0,
+                   help="fraction of training labels flipped before training (test labels never change)")
+    g.add_argument("--noise_type", choices=NOISE_TYPES, default="symmetric",
+                   help="symmetric: uniformly to another class; asymmetric: CIFAR-10 class map, else c -> c+1")
+    g.add_argument("--noise_seed", type=int, default=0, help="which labels are flipped (independent of --manualSeed)")
+    g.add_argument("--corrupt_ratio", type=float, default=0.0,
+                   help="fraction of training images corrupted once at load time (cifar10/100, digits)")
+    g.add_argument("--corruption", choices=CORRUPTIONS, default="gaussian_noise", help="kind of image corruption")
+    g.add_argument("--severity", type=int, default=3, help="corruption severity 1..5 (docs/METHODS.md)")
+    g.add_argument("--corrupt_seed", type=int, default=0,
+                   help="which images are corrupted, and how (independent of --manualSeed)")
 
     g = parser.add_argument_group("checkpoints and logs")
     g.add_argument("--save_path", type=str, default=default_save_path,
                    help="run folder: checkpoints, log, metrics.json, curve.png")
     g.add_argument("--resume", nargs="?", const="auto", default="", metavar="PATH",
-                   help="continue from PATH, or (flag alone) from SAVE_PATH/checkpoint.pth.tar if it exists")
+                   help="continue from PATH, or (flag alone) from SAVE_PATH/checkpoint.pth.tar if it exists; "
+                        "every setting must be the checkpoint's")
     g.add_argument("--overwrite", action="store_true", help="start again in a save_path that holds a run")
     g.add_argument("--start_epoch", type=int, default=0, help="(published flag; --resume sets the epoch)")
     g.add_argument("--evaluate", action="store_true", help="only evaluate the (resumed) model on the test set")
@@ -50,7 +87,11 @@ def add_training_args(parser, default_save_path):
 
     g = parser.add_argument_group("acceleration and randomness")
     g.add_argument("--ngpu", type=int, default=1, help="0 = CPU; >0 = CUDA when present (torchrun for several)")
-    g.add_argument("--amp", action="store_true", help="bf16 autocast (CPU with AMX, or CUDA) + channels_last")
+    g.add_argument("--amp", action="store_true",
+                   help="bf16 autocast (CPU with AMX, or CUDA) + channels_last; recorded logits are bf16-rounded")
+    g.add_argument("--deterministic", action="store_true",
+                   help="CUDA: cudnn.benchmark off, deterministic algorithms where PyTorch has them "
+                        "(bit-exact reruns and resumes; slower)")
     g.add_argument("--manualSeed", type=int, default=42, help="seed of every random stream")
     return parser
 
@@ -59,7 +100,9 @@ def check_training_args(args):
     from .errors import UserError
     for flag, value, low in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
                              ("--print_freq", args.print_freq, 1), ("--workers", args.workers, 0),
-                             ("--image_size", args.image_size, 8), ("--ngpu", args.ngpu, 0)):
+                             ("--image_size", args.image_size, 8), ("--ngpu", args.ngpu, 0),
+                             ("--manualSeed", args.manualSeed, 0), ("--noise_seed", args.noise_seed, 0),
+                             ("--corrupt_seed", args.corrupt_seed, 0)):
         if value < low:
             raise UserError(f"{flag} must be at least {low}, got {value}")
     world = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun
@@ -72,3 +115,12 @@ def check_training_args(args):
         raise UserError(f"--momentum must lie in [0, 1), got {args.momentum}")
     if args.decay < 0:
         raise UserError(f"--decay (weight decay) must be >= 0, got {args.decay}")
+    if not 0 <= args.label_noise < 1:
+        raise UserError(f"--label_noise is a fraction of the training labels: it must lie in [0, 1), got {args.label_noise}")
+    if not 0 <= args.corrupt_ratio <= 1:
+        raise UserError(f"--corrupt_ratio is a fraction of the training images: it must lie in [0, 1], got {args.corrupt_ratio}")
+    if not 1 <= args.severity <= 5:
+        raise UserError(f"--severity must be 1..5, got {args.severity}")
+    if args.corrupt_ratio > 0 and args.dataset == "imagefolder":
+        raise UserError("--corrupt_ratio works on data sets held in memory (cifar10, cifar100, digits), "
+                        "not on --dataset imagefolder")

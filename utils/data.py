@@ -42,23 +42,16 @@ def _read_pickle(path):
         raise UserError(f"{path} is not a readable CIFAR pickle ({e})") from None
 
 
-def read_cifar(root, name, train, download=False):
-    """Read the standard python-version layout; any number of rows, no checksum (small files work)."""
+def read_cifar(root, name, train):
+    """Read the standard python-version layout; any number of rows, no checksum (small files work).
+    Missing files are downloaded through torchvision, as the published scripts do (unless the
+    environment sets TDDS_OFFLINE=1); without network the error says where to unpack the archive."""
     folder, train_files, test_files, label_key = CIFAR_LAYOUT[name]
     base = os.path.join(root, folder)
     files = [os.path.join(base, f) for f in (train_files if train else test_files)]
     missing = [f for f in files if not os.path.isfile(f)]
-    if missing and download:
-        import torchvision
-        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-        try:
-            cls(root, train=train, download=True)
-        except Exception as e:  # no network, disk full, ...
-            raise UserError(f"--download of {name} into {root} failed: {e}") from None
-        missing = [f for f in files if not os.path.isfile(f)]
     if missing:
-        raise UserError(f"{name} not found: looked for {missing[0]}; pass --download (needs network) or "
-                        f"unpack the python version from {CIFAR_URL} into {root}")
+        _download_cifar(root, name, missing[0])
     images, labels = [], []
     for f in files:
         d = _read_pickle(f)
@@ -67,6 +60,28 @@ def read_cifar(root, name, train, download=False):
         images.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         labels.append(np.asarray(d[label_key], dtype=np.int64))
     return np.concatenate(images), np.concatenate(labels)
+
+
+def _download_cifar(root, name, missing):
+    """torchvision's download into `root` (rank 0 only; the others wait), or one clear error."""
+    from . import dist
+    archive = "cifar-10-python.tar.gz" if name == "cifar10" else "cifar-100-python.tar.gz"
+    where = (f"{name} not found: {missing} is missing; download {archive} from {CIFAR_URL} and unpack it "
+             f"into {root}")
+    if os.environ.get("TDDS_OFFLINE") == "1":
+        raise UserError(f"{where} (TDDS_OFFLINE=1: no download attempted)")
+    error = None
+    if dist.is_main_process():
+        import torchvision
+        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+        print(f"note: {name} not found in {root}: downloading it through torchvision")
+        try:
+            cls(root, train=True, download=True)
+        except Exception as e:  # no network, disk full, ...
+            error = " ".join(str(e).split())[:200] or type(e).__name__
+    dist.barrier()
+    if error is not None or not os.path.isfile(missing):
+        raise UserError(f"{where} (the download failed: {error})")
 
 
 def read_digits(train):
@@ -170,15 +185,17 @@ class DeviceImages:
 
 
 class _Indexed(torch.utils.data.Dataset):
-    def __init__(self, folder, transform):
-        self.folder, self.transform = folder, transform
+    """(image, label, dataset index); the label comes from `labels` (which --label_noise may change)."""
+
+    def __init__(self, folder, transform, labels):
+        self.folder, self.transform, self.labels = folder, transform, labels
 
     def __len__(self):
         return len(self.folder)
 
     def __getitem__(self, i):
-        img, target = self.folder[i]
-        return self.transform(img), target, i
+        img = self.folder.loader(self.folder.samples[i][0])
+        return self.transform(img), int(self.labels[i]), i
 
 
 class FolderImages:
@@ -191,13 +208,17 @@ class FolderImages:
             tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
         else:
             tf = T.Compose([T.Resize(int(image_size * 256 / 224)), T.CenterCrop(image_size), T.ToTensor(), norm])
-        self.dataset = _Indexed(folder, tf)
         self.labels = torch.as_tensor(folder.targets, dtype=torch.int64)
+        self.dataset = _Indexed(folder, tf, self.labels.numpy())
         self.device, self.workers = device, workers
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __len__(self):
         return len(self.dataset)
+
+    def set_labels(self, labels):
+        self.labels = torch.as_tensor(labels, dtype=torch.int64)
+        self.dataset.labels = self.labels.numpy()
 
     def batches(self, index_batches, gen=None):
         """Yield (x, y, idx) on the device. The workers' seeds are drawn from `gen` (the per-rank
@@ -216,11 +237,14 @@ class FolderImages:
 
 
 class Data:
-    """Everything a training script needs from a data set."""
+    """Everything a training script needs from a data set. `targets` are the labels trained on
+    (after --label_noise); `flipped` / `corrupted` are (N,) bool masks of the training samples whose
+    label / image was changed by the robustness flags, or None when nothing was."""
 
-    def __init__(self, name, train, test, num_classes):
+    def __init__(self, name, train, test, num_classes, flipped=None, corrupted=None):
         self.name, self.train, self.test, self.num_classes = name, train, test, num_classes
         self.targets = train.labels.cpu().numpy()  # (N,) int64, dataset order
+        self.flipped, self.corrupted = flipped, corrupted
 
     @property
     def n_train(self):
@@ -228,27 +252,42 @@ class Data:
 
 
 def load_data(args, device, channels_last=False):
-    """Build the Data of --dataset from --data_path (see the module docstring)."""
+    """Build the Data of --dataset from --data_path (see the module docstring), with the training
+    labels and images changed by --label_noise / --corrupt_ratio. Both are pure functions of (data
+    set, their own flags and seed), so train.py and train_subset.py see the same training set."""
+    if args.label_noise > 0 or args.corrupt_ratio > 0:
+        from . import robustness
     name = args.dataset
+    flipped = corrupted = None
     if name in ("cifar10", "cifar100", "digits"):
         if name == "digits":
             (xtr, ytr), (xte, yte) = read_digits(True), read_digits(False)
-            stats = ([float(xtr.mean()) ] * 3, [float(xtr.std())] * 3)
+            stats = ([float(xtr.mean())] * 3, [float(xtr.std())] * 3)
             num_classes, flip = 10, False  # mirrored digits are other symbols: no flip
         else:
-            (xtr, ytr) = read_cifar(args.data_path, name, True, args.download)
-            (xte, yte) = read_cifar(args.data_path, name, False, args.download)
+            (xtr, ytr) = read_cifar(args.data_path, name, True)
+            (xte, yte) = read_cifar(args.data_path, name, False)
             stats, num_classes, flip = CIFAR_STATS[name], (10 if name == "cifar10" else 100), True
         if ytr.min() < 0 or max(ytr.max(), yte.max()) >= num_classes:
             raise UserError(f"{name}: labels must lie in 0..{num_classes - 1}")
+        if args.corrupt_ratio > 0:   # statistics above stay those of the clean images, as published
+            xtr, corrupted = robustness.apply_corruption(xtr, args.corrupt_ratio, args.corruption, args.severity,
+                                                         seed=args.corrupt_seed)
+        if args.label_noise > 0:
+            ytr, flipped = robustness.apply_label_noise(ytr, num_classes, args.label_noise, args.noise_type,
+                                                        seed=args.noise_seed, dataset=name)
         train = DeviceImages(xtr, ytr, stats, device, augment=True, flip=flip, channels_last=channels_last)
         test = DeviceImages(xte, yte, stats, device, augment=False, channels_last=channels_last)
-        return Data(name, train, test, num_classes)
+        return Data(name, train, test, num_classes, flipped, corrupted)
     if name == "imagefolder":
         tr, te = _image_folder(args.data_path, "train"), _image_folder(args.data_path, "val")
         if tr.classes != te.classes:
             raise UserError(f"imagefolder: {args.data_path}/train and /val have different class folders")
         train = FolderImages(tr, True, args.image_size, device, args.workers, channels_last)
+        if args.label_noise > 0:
+            labels, flipped = robustness.apply_label_noise(train.labels.numpy(), len(tr.classes), args.label_noise,
+                                                           args.noise_type, seed=args.noise_seed, dataset=name)
+            train.set_labels(labels)
         test = FolderImages(te, False, args.image_size, device, args.workers, channels_last)
-        return Data(name, train, test, len(tr.classes))
+        return Data(name, train, test, len(tr.classes), flipped)
     raise UserError(f"unknown --dataset {name!r}; choose from {', '.join(DATASETS)}")

@@ -6,10 +6,9 @@ scheduler, curves and every random stream in the checkpoint), atomic checkpoints
 the log, and torchrun's DistributedDataParallel. Both functions return plain dicts of metrics.
 """
 import json
+import math
 import os
 import random
-import re
-import subprocess
 import sys
 import time
 
@@ -21,94 +20,60 @@ from tqdm import tqdm
 from . import dist
 from .data import make_batches
 from .errors import UserError
-from .io import ensure_writable_dir, save_json, save_torch
+from .io import save_json, save_torch
+from .run_folder import BEST, CHECKPOINT, array_sha256, find_resume, load_checkpoint
 
-CHECKPOINT, BEST = "checkpoint.pth.tar", "model_best.pth.tar"
 EVAL_BATCH = 500
 
 
 # --------------------------------------------------------------------------------------------------
-# Run folder, log, seeds
+# Start of a run (reads only), the model, the random streams
 # --------------------------------------------------------------------------------------------------
-class Log:
-    """Prints (main process only) and appends to SAVE_PATH/log_seed_<seed>.txt (the published name)."""
-
-    def __init__(self, save_path, seed, append):
-        self.file = None
-        if dist.is_main_process():
-            self.file = open(os.path.join(save_path, f"log_seed_{seed}.txt"), "a" if append else "w")
-
-    def __call__(self, msg, echo=True):
-        if self.file is None:
-            return
-        if echo:
-            tqdm.write(msg)
-        self.file.write(msg + "\n")
-        self.file.flush()
-
-
-def remove_stale_temporaries(save_path):
-    """Delete the temporary files of writes that a killed run left half-done (utils.io names them
-    .<name>.tmp<pid>); they are never trusted, but a checkpoint's can be gigabytes."""
-    for folder in (save_path, os.path.join(save_path, "npy")):
-        if os.path.isdir(folder):
-            for f in os.listdir(folder):
-                if f.startswith(".") and re.search(r"\.tmp\d+$", f):
-                    os.remove(os.path.join(folder, f))
-
-
-def prepare_run(args):
-    """Check the save_path and the --resume/--overwrite request; returns the checkpoint to resume
-    from (or None). A save_path holding a run is never silently overwritten."""
-    ensure_writable_dir(args.save_path, "--save_path")
-    if dist.is_main_process():
-        remove_stale_temporaries(args.save_path)
-    own = os.path.join(args.save_path, CHECKPOINT)
-    if args.resume:
-        path = own if args.resume == "auto" else args.resume
-        if os.path.isfile(path):
-            return path
-        if args.resume != "auto":
-            raise UserError(f"--resume {path}: no such checkpoint file")
-        if dist.is_main_process():
-            print(f"note: --resume: no checkpoint in {args.save_path} yet, starting from scratch")
-        return None
-    held = [f for f in (CHECKPOINT, "metrics.json") if os.path.exists(os.path.join(args.save_path, f))]
-    if held and not args.overwrite and not args.evaluate:
-        raise UserError(f"{args.save_path} already holds a run ({held[0]}); pass --resume to continue it "
-                        f"or --overwrite to start again")
-    if held and args.overwrite and dist.is_main_process():
-        npy = os.path.join(args.save_path, "npy")
-        stale = [os.path.join(npy, f) for f in (os.listdir(npy) if os.path.isdir(npy) else []) if f.endswith(".npy")]
-        for f in stale + [os.path.join(args.save_path, f) for f in (CHECKPOINT, BEST, "metrics.json")]:
-            if os.path.exists(f):
-                os.remove(f)
-    return None
-
-
-def start_run(args):
-    """The first steps of both training scripts: device (and process group), the run folder check,
-    the data on the device, the model from the seeded initialisation stream.
-    Returns (device, data, model, resume_from)."""
-    from models import create_model
+def setup(args):
+    """The first steps of both training scripts, none of which writes anything: device (and process
+    group), the resume/overwrite decision, the data on the device. Returns (device, data, resume_from)."""
     from .data import load_data
+    if args.deterministic:   # before CUDA starts: cuBLAS reads this when its handle is created
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)  # warn where no deterministic kernel exists
+        torch.backends.cudnn.deterministic = True
     device = dist.setup(args.ngpu)
-    resume_from = prepare_run(args)
-    channels_last = args.amp or device.type == "cuda"
-    torch.backends.cudnn.benchmark = device.type == "cuda"
-    data = load_data(args, device, channels_last)
+    resume_from = find_resume(args)
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not args.deterministic
+    data = load_data(args, device, channels_last(args, device))
+    return device, data, resume_from
+
+
+def channels_last(args, device):
+    return args.amp or device.type == "cuda"
+
+
+def run_facts(args, data, device):
+    """Facts of a run that its flags do not show, for the run fingerprint (utils/run_folder.py)."""
+    return {"device": device.type, "processes": dist.world_size(), "training samples": data.n_train,
+            "training labels": array_sha256(data.targets)}
+
+
+def stream_seed(seed, *key):
+    """A 64-bit seed for the named random stream `key` of run seed `seed`: numpy's SeedSequence
+    spawning, so streams are independent of each other and of every other seed's streams (a plain
+    seed + k would make run s's augmentation stream run s+k's initialisation stream)."""
+    return int(np.random.SeedSequence(seed, spawn_key=key).generate_state(1, np.uint64)[0])
+
+
+ORDER, AUGMENT, GLOBAL = 0, 1, 2   # spawn keys of the streams: data order, crops/flips, torch's global
+
+
+def build_model(args, data, device):
+    """The model from torch.manual_seed(--manualSeed), exactly as the published scripts initialise
+    it; then each rank's global torch stream (ImageFolder transforms with --workers 0 draw from it)."""
+    from models import create_model
     seed_everything(args.manualSeed)                     # the same initial model on every rank
     model = create_model(args.arch, data.num_classes).to(device)
-    if channels_last:
+    if channels_last(args, device):
         model = model.to(memory_format=torch.channels_last)
-    torch.manual_seed(args.manualSeed + 1000 * dist.rank())  # then per rank: ImageFolder transforms
-    return device, data, model, resume_from                  # with --workers 0 draw from this stream
-
-
-def open_log(args, resume_from):
-    """The run's log (appended to when resuming) and args.json; call once the inputs are checked."""
-    write_run_info(args)
-    return Log(args.save_path, args.manualSeed, append=bool(resume_from))
+    torch.manual_seed(stream_seed(args.manualSeed, GLOBAL, dist.rank()))
+    return model
 
 
 def seed_everything(seed):
@@ -116,26 +81,6 @@ def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def write_run_info(args):
-    """args.json: the resolved arguments, the command line and the git commit, beside the log."""
-    if not dist.is_main_process():
-        return
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__)), timeout=5).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        commit = ""
-    save_json(os.path.join(args.save_path, "args.json"),
-              {"args": vars(args), "command": " ".join(sys.argv), "git_commit": commit or None})
-
-
-def load_checkpoint(path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a checkpoint, ...
-        raise UserError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,33 +176,33 @@ def evaluate(model, data, *, amp=False):
 # --------------------------------------------------------------------------------------------------
 # The whole run
 # --------------------------------------------------------------------------------------------------
-def fit(args, model, data, train_indices, device, *, run_info, resume_from=None, recorder=None,
-        weights=None, log):
-    """Train `model` on `train_indices` for args.epochs, evaluating every epoch; write
-    checkpoint.pth.tar, model_best.pth.tar, metrics.json and curve.png into args.save_path.
-    `run_info` is merged into metrics.json (dataset, method, subset_rate, ...)."""
+def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=None, resume_from=None,
+        recorder=None, weights=None, total_steps=None, stop_epoch=None, log):
+    """Train `model` on `train_indices`, evaluating every epoch; write checkpoint.pth.tar,
+    model_best.pth.tar, metrics.json and curve.png into args.save_path.
+
+    total_steps: optimizer steps of the whole run (default: args.epochs epochs of train_indices);
+      the cosine schedule spans them and the last epoch stops when they are taken.
+    stop_epoch: stop after this many epochs with a normal checkpoint (the schedule still spans the
+      whole run, so resuming without it gives exactly the uninterrupted run).
+    ck: the checkpoint dict to resume from (read from `resume_from`, already checked against
+      `fingerprint`, which every checkpoint stores). `run_info` is merged into metrics.json."""
     from .plots import plot_curves
 
     wall_start = time.perf_counter()
     rank, world = dist.rank(), dist.world_size()
     train_indices = torch.as_tensor(train_indices, dtype=torch.int64)
     iters_per_epoch = len(make_batches(train_indices, args.batch_size, None, 0, world))
+    total_steps = total_steps or args.epochs * iters_per_epoch
+    n_epochs = math.ceil(total_steps / iters_per_epoch)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.decay, nesterov=args.momentum > 0)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * iters_per_epoch)
-    order_gen = torch.Generator().manual_seed(args.manualSeed)                      # data order
-    aug_gen = torch.Generator(device=device).manual_seed(args.manualSeed + 1 + 1000 * rank)  # crops/flips
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    order_gen = torch.Generator().manual_seed(stream_seed(args.manualSeed, ORDER))             # data order
+    aug_gen = torch.Generator(device=device).manual_seed(stream_seed(args.manualSeed, AUGMENT, rank))  # crops/flips
     st = {"epoch": 0, "best_acc": 0.0, "history": [], "train_seconds": 0.0, "seconds": 0.0}
 
-    if resume_from:
-        ck = load_checkpoint(resume_from)
-        was, now = {**ck["args"], **ck["run_info"]}, {**vars(args), **run_info}
-        for key in ("dataset", "arch", "num_train_samples", "method", "subset_rate", "selection",
-                    "epochs", "batch_size", "learning_rate", "momentum", "decay", "manualSeed",
-                    "dynamics", "dynamics_format", "dynamics_dtype"):
-            if was.get(key) != now.get(key):
-                raise UserError(f"{resume_from} is a run with {key}={was.get(key)!r}, not {now.get(key)!r}; "
-                                f"resume it with the same settings (or start again with --overwrite)")
+    if ck is not None:
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
@@ -275,13 +220,16 @@ def fit(args, model, data, train_indices, device, *, run_info, resume_from=None,
     def metrics(done):
         last = st["history"][-1] if st["history"] else {}
         return {**run_info, "best_acc": st["best_acc"], "final_acc": last.get("test_acc"),
-                "epochs": args.epochs, "completed_epochs": st["epoch"], "finished": done,
+                "epochs": n_epochs, "steps": total_steps, "completed_epochs": st["epoch"],
+                "finished": done, "stopped": not done and st["epoch"] == stop_at,
                 "train_seconds": st["train_seconds"],
                 "seconds": st["seconds"] + time.perf_counter() - wall_start,
                 "history": st["history"]}
 
-    for epoch in range(st["epoch"], args.epochs):
+    stop_at = min(n_epochs, stop_epoch or n_epochs)
+    for epoch in range(st["epoch"], stop_at):
         batches = make_batches(train_indices, args.batch_size, order_gen, rank, world)
+        batches = batches[:total_steps - epoch * iters_per_epoch]   # the last epoch of an iteration budget
         if recorder is not None:
             recorder.start_epoch()
         tr = train_one_epoch(net, data, batches, optimizer, scheduler, aug_gen, amp=args.amp,
@@ -293,7 +241,7 @@ def fit(args, model, data, train_indices, device, *, run_info, resume_from=None,
         ev = evaluate(model, data, amp=args.amp)          # ...unwrapped: no DDP collectives in eval
         if recorder is not None:
             recorder.wait()                                # ...and on disk before the checkpoint
-        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **tr, **ev}
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "steps": len(batches), **tr, **ev}
         st["history"].append(row)
         st["train_seconds"] += tr["train_seconds"]
         is_best = ev["test_acc"] > st["best_acc"]
@@ -301,13 +249,13 @@ def fit(args, model, data, train_indices, device, *, run_info, resume_from=None,
         st["epoch"] = epoch + 1
         rng = rng_state(order_gen, aug_gen)                # collective, on every rank
         if dist.is_main_process():
-            log(f"epoch {epoch:3d}/{args.epochs} train loss {tr['train_loss']:.4f} acc {tr['train_acc']:6.2f} | "
+            log(f"epoch {epoch:3d}/{n_epochs} train loss {tr['train_loss']:.4f} acc {tr['train_acc']:6.2f} | "
                 f"test loss {ev['test_loss']:.4f} acc {ev['test_acc']:6.2f} (best {st['best_acc']:.2f}) | "
                 f"{tr['samples'] / tr['train_seconds']:.0f} img/s")
             ck = {**st, "seconds": st["seconds"] + time.perf_counter() - wall_start, "model": model.state_dict(),
                   "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
                   "recorder": recorder.state_dict() if recorder is not None else {},
-                  "run_info": run_info, "args": vars(args), "arch": args.arch}
+                  "run_info": run_info, "args": vars(args), "arch": args.arch, "fingerprint": fingerprint}
             save_torch(os.path.join(args.save_path, CHECKPOINT), ck)
             if is_best:
                 save_torch(os.path.join(args.save_path, BEST), {"model": model.state_dict(), "epoch": epoch + 1,
@@ -317,11 +265,18 @@ def fit(args, model, data, train_indices, device, *, run_info, resume_from=None,
                         title=f"{run_info.get('dataset')} {args.arch} ({run_info.get('num_train_samples')} samples)")
         dist.barrier()
 
-    final = metrics(True)
+    done = st["epoch"] >= n_epochs
+    final = metrics(done)
     if dist.is_main_process():
         save_json(os.path.join(args.save_path, "metrics.json"), final)
-        log(f"done: final {final['final_acc']:.2f}% best {final['best_acc']:.2f}% | train {final['train_seconds']:.1f} s, "
-            f"total {final['seconds']:.1f} s | {args.save_path}/metrics.json, curve.png")
+        if not st["history"]:
+            log(f"nothing to do: the run is at epoch {st['epoch']} of {n_epochs}")
+        elif done:
+            log(f"done: final {final['final_acc']:.2f}% best {final['best_acc']:.2f}% | train "
+                f"{final['train_seconds']:.1f} s, total {final['seconds']:.1f} s | {args.save_path}/metrics.json, curve.png")
+        else:
+            log(f"stopped after epoch {st['epoch'] - 1} ({st['epoch']} of {n_epochs} epochs, --stop_epoch): "
+                f"test {final['final_acc']:.2f}% | resume without --stop_epoch to finish the run")
     return final
 
 

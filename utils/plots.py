@@ -9,7 +9,7 @@ from .io import save_figure  # noqa: E402
 
 def plot_curves(history, path, title=""):
     """curve.png: accuracy and loss per epoch, train and test, from fit()'s history rows."""
-    epochs = [h["epoch"] + 1 for h in history]
+    epochs = [h["epoch"] for h in history]   # numbered from 0, as in the log
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, key, label in ((acc, "acc", "top-1 accuracy (%)"), (loss, "loss", "cross-entropy")):
         ax.plot(epochs, [h[f"train_{key}"] for h in history], label="train (augmented)")

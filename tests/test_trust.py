@@ -1,0 +1,189 @@
+"""No silent mix-ups: a resumed run has exactly the settings it started with, a refused command
+leaves its folder byte-identical, the scripts' defaults are the published ones, and the random
+streams are the published model initialisation plus independent spawned streams."""
+import hashlib
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import importance_evaluation
+import train
+import train_subset
+from conftest import assert_user_error, run_script
+from utils.errors import UserError
+
+N = 160  # training samples of the cifar10 fixture
+COMMON = ["--dataset", "cifar10", "--arch", "resnet20", "--epochs", "1", "--batch-size", "32", "--ngpu", "0"]
+
+
+def folder_digest(path):
+    """{relative file: sha256} of everything under `path` (a refused command must not change it)."""
+    out = {}
+    for root, _, files in os.walk(path):
+        for f in files:
+            p = os.path.join(root, f)
+            out[os.path.relpath(p, path)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def subset_run(cifar10_dir, tmp_path_factory):
+    """A finished one-epoch subset run (TDDS-like scores, published weighting) and its inputs."""
+    d = tmp_path_factory.mktemp("trust")
+    s = np.random.default_rng(0).random(N).astype(np.float32)
+    np.save(d / "mask.npy", np.argsort(s, kind="stable"))
+    np.save(d / "score.npy", np.sort(s))
+    np.save(d / "other_score.npy", np.sort(s) * 1.5)    # same shape and order, other content
+    other = s.copy()
+    other[:10] = other[:10][::-1]                       # the same sorted scores, another order
+    np.save(d / "other_mask.npy", np.argsort(other, kind="stable"))
+    flags = ["--data_path", cifar10_dir, *COMMON, "--subset_rate", "0.5", "--mask_path", str(d / "mask.npy"),
+             "--score_path", str(d / "score.npy"), "--save_path", str(d / "run")]
+    run_script("train_subset.py", *flags)
+    return d, flags
+
+
+def _replace(flags, flag, value):
+    out = list(flags)
+    out[out.index(flag) + 1] = value
+    return out
+
+
+CHANGES = {  # a changed setting -> what the refusal must name
+    "weighting": (lambda d, f: f + ["--no_score_weighting"], "--no_score_weighting False (now True)"),
+    "class balance": (lambda d, f: f + ["--class_balanced"], "--class_balanced"),
+    "selection": (lambda d, f: f + ["--selection", "ccs"], "--selection 'top' (now 'ccs')"),
+    "mis_ratio": (lambda d, f: f + ["--mis_ratio", "0.1"], "--mis_ratio 0.0 (now 0.1)"),
+    "strata": (lambda d, f: f + ["--strata", "10"], "--strata 50 (now 10)"),
+    "score content": (lambda d, f: _replace(f, "--score_path", str(d / "other_score.npy")), "content of --score_path"),
+    "mask content": (lambda d, f: _replace(f, "--mask_path", str(d / "other_mask.npy")), "content of --mask_path"),
+    "amp": (lambda d, f: f + ["--amp"], "--amp False (now True)"),
+    "rate": (lambda d, f: _replace(f, "--subset_rate", "0.6"), "--subset_rate 0.5 (now 0.6)"),
+    "arch": (lambda d, f: _replace(f, "--arch", "resnet32"), "--arch 'resnet20' (now 'resnet32')"),
+    "weight decay": (lambda d, f: f + ["--decay", "0.0007"], "--decay 0.0005 (now 0.0007)"),
+    "budget": (lambda d, f: f + ["--budget", "iterations"], "--budget 'epochs' (now 'iterations')"),
+    "deterministic": (lambda d, f: f + ["--deterministic"], "--deterministic"),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_resume_refuses_every_changed_setting(subset_run, change):
+    d, flags = subset_run
+    before = folder_digest(d / "run")
+    edit, fragment = CHANGES[change]
+    with pytest.raises(UserError) as e:
+        train_subset.main(edit(d, flags) + ["--resume"])
+    msg = str(e.value)
+    assert fragment in msg and "--overwrite" in msg and "\n" not in msg, msg
+    assert folder_digest(d / "run") == before
+
+
+def test_refusal_is_one_line_and_harmless_flags_are_not_settings(subset_run):
+    d, flags = subset_run
+    before = folder_digest(d / "run")
+    p = run_script("train_subset.py", *flags, "--resume", "--subset_rate", "0.6", check=False)  # argparse: last wins
+    assert_user_error(p, "--subset_rate 0.5 (now 0.6)", "same settings", "--overwrite")
+    assert folder_digest(d / "run") == before
+    # where the data and files live, how often it prints: not settings of the run
+    moved = d / "moved"
+    moved.mkdir(exist_ok=True)
+    for f in ("mask.npy", "score.npy"):
+        (moved / f).write_bytes((d / f).read_bytes())
+    same = _replace(_replace(flags, "--mask_path", str(moved / "mask.npy")), "--score_path", str(moved / "score.npy"))
+    result = train_subset.main(same + ["--resume", "--print_freq", "7", "--workers", "0"])
+    assert result["finished"] and result["completed_epochs"] == 1
+
+
+def test_train_resume_refuses_other_dynamics_settings(cifar10_dir, tmp_path):
+    save = tmp_path / "full"
+    flags = ["--data_path", cifar10_dir, *COMMON, "--dynamics", "--save_path", str(save)]
+    train.main(flags)
+    before = folder_digest(save)
+    for extra, fragment in ((["--dynamics_dtype", "float16"], "--dynamics_dtype 'float32' (now 'float16')"),
+                            (["--label_noise", "0.2"], "--label_noise 0.0 (now 0.2)"),
+                            (["--manualSeed", "7"], "--manualSeed 42 (now 7)")):
+        with pytest.raises(UserError, match=None) as e:
+            train.main(flags + extra + ["--resume"])
+        assert fragment in str(e.value), str(e.value)
+    assert folder_digest(save) == before
+
+
+def test_published_defaults_per_script():
+    t = train.parse_args([])
+    s = train_subset.parse_args([])
+    i = importance_evaluation.parse_args([])
+    assert t.batch_size == 100 and s.batch_size == 128
+    assert s.subset_rate == 0.9
+    assert (i.trajectory_len, i.window_size) in ((10, 10), ([10], [10]))
+    assert i.dynamics_path == "./checkpoint/all-dataset/npy/"
+    for a in (t, s):   # shared by both training scripts, defined once
+        assert (a.epochs, a.learning_rate, a.momentum, a.decay, a.manualSeed) == (200, 0.1, 0.9, 0.0005, 42)
+    assert t.save_path == "./checkpoint/all-dataset" and s.save_path == "./checkpoint/pruned-dataset"
+
+
+def test_model_init_is_the_published_one_and_streams_are_independent():
+    from types import SimpleNamespace
+    from models import create_model
+    from utils.engine import AUGMENT, GLOBAL, ORDER, build_model, stream_seed
+    data = SimpleNamespace(num_classes=10)
+    args = SimpleNamespace(manualSeed=3, arch="resnet20", amp=False)
+    ours = build_model(args, data, torch.device("cpu")).state_dict()
+    assert torch.initial_seed() == stream_seed(3, GLOBAL, 0)   # then the rank's own global stream
+    torch.manual_seed(3)                      # what the published scripts do before building the model
+    published = create_model("resnet20", 10).state_dict()
+    assert all(torch.equal(ours[k], published[k]) for k in published)
+    # every stream of seeds 0..199 (3 streams, 4 ranks) is distinct, and none is a plain small seed
+    seeds = [stream_seed(s, k, r) for s in range(200) for k in (AUGMENT, GLOBAL) for r in range(4)]
+    seeds += [stream_seed(s, ORDER) for s in range(200)]
+    assert len(set(seeds)) == len(seeds) and min(seeds) > 10_000
+    # the global stream after the init is not the next seed's init stream (the old seed + k scheme)
+    assert stream_seed(3, AUGMENT, 0) != 4
+
+
+def test_missing_cifar_download_failure_says_where_to_unpack(tmp_path, monkeypatch):
+    import torchvision
+    from utils.data import read_cifar
+    monkeypatch.delenv("TDDS_OFFLINE", raising=False)
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "url", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    with pytest.raises(UserError) as e:
+        read_cifar(str(tmp_path), "cifar10", train=True)
+    msg = str(e.value)
+    assert "download failed" in msg and "cifar-10-python.tar.gz" in msg and f"unpack it into {tmp_path}" in msg
+
+
+def test_stop_epoch_gives_the_uninterrupted_dynamics_and_metrics(cifar10_dir, tmp_path):
+    flags = ["--data_path", cifar10_dir, *_replace(COMMON, "--epochs", "3"), "--dynamics"]
+    ref = train.main(flags + ["--save_path", str(tmp_path / "ref")])
+    stopped = train.main(flags + ["--save_path", str(tmp_path / "cut"), "--stop_epoch", "2"])
+    assert stopped["completed_epochs"] == 2 and stopped["stopped"] and not stopped["finished"]
+    assert not (tmp_path / "cut" / "npy" / "2_Output.npy").exists()
+    m = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert m["stopped"] and not m["finished"] and m["epochs"] == 3
+    for e in (0, 1):
+        for tag in ("Output", "Loss", "Index"):
+            a = np.load(tmp_path / "ref" / "npy" / f"{e}_{tag}.npy")
+            b = np.load(tmp_path / "cut" / "npy" / f"{e}_{tag}.npy")
+            assert a.dtype == b.dtype and np.array_equal(a, b), (e, tag)
+    done = train.main(flags + ["--save_path", str(tmp_path / "cut"), "--resume"])
+    assert done["finished"] and not done["stopped"] and done["final_acc"] == ref["final_acc"]
+    assert [h["train_loss"] for h in done["history"]] == [h["train_loss"] for h in ref["history"]]
+
+
+def test_budget_iterations_takes_the_full_data_steps(cifar10_dir, tmp_path):
+    mask = np.arange(N)
+    np.save(tmp_path / "mask.npy", mask)
+    flags = ["--data_path", cifar10_dir, *_replace(COMMON, "--epochs", "2"), "--subset_rate", "0.7",
+             "--mask_path", str(tmp_path / "mask.npy"), "--no_score_weighting"]
+    by_epochs = train_subset.main(flags + ["--save_path", str(tmp_path / "e")])
+    by_iters = train_subset.main(flags + ["--save_path", str(tmp_path / "i"), "--budget", "iterations"])
+    kept = N - int(0.7 * N)                                    # 48 samples: 2 steps of 32 per epoch
+    assert by_epochs["steps"] == 2 * math.ceil(kept / 32) == sum(h["steps"] for h in by_epochs["history"])
+    full_steps = 2 * math.ceil(N / 32)                         # 10: what the full data takes
+    assert by_iters["steps"] == full_steps == sum(h["steps"] for h in by_iters["history"])
+    assert by_iters["epochs"] == math.ceil(full_steps / math.ceil(kept / 32)) and by_iters["finished"]
+    assert by_iters["budget"] == "iterations" and by_epochs["budget"] == "epochs"
+    assert by_iters["history"][-1]["lr"] == pytest.approx(0.0, abs=1e-12)   # the schedule spans the steps
