@@ -61,10 +61,11 @@ def fake_sweep(tmp_path):
     return out
 
 
-def parse_md_table(text):
-    """{row label: {column header: cell}} of the markdown table in `text`."""
+def parse_md_table(text, title="Final test accuracy"):
+    """{row label: {column header: cell}} of the markdown table under the heading starting with `title`."""
+    section = text.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
     rows = [[c.strip() for c in line.strip().strip("|").split("|")]
-            for line in text.splitlines() if line.startswith("|") and not line.startswith("|---")]
+            for line in section.splitlines() if line.startswith("|") and not line.startswith("|---")]
     header = rows[0]
     return {r[0]: dict(zip(header[1:], r[1:])) for r in rows[1:]}
 
@@ -99,8 +100,10 @@ def test_summarize_tree(fake_sweep, capsys):
     assert table["tdds-ccs"]["90%"] == "56.00"
     assert table["tdds-cb"]["50%"] == "69.00"
     full_lines = [line for line in md.splitlines() if line.lower().startswith("full data")]
-    assert len(full_lines) == 1 and "78.21" in full_lines[0]
-    assert f"{len(FAKE_RUNS)} runs" in md
+    assert len(full_lines) == 1 and "final 78.21" in full_lines[0] and "best 78.71" in full_lines[0]
+    assert f"{len(FAKE_RUNS) - 1} subset runs (+ 1 full-data run)" in md
+    best = parse_md_table(md, "Best test accuracy")    # write_metrics sets best = final + 0.5
+    assert best["tdds"]["90%"] == "55.00" and best["random"]["50%"] == "60.50"
 
     # png: a real PNG image
     with open(os.path.join(fake_sweep, "accuracy_vs_pruning.png"), "rb") as f:
@@ -108,6 +111,45 @@ def test_summarize_tree(fake_sweep, capsys):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     assert width > 100 and height > 100
+
+
+def test_cost_ledger_adds_up(tmp_path):
+    """Each subset run's cost = recorded dynamics epochs + its scoring call + its own training, as
+    fractions of one full-data training (the full run's seconds per epoch x its --epochs)."""
+    out = str(tmp_path / "sweep")
+    # the dynamics run stopped after 3 of 10 epochs, 2 s each: one full training = 20 s
+    write_metrics(out, "full", method="full", subset_rate=0.0, final_acc=40.0, epochs=10, completed_epochs=3,
+                  train_seconds=6.0, finished=False)
+    write_metrics(out, "tdds/r0.5/s1", method="tdds", subset_rate=0.5, final_acc=30.0, train_seconds=4.0,
+                  score_info={"seconds": 1.0, "arch": "resnet20"}, scored_arch="resnet20")
+    write_metrics(out, "random/r0.5/s1", method="random", selection="random", subset_rate=0.5, final_acc=29.0,
+                  train_seconds=5.0)
+    summarize = load_summarize()
+    summarize.summarize(out)
+    with open(os.path.join(out, "results.csv")) as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    t, r = rows["tdds/r0.5/s1"], rows["random/r0.5/s1"]
+    assert float(t["cost_dynamics"]) == pytest.approx(6 / 20) and float(t["cost_scoring"]) == pytest.approx(1 / 20)
+    assert float(t["cost_subset"]) == pytest.approx(4 / 20)
+    assert float(t["cost_total"]) == pytest.approx((6 + 1 + 4) / 20)
+    assert float(r["cost_dynamics"]) == 0 and float(r["cost_total"]) == pytest.approx(5 / 20)
+    md = open(os.path.join(out, "results.md")).read()
+    assert parse_md_table(md, "Compute")["tdds"]["50%"] == "0.550"
+    assert "after 3 of 10 epochs" in md
+    assert os.path.getsize(os.path.join(out, "accuracy_vs_cost.png")) > 1000
+
+
+def test_kept_flagged_fractions_table(tmp_path):
+    out = str(tmp_path / "sweep")
+    write_metrics(out, "tdds/r0.5/s1", method="tdds", subset_rate=0.5, final_acc=30.0, kept_mislabeled_fraction=0.3)
+    write_metrics(out, "tdds/r0.5/s2", method="tdds", subset_rate=0.5, final_acc=31.0, kept_mislabeled_fraction=0.1)
+    write_metrics(out, "el2n-cnn/r0.5/s1", method="el2n", subset_rate=0.5, final_acc=31.0, arch="resnet32",
+                  scored_arch="resnet20", kept_mislabeled_fraction=0.5)
+    md = load_summarize().summarize(out)
+    table = parse_md_table(md, "Fraction of the kept set that is mislabeled")
+    assert table["tdds"]["50%"] == f"0.200 ± {math.sqrt(0.02):.3f} (n=2)"
+    assert table["el2n [resnet20→resnet32]"]["50%"] == "0.500"     # cross-architecture rows apart
+    assert os.path.getsize(os.path.join(out, "kept_flagged_vs_pruning.png")) > 1000
 
 
 @pytest.mark.parametrize("make", ["empty", "missing"])
