@@ -6,7 +6,8 @@
 - results.md: method x pruning-rate tables of the FINAL test top-1 accuracy (last epoch) and of the
   BEST test accuracy over epochs (what the published logs report), "mean ± std (n=…)" over seeds
   (sample standard deviation, ddof=1) or the plain value for a single run, with the full-data run
-  as a reference line; then the compute each result cost (the cost ledger, below), and, when the
+  as a reference line; then the compute each result cost (the cost ledger, below), the kept set's
+  mean loss weight u for runs with the published score weighting, and, when the
   runs used --label_noise / --corrupt_ratio, the fraction of the kept set that is mislabeled /
   corrupted.
 - accuracy_vs_pruning.png (one line per method, seed error bars, full data dashed),
@@ -40,7 +41,7 @@ from utils.io import save_figure, save_text  # noqa: E402
 
 CSV_COLUMNS = ["run", "label", "method", "selection", "class_balanced", "score_weighting", "budget", "subset_rate",
                "seed", "final_acc", "best_acc", "epochs", "steps", "completed_epochs", "finished",
-               "num_train_samples", "train_seconds", "seconds", "dataset", "arch", "scored_arch",
+               "num_train_samples", "mean_weight", "train_seconds", "seconds", "dataset", "arch", "scored_arch",
                "cost_dynamics", "cost_scoring", "cost_subset", "cost_total",
                "kept_mislabeled_fraction", "mislabeled_kept_fraction", "kept_corrupted_fraction",
                "corrupted_kept_fraction"]
@@ -189,6 +190,8 @@ def markdown(runs):
         lines += table(cost, "Compute, as a fraction of one full-data training (dynamics + scoring + subset)",
                        fmt="{:.3f}")
         lines += ledger_rows(runs)
+    lines += table(aggregate(runs, "mean_weight"), "Mean loss weight u of the kept set — the published score "
+                   "weighting scales the effective learning rate by about this factor", fmt="{:.3f}")
     for name, key in FLAGGED.items():
         lines += table(aggregate(runs, key), f"Fraction of the kept set that is {name}", fmt="{:.3f}")
     return "\n".join(lines) + "\n"

@@ -5,7 +5,7 @@ preallocated on the training device (no per-batch concatenation, no per-batch ho
 epoch the buffers are summed over ranks into rank 0, copied to the host once, and written atomically by
 a background thread while training goes on.
 
-Two layouts (TDDS_SPEC.md, "Dynamics files"):
+Two layouts (docs/METHODS.md, "Dynamics files"):
 - `logits` (default, the published one): <e>_Output.npy (N, C) logits (float32, or float16 with
   --dynamics_dtype float16), <e>_Loss.npy (N,), <e>_Index.npy (N,) = arange(N) (rows in dataset order).
 - `contrib` (ImageNet scale): the previous epoch's log(p + 1e-8) stays on the device and each epoch

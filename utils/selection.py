@@ -1,6 +1,6 @@
 """From a scoring run's mask/score files to the indices train_subset.py trains on.
 
-Conventions (TDDS_SPEC.md, "Subset training" and "Selection strategies"):
+Conventions (docs/METHODS.md, "Selection"):
 - higher score = more important = kept; `rate` is the fraction PRUNED;
 - mask file = argsort(S) ascending (int64 dataset indices), score file = sort(S) ascending;
 - every strategy keeps exactly kept_count(N, rate) = N - int(rate * N) samples, the size of the
