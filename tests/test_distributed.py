@@ -164,6 +164,7 @@ def two_proc(easy_dir, tmp_path_factory):
     return str(save), p
 
 
+@pytest.mark.slow
 def test_torchrun_layout_and_every_sample_once(one_proc, two_proc):
     (one, _), (two, p) = one_proc, two_proc
     assert sorted(os.listdir(two)) == sorted(os.listdir(one))                    # same files as 1 process
@@ -193,12 +194,14 @@ def test_torchrun_layout_and_every_sample_once(one_proc, two_proc):
         np.testing.assert_allclose(cross_entropy(out, y), loss, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_torchrun_accuracy_comparable_to_one_process(one_proc, two_proc):
     acc1, acc2 = metrics(one_proc[0])["final_acc"], metrics(two_proc[0])["final_acc"]
     assert acc1 >= 75 and acc2 >= 75, (acc1, acc2)   # the fixture is learnable: the comparison means something
     assert abs(acc1 - acc2) <= 15, (acc1, acc2)
 
 
+@pytest.mark.slow
 def test_torchrun_killed_and_resumed_equals_uninterrupted(easy_dir, two_proc, tmp_path):
     """The killed/resumed run records --dynamics_format contrib: its training is that of the
     uninterrupted logits run (the format does not touch training), so its per-sample features must

@@ -3,10 +3,12 @@ ResNet-20 on real digit images reaching the accuracy one expects of it."""
 import json
 
 import numpy as np
+import pytest
 
 from conftest import run_script
 
 
+@pytest.mark.slow
 def test_published_commands_cifar100(cifar100_dir, tmp_path):
     """The published README's lines, with --epochs, the paths and (for CPU time) the arch changed."""
     full, masks, pruned = tmp_path / "all-dataset", tmp_path / "generated_mask", tmp_path / "pruned-dataset"
