@@ -1,0 +1,90 @@
+"""utils/robustness.py against its definition: exact counts, the maps, determinism from its own
+seed only, corruption only where flagged and equal to torchvision's functional transforms."""
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+import io
+
+from PIL import Image
+
+from utils.errors import UserError
+from utils.robustness import (CIFAR10_ASYMMETRIC, CORRUPTIONS, SEVERITY, apply_corruption, apply_label_noise,
+                              flagged_fractions)
+
+Y = np.random.default_rng(0).integers(0, 10, 5000)
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.2, 0.37, 0.8])
+def test_symmetric_noise_flips_exactly_and_never_to_the_true_class(rate):
+    noisy, flipped = apply_label_noise(Y, 10, rate, "symmetric", seed=3)
+    assert flipped.sum() == round(rate * len(Y))
+    assert np.array_equal(noisy != Y, flipped)           # every flipped label changed, nothing else
+    if rate:   # the new labels spread over all other classes: each (true -> new) pair gets ~1/9
+        pairs = np.zeros((10, 10))
+        np.add.at(pairs, (Y[flipped], noisy[flipped]), 1)
+        share = pairs / pairs.sum(1, keepdims=True)
+        assert np.all(np.diag(share) == 0)
+        off = share[~np.eye(10, dtype=bool)]
+        assert off.min() > 0 and abs(off.mean() - 1 / 9) < 1e-9 and off.max() < 0.3
+
+
+def test_asymmetric_noise_follows_the_maps():
+    noisy, flipped = apply_label_noise(Y, 10, 0.4, "asymmetric", seed=1, dataset="cifar10")
+    eligible = np.isin(Y, list(CIFAR10_ASYMMETRIC))
+    assert flipped.sum() == round(0.4 * eligible.sum()) and not flipped[~eligible].any()
+    assert all(noisy[i] == CIFAR10_ASYMMETRIC[Y[i]] for i in np.flatnonzero(flipped))
+    noisy, flipped = apply_label_noise(Y, 10, 0.25, "asymmetric", seed=1, dataset="cifar100")
+    assert flipped.sum() == round(0.25 * len(Y)) and np.array_equal(noisy[flipped], (Y[flipped] + 1) % 10)
+
+
+def test_noise_depends_on_its_own_seed_only():
+    a = apply_label_noise(Y, 10, 0.3, seed=5)
+    np.random.seed(123)
+    torch.manual_seed(123)
+    b = apply_label_noise(Y, 10, 0.3, seed=5)
+    c = apply_label_noise(Y, 10, 0.3, seed=6)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[1], c[1])
+
+
+X = np.random.default_rng(1).integers(0, 256, (200, 3, 16, 16), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("kind", CORRUPTIONS)
+def test_corruption_exact_count_and_untouched_rest(kind):
+    out, mask = apply_corruption(X, 0.3, kind, 3, seed=2)
+    assert out.dtype == np.uint8 and out.shape == X.shape and mask.sum() == round(0.3 * len(X))
+    assert np.array_equal(out[~mask], X[~mask])
+    assert (out[mask] != X[mask]).reshape(mask.sum(), -1).any(1).all()
+    again, mask2 = apply_corruption(X, 0.3, kind, 3, seed=2)
+    assert np.array_equal(again, out) and np.array_equal(mask2, mask)
+    other, mask3 = apply_corruption(X, 0.3, kind, 3, seed=3)
+    assert not np.array_equal(mask3, mask)
+    changes = [np.abs(apply_corruption(X, 1.0, kind, s, seed=2)[0].astype(int) - X).mean() for s in (1, 5)]
+    assert changes[1] > changes[0]                        # severity 5 changes the images more than 1
+
+
+def test_corruptions_are_torchvisions():
+    img = torch.from_numpy(X[:1].copy())
+    out, _ = apply_corruption(img, 1.0, "contrast", 2, seed=0)
+    assert torch.equal(out, TF.adjust_contrast(img, SEVERITY["contrast"][1]))
+    out, _ = apply_corruption(img, 1.0, "gaussian_blur", 5, seed=0)
+    assert torch.equal(out, TF.gaussian_blur(img, [7, 7], [1.0, 1.0]))
+    out, _ = apply_corruption(img, 1.0, "jpeg", 1, seed=0)
+    buf = io.BytesIO()
+    Image.fromarray(X[0].transpose(1, 2, 0)).save(buf, format="JPEG", quality=80)
+    assert np.array_equal(out[0].numpy().transpose(1, 2, 0), np.array(Image.open(buf)))
+
+
+def test_flagged_fractions_and_flag_errors():
+    flagged = np.zeros(10, dtype=bool)
+    flagged[[1, 2, 3]] = True
+    f = flagged_fractions(np.array([0, 1, 2, 9]), flagged)
+    assert f == {"kept_flagged_fraction": 0.5, "flagged_kept_fraction": 2 / 3, "num_flagged": 3, "num_kept_flagged": 2}
+    with pytest.raises(UserError, match="--severity"):
+        apply_corruption(X, 0.1, "contrast", 6)
+    with pytest.raises(UserError, match="--corruption"):
+        apply_corruption(X, 0.1, "fog", 1)
+    with pytest.raises(UserError, match="--label_noise"):
+        apply_label_noise(Y, 10, 1.5)
