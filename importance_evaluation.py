@@ -12,56 +12,74 @@ project's train.py holds targets.npy; for files of the published train.py name t
     python importance_evaluation.py --dynamics_path ./checkpoint/all-dataset/npy/ --method el2n \
         --trajectory_len 20 --data_path ./data --dataset cifar100
 
+Several values of --trajectory_len, --window_size, --decay score every valid combination while reading
+each epoch file once (the same files as one call per combination), plus sensitivity.md/.png:
+
+    python importance_evaluation.py --trajectory_len 10 20 30 --window_size 5 10 --decay 0.9 0.8
+
 Writes into --mask_path: data_mask_<tag>.npy (dataset indices by ascending score, int64; the
 published file train_subset.py reads), score_<tag>.npy (the score sorted ascending, float32),
 dataset_score_<tag>.npy (the score in dataset order) and score_hist_<tag>.png, where <tag> is
-win<K>_ep<T> for TDDS and <method>_ep<T> for a baseline. Higher score = more important = kept.
+win<K>_ep<T> for TDDS and <method>_ep<T> for a baseline (_decay<beta> appended when one call scores
+several decays, _win<K> for dyn_unc with several window sizes), and info_<tag>.json (what was
+scored, from which run, the seconds and device it took). Higher score = more important = kept.
 """
+import json
 import os
 import time
 
-import numpy as np
+START = time.time()   # the cost ledger counts the whole call, imports included
 
-from utils.args import DATASETS, Parser
-from utils.errors import UserError, run
-from utils.io import ensure_writable_dir, save_figure, save_npy
-from utils.scoring import (LABEL_METHODS, METHODS, Dynamics, check_args, check_targets, compute_score,
-                           method_labels, output_names)
+import numpy as np  # noqa: E402
+
+from utils.args import DATASETS, Parser  # noqa: E402
+from utils.errors import UserError, run  # noqa: E402
+from utils.io import ensure_writable_dir, save_figure, save_json, save_npy  # noqa: E402
+from utils.run_folder import check_writable  # noqa: E402
+from utils.scoring import (LABEL_METHODS, METHODS, Dynamics, check_args, check_targets,  # noqa: E402
+                           combinations, compute_scores, method_labels, output_names, output_tag)
+
+# the training run's settings copied into info_<tag>.json (from its args.json, when present)
+RUN_SETTINGS = ("dataset", "data_path", "arch", "label_noise", "noise_type", "noise_seed", "corrupt_ratio",
+                "corruption", "severity", "corrupt_seed")
 
 
 def parse_args(argv=None):
     parser = Parser(description=__doc__.split('\n')[0])
     io = parser.add_argument_group('files')
-    io.add_argument('--dynamics_path', type=str, required=True,
+    io.add_argument('--dynamics_path', type=str, default='./checkpoint/all-dataset/npy/',
                     help='folder of <e>_Output.npy/<e>_Index.npy (or --dynamics_format contrib files)')
     io.add_argument('--mask_path', type=str, default='./checkpoint/generated_mask/',
                     help='output folder (created)')
     io.add_argument('--no_plot', action='store_true', help='do not write the score histogram')
-    score = parser.add_argument_group('score')
+    score = parser.add_argument_group('score (several values: every valid combination, one pass over the files)')
     score.add_argument('--method', type=str, default='tdds', choices=METHODS, help='score to compute')
-    score.add_argument('--trajectory_len', type=int, default=30, help='T: use epochs 0..T-1')
-    score.add_argument('--window_size', type=int, default=10, help='K: epochs per window (tdds, dyn_unc)')
-    score.add_argument('--decay', type=float, default=0.9, help='beta of the exponential window weights (tdds)')
+    score.add_argument('--trajectory_len', type=int, nargs='+', default=[10], metavar='T',
+                       help='T: use epochs 0..T-1')
+    score.add_argument('--window_size', type=int, nargs='+', default=[10], metavar='K',
+                       help='K: epochs per window (tdds: K >= 3; dyn_unc: K >= 2)')
+    score.add_argument('--decay', type=float, nargs='+', default=[0.9], metavar='BETA',
+                       help="TDDS's beta, the weight of the exponential window average (NOT the weight decay "
+                            "of the training scripts); several values add _decay<beta> to the file names")
     score.add_argument('--manualSeed', type=int, default=42, help='seed of --method random')
+    score.add_argument('--sensitivity_rates', type=float, nargs='+', default=[0.3, 0.5, 0.7, 0.9], metavar='R',
+                       help='pruning rates of the kept-set overlaps in sensitivity.md (several combinations)')
     labels = parser.add_argument_group('labels (for el2n, forgetting, aum, dyn_unc when the folder has no targets.npy)')
     labels.add_argument('--data_path', type=str, default=None, help='data set root, as for train.py')
     labels.add_argument('--dataset', type=str, default=None, choices=DATASETS, help='data set name, as for train.py')
     compute = parser.add_argument_group('compute')
     compute.add_argument('--chunk_size', type=int, default=None,
-                         help='samples scored at a time (default: buffers of ~32 MB; bounds memory)')
-    compute.add_argument('--device', type=str, default=None, help='torch device (default: cuda if available, else cpu)')
+                         help='samples scored at a time (by default buffers of ~32 MB; bounds memory)')
+    compute.add_argument('--device', type=str, default=None, help='torch device (by default cuda if available, else cpu)')
     return parser.parse_args(argv)
 
 
 def check_output_dir(path):
     """Fail before the work, not after it, if --mask_path cannot be created or written."""
-    parent = os.path.abspath(path)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise UserError(f"--mask_path {path}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"--mask_path {path}: {parent} is not writable")
+    if os.path.isfile(path):
+        raise UserError(f"--mask_path {path} is a file; it names the output FOLDER (train_subset.py's "
+                        f"--mask_path names a file in it)")
+    check_writable(path, '--mask_path')
 
 
 def load_labels(args, dyn):
@@ -107,40 +125,84 @@ def plot_histogram(path, score, title):
     plt.close(fig)
 
 
+def training_run(dynamics_path):
+    """(folder, its args.json "args") of the run that recorded the dynamics, or (None, {})."""
+    folder = os.path.dirname(os.path.abspath(dynamics_path.rstrip('/')))
+    try:
+        with open(os.path.join(folder, 'args.json')) as f:
+            return folder, json.load(f).get('args', {})
+    except (OSError, ValueError, AttributeError):
+        return None, {}
+
+
+def describe(method, T, K, beta, seed):
+    return {'tdds': f'TDDS (T={T}, K={K}, decay={beta})', 'random': f'random (seed {seed})',
+            'dyn_unc': f'dyn_unc (T={T}, K={K})'}.get(method, f'{method} (T={T})')
+
+
 def main(argv=None):
     args = parse_args(argv)
-    t0 = time.time()
-    T, K = args.trajectory_len, args.window_size
-    check_args(args.method, T, K, args.decay, args.chunk_size)
+    combos, skipped = combinations(args.method, args.trajectory_len, args.window_size, args.decay)
+    for T, K, why in skipped:
+        if combos:
+            print(f"note: skipping T={T}, K={K}: {why}")
+    if not combos:
+        raise UserError(skipped[0][2] + f" for --method {args.method}")
+    for T, K, beta in combos:
+        check_args(args.method, T, K if K is not None else 2, beta if beta is not None else 0.9, args.chunk_size)
+    if not all(0 <= r < 1 for r in args.sensitivity_rates):
+        raise UserError(f"--sensitivity_rates are pruning rates in [0, 1), got {args.sensitivity_rates}")
     check_output_dir(args.mask_path)
-    if args.method == 'tdds' and K == 2:
-        print("note: --window_size 2 puts one contribution in each window, so every TDDS score is 0; use K >= 3")
-    dyn = Dynamics(args.dynamics_path, T)
+    T_max = max(T for T, _, _ in combos)
+    dyn = Dynamics(args.dynamics_path, T_max)
     targets = method_labels(dyn, args.method, load_labels(args, dyn))   # None if not needed
     device = resolve_device(args.device) if args.method != 'random' else 'cpu'
-    what = {'tdds': f'TDDS (T={T}, K={K}, decay={args.decay})', 'random': f'random (seed {args.manualSeed})',
-            'dyn_unc': f'dyn_unc (T={T}, K={K})'}.get(args.method, f'{args.method} (T={T})')
     shape = f'{dyn.n} x {dyn.num_classes} logits' if dyn.fmt == 'logits' else f'{dyn.n} samples, per-epoch features'
+    what = describe(args.method, *combos[0], args.manualSeed) if len(combos) == 1 else \
+        f'{args.method}, {len(combos)} combinations of (T, K, decay) in one pass'
     print(f"{what} from {args.dynamics_path}: {shape}, {dyn.epochs_recorded} epochs recorded, on {device}")
 
-    score = compute_score(dyn, args.method, T, K, args.decay, targets=targets, seed=args.manualSeed,
-                          chunk_size=args.chunk_size, device=device)   # (N,) dataset order
-    mask = np.argsort(score, kind='stable').astype(np.int64)           # ascending: kept = the tail
+    scores = compute_scores(dyn, args.method, combos, targets=targets, seed=args.manualSeed,
+                            chunk_size=args.chunk_size, device=device)   # each (N,) in dataset order
 
-    ensure_writable_dir(args.mask_path, '--mask_path')
-    names = output_names(args.method, T, K)
-    out = {k: os.path.join(args.mask_path, v) for k, v in names.items()}
-    save_npy(out['mask'], mask)
-    print(f"wrote {out['mask']}: ({dyn.n},) int64 dataset indices by ascending score (keep the tail)")
-    save_npy(out['score'], score[mask])
-    print(f"wrote {out['score']}: ({dyn.n},) float32 score sorted ascending, "
-          f"min {score[mask[0]]:.4g} median {np.median(score):.4g} max {score[mask[-1]]:.4g}")
-    save_npy(out['dataset_score'], score)
-    print(f"wrote {out['dataset_score']}: ({dyn.n},) float32 score in dataset order")
-    if not args.no_plot:
-        plot_histogram(out['hist'], score, f"{what}, N={dyn.n}")
-        print(f"wrote {out['hist']}: histogram of the score (log counts)")
-    print(f"done in {time.time() - t0:.1f} s")
+    ensure_writable_dir(args.mask_path, '--mask_path')                   # the first write
+    run_folder, run_args = training_run(args.dynamics_path)
+    several = {'name_decay': len(set(args.decay)) > 1, 'name_window': len(set(args.window_size)) > 1}
+    by_tag = {}
+    for (T, K, beta), score in zip(combos, scores):
+        tag = output_tag(args.method, T, K, beta, **several)
+        by_tag[tag] = score
+        out = {k: os.path.join(args.mask_path, v) for k, v in output_names(args.method, T, K, beta, **several).items()}
+        mask = np.argsort(score, kind='stable').astype(np.int64)           # ascending: kept = the tail
+        save_npy(out['mask'], mask)
+        save_npy(out['score'], score[mask])
+        save_npy(out['dataset_score'], score)
+        print(f"wrote {out['mask']}: ({dyn.n},) int64 dataset indices by ascending score (keep the tail)")
+        print(f"wrote {out['score']}: ({dyn.n},) float32 score sorted ascending, "
+              f"min {score[mask[0]]:.4g} median {np.median(score):.4g} max {score[mask[-1]]:.4g}")
+        print(f"wrote {out['dataset_score']}: ({dyn.n},) float32 score in dataset order")
+        if not args.no_plot:
+            plot_histogram(out['hist'], score, f"{describe(args.method, T, K, beta, args.manualSeed)}, N={dyn.n}")
+            print(f"wrote {out['hist']}: histogram of the score (log counts)")
+        info = {'method': args.method, 'tag': tag, 'trajectory_len': T, 'window_size': K, 'decay': beta,
+                'seed': args.manualSeed if args.method == 'random' else None,
+                'files': {k: os.path.basename(out[k]) for k in ('mask', 'score', 'dataset_score')},
+                'num_samples': dyn.n, 'num_classes': dyn.num_classes, 'epochs_recorded': dyn.epochs_recorded,
+                'dynamics_path': os.path.abspath(args.dynamics_path), 'dynamics_run': run_folder,
+                **{k: run_args.get(k) for k in RUN_SETTINGS},
+                'seconds': None, 'combinations': len(combos), 'device': str(device)}
+        by_tag[tag] = (score, out['info'], info)
+    if len(combos) > 1:
+        from utils.agreement import write_agreement
+        md, png = os.path.join(args.mask_path, 'sensitivity.md'), os.path.join(args.mask_path, 'sensitivity.png')
+        write_agreement({t: v[0] for t, v in by_tag.items()}, args.sensitivity_rates, md, png,
+                        title=f"{args.method}: agreement between the {len(combos)} combinations")
+        print(f"wrote {md}, {png}: Spearman correlation and kept-set overlap of every pair of combinations")
+    seconds = time.time() - START
+    for score, path, info in by_tag.values():   # the seconds are known only now: the whole call
+        save_json(path, {**info, 'seconds': seconds})
+        print(f"wrote {path}: what was scored, from which run, in how many seconds")
+    print(f"done in {seconds:.1f} s (info_<tag>.json records it for the cost ledger)")
 
 
 if __name__ == '__main__':

@@ -1,5 +1,6 @@
 """importance_evaluation.py as a user runs it: the files it writes, and one clear error line (exit 2,
 nothing written) for every kind of bad input. Scripts run in parallel to keep the file fast."""
+import json
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +40,10 @@ def cli(dyn, out, *extra):
 def check_outputs(dyn, out, method, tag, seed=42, plot=False):
     """The files in `out` hold the score of compute_score (dataset order), its argsort and the sorted score."""
     from utils.scoring import Dynamics, compute_score
-    files = {f'data_mask_{tag}.npy', f'score_{tag}.npy', f'dataset_score_{tag}.npy'}
+    files = {f'data_mask_{tag}.npy', f'score_{tag}.npy', f'dataset_score_{tag}.npy', f'info_{tag}.json'}
+    info = json.load(open(os.path.join(out, f'info_{tag}.json')))
+    assert info['method'] == method and info['tag'] == tag and info['trajectory_len'] == T
+    assert info['num_samples'] == N and os.path.isabs(info['dynamics_path']) and info['seconds'] > 0
     if plot:
         files.add(f'score_hist_{tag}.png')
         assert open(os.path.join(out, f'score_hist_{tag}.png'), 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
@@ -113,6 +117,8 @@ BAD = {
                        ['found 6 recorded epochs (0..5)', '--trajectory_len 8 needs 8']),
     'window too small': (None, ('--window_size', '1'), ['--window_size 1']),
     'window too large': (None, ('--window_size', '7'), ['--window_size 7']),
+    'window 2 for tdds': (None, ('--window_size', '2'), ['--window_size 2', 'all scores']),
+    'no valid combination': (None, ('--window_size', '2', '9'), ['--window_size 2']),
     'decay zero': (None, ('--decay', '0'), ['--decay 0']),
     'decay above one': (None, ('--decay', '1.5'), ['--decay 1.5']),
     'other N': (lambda d: (_save(os.path.join(d, '4_Output.npy'), np.zeros((N - 1, C), np.float32)),
@@ -151,4 +157,4 @@ def test_bad_input(base, tmp_path):
         except AssertionError as e:
             raise AssertionError(f'{name}: {e}') from None
         out = jobs[name][jobs[name].index('--mask_path') + 1]
-        assert not os.path.exists(out) or not os.listdir(out), name
+        assert not os.path.exists(out), name   # not even an empty folder

@@ -272,9 +272,13 @@ def test_epoch_features_against_reference():
 def test_output_names():
     assert output_names('tdds', 30, 10) == {
         'mask': 'data_mask_win10_ep30.npy', 'score': 'score_win10_ep30.npy',
-        'dataset_score': 'dataset_score_win10_ep30.npy', 'hist': 'score_hist_win10_ep30.png'}
+        'dataset_score': 'dataset_score_win10_ep30.npy', 'hist': 'score_hist_win10_ep30.png',
+        'info': 'info_win10_ep30.json'}
     assert output_names('el2n', 20, 10)['mask'] == 'data_mask_el2n_ep20.npy'
     assert output_names('dyn_unc', 20, 10)['score'] == 'score_dyn_unc_ep20.npy'
+    # several decays / window sizes in one call: every file name says which
+    assert output_names('tdds', 30, 10, 0.8, name_decay=True)['mask'] == 'data_mask_win10_ep30_decay0.8.npy'
+    assert output_names('dyn_unc', 20, 5, name_window=True)['score'] == 'score_dyn_unc_ep20_win5.npy'
 
 
 def test_nan_logits_name_epoch_and_count(tmp_path):

@@ -28,16 +28,47 @@ _EPOCH_FILE = re.compile(r'^(\d+)_([A-Za-z][A-Za-z0-9]*)\.npy$')      # <e>_<Tag
 _BLOCK_BYTES = 32 << 20   # rows are read in blocks of at most this size (see _Npy)
 
 
-def output_names(method, trajectory_len, window_size):
-    """File names written to --mask_path (the first two are the published ones)."""
+def output_tag(method, trajectory_len, window_size=None, decay=None, name_window=False, name_decay=False):
+    """The <tag> of a score's files: win{K}_ep{T} for TDDS (the published name), {method}_ep{T} for a
+    baseline. When one call scores several decays (several window sizes for dyn_unc), _decay{beta}
+    (_win{K}) is appended so that no two results share a file."""
     if method == 'tdds':
         tag = f'win{window_size}_ep{trajectory_len}'
     else:
         tag = f'{method}_ep{trajectory_len}'
+        if method == 'dyn_unc' and name_window:
+            tag += f'_win{window_size}'
+    if method == 'tdds' and name_decay:
+        tag += f'_decay{decay:g}'
+    return tag
+
+
+def output_names(method, trajectory_len, window_size, decay=None, name_window=False, name_decay=False):
+    """File names written to --mask_path (the first two are the published ones)."""
+    tag = output_tag(method, trajectory_len, window_size, decay, name_window, name_decay)
     return {'mask': f'data_mask_{tag}.npy',              # argsort(score) ascending, int64
             'score': f'score_{tag}.npy',                 # score sorted ascending, float32
             'dataset_score': f'dataset_score_{tag}.npy',  # score in dataset order, float32
-            'hist': f'score_hist_{tag}.png'}              # histogram of the score
+            'hist': f'score_hist_{tag}.png',              # histogram of the score
+            'info': f'info_{tag}.json'}                   # what was scored, how long it took
+
+
+def combinations(method, trajectory_lens, window_sizes, decays):
+    """The valid, distinct (T, K, beta) of `method` (K and beta are None where the method has no use
+    for them), and the skipped ones as (T, K, reason)."""
+    out, skipped = [], []
+    for T in trajectory_lens:
+        for K in (window_sizes if method in WINDOW_METHODS else [None]):
+            low = 3 if method == 'tdds' else 2
+            if K is not None and not low <= K <= T:
+                skipped.append((T, K, f"--window_size {K} must be between {low} and --trajectory_len {T}"
+                                      + (" (with K = 2 every TDDS window holds one contribution: all scores 0)"
+                                         if method == 'tdds' and K == 2 else "")))
+                continue
+            for beta in (decays if method == 'tdds' else [None]):
+                if (T, K, beta) not in out:
+                    out.append((T, K, beta))
+    return out, skipped
 
 
 def auto_chunk_size(num_classes, trajectory_len):
@@ -47,14 +78,17 @@ def auto_chunk_size(num_classes, trajectory_len):
 
 
 def check_args(method, trajectory_len, window_size, decay, chunk_size=None):
-    """Flag values that cannot work, as a UserError naming the flag."""
+    """Flag values that cannot work, as a UserError naming the flag (one combination)."""
     if method not in METHODS:
         raise UserError(f"--method {method!r} is not one of {', '.join(METHODS)}")
     if trajectory_len < 1:
         raise UserError(f"--trajectory_len {trajectory_len} must be at least 1")
-    if method in WINDOW_METHODS and not 2 <= window_size <= trajectory_len:
-        raise UserError(f"--window_size {window_size} must be between 2 and --trajectory_len "
-                        f"{trajectory_len} for --method {method}")
+    low = 3 if method == 'tdds' else 2
+    if method in WINDOW_METHODS and not low <= window_size <= trajectory_len:
+        extra = " (with K = 2 every TDDS window holds one contribution: all scores would be 0)" \
+            if method == 'tdds' and window_size == 2 else ""
+        raise UserError(f"--window_size {window_size} must be between {low} and --trajectory_len "
+                        f"{trajectory_len} for --method {method}{extra}")
     if method == 'tdds' and not 0 < decay <= 1:
         raise UserError(f"--decay {decay} must be in (0, 1]")
     if chunk_size is not None and chunk_size < 1:
@@ -258,11 +292,22 @@ def compute_score(dyn, method, trajectory_len, window_size, decay, targets=None,
     the dynamics are logits). Bad input raises UserError before any result exists.
     """
     check_args(method, trajectory_len, window_size, decay, chunk_size)
-    T, K = trajectory_len, window_size
-    if T > dyn.trajectory_len:
-        raise ValueError(f"dynamics were opened for {dyn.trajectory_len} epochs, not {T}")
+    return compute_scores(dyn, method, [(trajectory_len, window_size, decay)], targets, seed, chunk_size,
+                          device, progress)[0]
+
+
+def compute_scores(dyn, method, combos, targets=None, seed=42, chunk_size=None, device='cpu', progress=True):
+    """[(N,) float32 score] for each (T, K, beta) of `combos`, in one pass over the files: each
+    epoch is read and its per-sample feature (TDDS: the contribution c_t) computed once, for the
+    largest T; every combination then reduces the first T epochs of it. Each result has the same
+    bits as a call with that combination alone."""
+    for T, K, beta in combos:
+        check_args(method, T, K if K is not None else 2, beta if beta is not None else 0.9, chunk_size)
+    T_max = max(T for T, _, _ in combos)
+    if T_max > dyn.trajectory_len:
+        raise ValueError(f"dynamics were opened for {dyn.trajectory_len} epochs, not {T_max}")
     if method == 'random':
-        return np.random.default_rng(seed).random(dyn.n).astype(np.float32)
+        return [np.random.default_rng(seed).random(dyn.n).astype(np.float32) for _ in combos]
 
     y = method_labels(dyn, method, targets)          # (N,) int64 or None, checked before importing torch
 
@@ -270,7 +315,8 @@ def compute_score(dyn, method, trajectory_len, window_size, decay, targets=None,
     from tqdm import tqdm
     from .features import FILE_TAGS, contribution_, epoch_features, log_eps, softmax_
     feature = METHOD_FEATURE[method]
-    epochs = [T - 1] if method == 'entropy' else list(range(T))   # epochs whose data is read
+    # epochs whose data is read: entropy needs only each T's last epoch
+    epochs = sorted({T - 1 for T, _, _ in combos}) if method == 'entropy' else list(range(T_max))
     tag = 'Output' if dyn.fmt == 'logits' else FILE_TAGS[feature]  # the file read per epoch
     if dyn.fmt == 'contrib':
         if method == 'tdds':
@@ -282,12 +328,12 @@ def compute_score(dyn, method, trajectory_len, window_size, decay, targets=None,
     device = torch.device(device)
 
     n = dyn.n
-    score = np.empty(n, np.float32)
+    scores = [np.empty(n, np.float32) for _ in combos]
     nonfinite = [0] * len(epochs)   # samples with NaN/inf inputs, per epoch
     bar = tqdm(total=len(epochs), unit='epoch', desc=f'{method} scores',
                disable=not (progress and sys.stderr.isatty()),
                bar_format='{l_bar}{bar}| {n:.1f}/{total_fmt} epochs [{elapsed}<{remaining}]')
-    chunk_size = chunk_size or auto_chunk_size(dyn.num_classes, T)
+    chunk_size = chunk_size or auto_chunk_size(dyn.num_classes, T_max)
     # TDDS from logits, the common case, allocates nothing per epoch: the chunk's logits are read
     # into one buffer, turned into p in place, and log(p + 1e-8) ping-pongs between two buffers.
     fast = dyn.fmt == 'logits' and feature == 'contrib'
@@ -319,8 +365,13 @@ def compute_score(dyn, method, trajectory_len, window_size, decay, targets=None,
             else:
                 rows.append(x)
             bar.update((b - a) / n)
-        feats = torch.stack(rows)   # (epochs, B); tdds: c_0..c_{T-2}
-        score[a:b] = _reduce(method, feats, T, K, decay).cpu().numpy()
+        feats = torch.stack(rows)   # (epochs, B); tdds: c_0..c_{T_max-2}
+        for out, (T, K, beta) in zip(scores, combos):
+            if method == 'entropy':
+                mine = feats[epochs.index(T - 1)][None]               # (1, B) entropy at epoch T-1
+            else:
+                mine = feats[:T - 1] if method == 'tdds' else feats[:T]
+            out[a:b] = _reduce(method, mine, T, K, beta).cpu().numpy()
     bar.close()
 
     bad = [(e, k) for e, k in zip(epochs, nonfinite) if k]
@@ -329,7 +380,7 @@ def compute_score(dyn, method, trajectory_len, window_size, decay, targets=None,
         more = f" (and {len(bad) - 1} more epochs)" if len(bad) > 1 else ''
         raise UserError(f"{dyn.file(e, tag).path}: epoch {e} has NaN/inf "
                         f"{'logits' if dyn.fmt == 'logits' else 'values'} for {k} samples{more}")
-    return score
+    return scores
 
 
 def _native(a):
