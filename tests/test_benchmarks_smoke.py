@@ -5,6 +5,8 @@ between the two (or in the published layout writer) fails here."""
 import os
 import re
 
+import pytest
+
 from conftest import run_script
 
 NUM = r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?"
@@ -49,3 +51,21 @@ def test_bench_training():
     lines_matching(p.stdout, rf"^\(a\) bare loop:\s+{NUM} img/s")
     lines_matching(p.stdout, rf"^\(b\) train_one_epoch:\s+{NUM} img/s")
     lines_matching(p.stdout, rf"^ratio b/a: {NUM} \(target >= 0.85\)")
+
+
+def test_bench_grid():
+    p = run_script("benchmarks/bench_grid.py", "--n", "300", "--classes", "7", "--repeat", "1", timeout=180)
+    m = lines_matching(p.stdout, rf"1 combination .*: ({NUM}) s; 12 combinations .*: ({NUM}) s; ratio ({NUM})")[0]
+    assert float(m[3]) == pytest.approx(float(m[2]) / float(m[1]), abs=0.01)
+
+
+def test_bench_amp_logits(tmp_path):
+    import numpy as np
+    rng = np.random.default_rng(0)
+    for e in range(4):   # float32 logits in dataset order, as train.py records them
+        np.save(tmp_path / f"{e}_Output.npy", (3 * rng.standard_normal((200, 5))).astype(np.float32))
+        np.save(tmp_path / f"{e}_Index.npy", np.arange(200))
+    p = run_script("benchmarks/bench_amp_logits.py", "--dynamics_path", str(tmp_path), "--trajectory_len", "4",
+                   "--window_size", "3", timeout=120)
+    lines_matching(p.stdout, rf"relative change of the TDDS score from bf16 logits: median {NUM}%")
+    assert len(lines_matching(p.stdout, rf"pruning rate {NUM}: \d+ of \d+ kept samples differ")) == 4

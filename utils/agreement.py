@@ -41,24 +41,29 @@ def jaccard(a, b):
 
 
 def spearman_matrix(scores):
-    """(labels, (M, M) rho) for {label: (N,) score in dataset order}."""
+    """(labels, (M, M) rho) for {label: (N,) score in dataset order}: ranks once per score, then
+    one correlation matrix of the ranks."""
     labels = list(scores)
-    m = np.eye(len(labels))
-    for i in range(len(labels)):
-        for j in range(i + 1, len(labels)):
-            m[i, j] = m[j, i] = spearman(scores[labels[i]], scores[labels[j]])
+    r = np.stack([ranks(scores[k]) for k in labels])                   # (M, N)
+    r -= r.mean(1, keepdims=True)
+    norm = np.sqrt((r * r).sum(1))                                     # (M,)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = (r @ r.T) / np.outer(norm, norm)
+    np.fill_diagonal(m, 1.0)
     return labels, m
 
 
 def jaccard_matrix(scores, rate):
     """(labels, (M, M) Jaccard overlap of the kept sets at pruning rate `rate`)."""
     labels = list(scores)
-    kept = [kept_set(scores[k], rate) for k in labels]
-    m = np.eye(len(labels))
-    for i in range(len(labels)):
-        for j in range(i + 1, len(labels)):
-            m[i, j] = m[j, i] = jaccard(kept[i], kept[j])
-    return labels, m
+    n = len(next(iter(scores.values())))
+    kept = np.zeros((len(labels), n), dtype=np.float32)                # (M, N) 1 = kept
+    for i, k in enumerate(labels):
+        kept[i, kept_set(scores[k], rate)] = 1
+    inter = kept @ kept.T                                              # |A ∩ B|, exact in float32 below 2^24
+    sizes = np.diag(inter)
+    union = sizes[:, None] + sizes[None, :] - inter
+    return labels, np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
 def _md(labels, m, title):
@@ -91,7 +96,7 @@ def write_agreement(scores, rates, md_path, png_path, title=""):
         im = ax.imshow(m, vmin=0 if "Jaccard" in name else -1, vmax=1, cmap="viridis")
         ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
         ax.set_yticks(range(len(labels)), labels, fontsize=7)
-        if len(labels) <= 12:
+        if len(labels) <= 8:   # numbers in the cells while they stay readable (and cheap to draw)
             for i in range(len(labels)):
                 for j in range(len(labels)):
                     ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6,
