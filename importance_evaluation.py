@@ -53,7 +53,10 @@ def parse_args(argv=None):
                     help='output folder (created)')
     io.add_argument('--no_plot', action='store_true', help='do not write the score histogram')
     score = parser.add_argument_group('score (several values: every valid combination, one pass over the files)')
-    score.add_argument('--method', type=str, default='tdds', choices=METHODS, help='score to compute')
+    score.add_argument('--method', type=str, default='tdds', choices=METHODS + ('moderate',),
+                       help='score to compute (moderate: from the features of --checkpoint, no dynamics)')
+    score.add_argument('--checkpoint', type=str, default=None, metavar='PATH',
+                       help='moderate: a checkpoint.pth.tar of train.py; its data set and architecture are used')
     score.add_argument('--trajectory_len', type=int, nargs='+', default=[10], metavar='T',
                        help='T: use epochs 0..T-1')
     score.add_argument('--window_size', type=int, nargs='+', default=[10], metavar='K',
@@ -140,8 +143,80 @@ def describe(method, T, K, beta, seed):
             'dyn_unc': f'dyn_unc (T={T}, K={K})'}.get(method, f'{method} (T={T})')
 
 
+def write_score(args, score, tag, info):
+    """The mask, score and dataset_score files of one score (N,) (+ histogram); returns the path of
+    its info JSON, which is written last, once the seconds of the whole call are known."""
+    out = {k: os.path.join(args.mask_path, v) for k, v in output_names(args.method, 0, 0).items()} \
+        if args.method == 'moderate' else info.pop('_out')
+    n = len(score)
+    mask = np.argsort(score, kind='stable').astype(np.int64)               # ascending: kept = the tail
+    save_npy(out['mask'], mask)
+    print(f"wrote {out['mask']}: ({n},) int64 dataset indices by ascending score (keep the tail)")
+    save_npy(out['score'], score[mask])
+    print(f"wrote {out['score']}: ({n},) float32 score sorted ascending, "
+          f"min {score[mask[0]]:.4g} median {np.median(score):.4g} max {score[mask[-1]]:.4g}")
+    save_npy(out['dataset_score'], score)
+    print(f"wrote {out['dataset_score']}: ({n},) float32 score in dataset order")
+    if not args.no_plot:
+        plot_histogram(out['hist'], score, f"{info['what']}, N={n}")
+        print(f"wrote {out['hist']}: histogram of the score (log counts)")
+    return out['info']
+
+
+def moderate(args):
+    """--method moderate: features of the training images under the checkpoint's model."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from models import create_model
+    from utils.data import FolderImages, load_data
+    from utils.moderate import moderate_score, penultimate_features
+    from utils.run_folder import load_checkpoint
+    if not args.checkpoint:
+        raise UserError("--method moderate needs --checkpoint (a checkpoint.pth.tar written by train.py)")
+    if not os.path.isfile(args.checkpoint):
+        raise UserError(f"--checkpoint {args.checkpoint}: no such file")
+    check_output_dir(args.mask_path)
+    ck = load_checkpoint(args.checkpoint)
+    if not isinstance(ck, dict) or 'model' not in ck or 'args' not in ck:
+        raise UserError(f"--checkpoint {args.checkpoint} is not a checkpoint of train.py (no 'model' and 'args')")
+    run = dict(ck['args'])
+    if args.dataset is not None and args.dataset != run.get('dataset'):
+        raise UserError(f"--checkpoint {args.checkpoint} was trained on {run.get('dataset')}, not --dataset {args.dataset}")
+    if args.data_path is not None:
+        run['data_path'] = args.data_path
+    defaults = {'label_noise': 0.0, 'corrupt_ratio': 0.0, 'workers': 2, 'image_size': 224}
+    ns = SimpleNamespace(**{**defaults, **run})
+    device = torch.device(resolve_device(args.device))
+    print(f"moderate from the features of {args.checkpoint} ({ns.arch}, epoch {ck.get('epoch')}) on {ns.dataset}, {device}")
+    data = load_data(ns, device)                       # the training set as trained (noise, corruption)
+    model = create_model(ns.arch, data.num_classes).to(device)
+    model.load_state_dict(ck['model'])
+    images = data.train
+    if isinstance(images, FolderImages):               # the evaluation transform: no random crop
+        images = FolderImages(images.dataset.folder, False, ns.image_size, device, ns.workers)
+        images.set_labels(data.targets)
+    else:
+        images.augment = False
+    _, score = moderate_score(penultimate_features(model, images, data.n_train), data.targets)
+    ensure_writable_dir(args.mask_path, '--mask_path')
+    info = {'method': 'moderate', 'tag': 'moderate', 'trajectory_len': None, 'window_size': None, 'decay': None,
+            'seed': None, 'checkpoint': os.path.abspath(args.checkpoint), 'checkpoint_epoch': ck.get('epoch'),
+            'num_samples': data.n_train, 'num_classes': data.num_classes, 'dynamics_path': None,
+            'dynamics_run': os.path.dirname(os.path.abspath(args.checkpoint)),
+            **{k: run.get(k) for k in RUN_SETTINGS}, 'combinations': 1, 'device': str(device),
+            'what': f'moderate ({ns.arch}, epoch {ck.get("epoch")})'}
+    path = write_score(args, score, 'moderate', info)
+    info['files'] = {k: v for k, v in output_names('moderate', 0, 0).items() if k in ('mask', 'score', 'dataset_score')}
+    save_json(path, {**info, 'seconds': time.time() - START})
+    print(f"wrote {path}: what was scored, from which checkpoint, in how many seconds")
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.method == 'moderate':
+        return moderate(args)
     combos, skipped = combinations(args.method, args.trajectory_len, args.window_size, args.decay)
     for T, K, why in skipped:
         if combos:
@@ -171,27 +246,17 @@ def main(argv=None):
     by_tag = {}
     for (T, K, beta), score in zip(combos, scores):
         tag = output_tag(args.method, T, K, beta, **several)
-        by_tag[tag] = score
-        out = {k: os.path.join(args.mask_path, v) for k, v in output_names(args.method, T, K, beta, **several).items()}
-        mask = np.argsort(score, kind='stable').astype(np.int64)           # ascending: kept = the tail
-        save_npy(out['mask'], mask)
-        save_npy(out['score'], score[mask])
-        save_npy(out['dataset_score'], score)
-        print(f"wrote {out['mask']}: ({dyn.n},) int64 dataset indices by ascending score (keep the tail)")
-        print(f"wrote {out['score']}: ({dyn.n},) float32 score sorted ascending, "
-              f"min {score[mask[0]]:.4g} median {np.median(score):.4g} max {score[mask[-1]]:.4g}")
-        print(f"wrote {out['dataset_score']}: ({dyn.n},) float32 score in dataset order")
-        if not args.no_plot:
-            plot_histogram(out['hist'], score, f"{describe(args.method, T, K, beta, args.manualSeed)}, N={dyn.n}")
-            print(f"wrote {out['hist']}: histogram of the score (log counts)")
+        names = output_names(args.method, T, K, beta, **several)
         info = {'method': args.method, 'tag': tag, 'trajectory_len': T, 'window_size': K, 'decay': beta,
                 'seed': args.manualSeed if args.method == 'random' else None,
-                'files': {k: os.path.basename(out[k]) for k in ('mask', 'score', 'dataset_score')},
+                'files': {k: names[k] for k in ('mask', 'score', 'dataset_score')},
                 'num_samples': dyn.n, 'num_classes': dyn.num_classes, 'epochs_recorded': dyn.epochs_recorded,
                 'dynamics_path': os.path.abspath(args.dynamics_path), 'dynamics_run': run_folder,
                 **{k: run_args.get(k) for k in RUN_SETTINGS},
-                'seconds': None, 'combinations': len(combos), 'device': str(device)}
-        by_tag[tag] = (score, out['info'], info)
+                'combinations': len(combos), 'device': str(device),
+                'what': describe(args.method, T, K, beta, args.manualSeed),
+                '_out': {k: os.path.join(args.mask_path, v) for k, v in names.items()}}
+        by_tag[tag] = (score, write_score(args, score, tag, info), info)
     if len(combos) > 1:
         from utils.agreement import write_agreement
         md, png = os.path.join(args.mask_path, 'sensitivity.md'), os.path.join(args.mask_path, 'sensitivity.png')

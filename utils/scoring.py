@@ -34,6 +34,8 @@ def output_tag(method, trajectory_len, window_size=None, decay=None, name_window
     (_win{K}) is appended so that no two results share a file."""
     if method == 'tdds':
         tag = f'win{window_size}_ep{trajectory_len}'
+    elif method == 'moderate':   # from a trained model's features, not from the trajectory
+        return 'moderate'
     else:
         tag = f'{method}_ep{trajectory_len}'
         if method == 'dyn_unc' and name_window:

@@ -1,0 +1,58 @@
+"""The Moderate baseline (Xia et al., ICLR 2023, "Moderate coreset"): keep the samples whose
+features are at a moderate distance from their class centre, pruning both the easiest (closest)
+and the hardest (farthest). docs/METHODS.md, "Moderate".
+
+f_i = the input of the model's final nn.Linear for training image i (eval mode, no augmentation,
+the training normalisation); d_i = ||f_i - median_{j: y_j = y_i} f_j||_2 with the coordinate-wise
+median of the class. The published selection sorts d over all samples and keeps the middle band of
+ranks at each pruning rate; as a score (higher = kept) that is -|rank(d_i) - (N-1)/2|, rank being
+the position in the stable ascending argsort of d. Keeping the N - floor(rN) highest scores then
+keeps the band of ranks closest to the middle: the published band [round(N(1-r')/2), round(N(1+r')/2)),
+r' = 1 - r, up to one sample at its edges, where ranks at equal distance from the middle tie (the
+stable argsort of the scores keeps the one of higher dataset index).
+"""
+import numpy as np
+import torch
+
+
+def final_linear(model):
+    """The last nn.Linear of `model` (its input is the penultimate feature)."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear: no penultimate features to take")
+    return layers[-1]
+
+
+@torch.no_grad()
+def penultimate_features(model, images, n, batch_size=500):
+    """(N, D) float32 features of training images 0..n-1 from `images.batches(...)` (an object of
+    utils.data with augmentation off), the model in eval mode."""
+    from .data import make_batches
+    model.eval()
+    feats = {}
+    hook = final_linear(model).register_forward_hook(lambda m, inp, out: feats.__setitem__("x", inp[0]))
+    out = None
+    try:
+        for x, _, idx in images.batches(make_batches(torch.arange(n), batch_size)):
+            model(x)
+            f = feats["x"].float().flatten(1)                            # (B, D)
+            if out is None:
+                out = torch.empty(n, f.shape[1])
+            out[idx.cpu()] = f.cpu()
+    finally:
+        hook.remove()
+    return out.numpy()
+
+
+def moderate_score(features, targets):
+    """(d (N,) distance to the class median, score (N,) float32 = -|rank(d) - (N-1)/2|)."""
+    f = np.asarray(features, dtype=np.float32)
+    y = np.asarray(targets)
+    d = np.empty(len(f), dtype=np.float64)
+    for c in np.unique(y):
+        members = y == c
+        centre = np.median(f[members], axis=0)                           # (D,) coordinate-wise
+        d[members] = np.linalg.norm(f[members] - centre, axis=1)
+    rank = np.empty(len(d), dtype=np.float64)
+    rank[np.argsort(d, kind="stable")] = np.arange(len(d))
+    return d, (0.0 - np.abs(rank - (len(d) - 1) / 2)).astype(np.float32)   # 0.0 -: no -0.0
