@@ -13,7 +13,7 @@ project's train.py holds targets.npy; for files of the published train.py name t
         --trajectory_len 20 --data_path ./data --dataset cifar100
 
 Several values of --trajectory_len, --window_size, --decay score every valid combination while reading
-each epoch file once (the same files as one call per combination), plus sensitivity.md/.png:
+each epoch file once (the same files as one call per combination), plus sensitivity_<method>.md/.png:
 
     python importance_evaluation.py --trajectory_len 10 20 30 --window_size 5 10 --decay 0.9 0.8
 
@@ -259,7 +259,7 @@ def main(argv=None):
         by_tag[tag] = (score, write_score(args, score, tag, info), info)
     if len(combos) > 1:
         from utils.agreement import write_agreement
-        md, png = os.path.join(args.mask_path, 'sensitivity.md'), os.path.join(args.mask_path, 'sensitivity.png')
+        md, png = (os.path.join(args.mask_path, f'sensitivity_{args.method}.{ext}') for ext in ('md', 'png'))
         write_agreement({t: v[0] for t, v in by_tag.items()}, args.sensitivity_rates, md, png,
                         title=f"{args.method}: agreement between the {len(combos)} combinations")
         print(f"wrote {md}, {png}: Spearman correlation and kept-set overlap of every pair of combinations")

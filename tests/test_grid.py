@@ -48,9 +48,9 @@ def test_tdds_grid_equals_single_runs(dyn, tmp_path):
                                     "--window_size", str(K), "--decay", str(beta), "--no_plot"])
         for a, b in zip(_files(grid, f"win{K}_ep{T}_decay{beta:g}"), _files(single, f"win{K}_ep{T}")):
             assert filecmp.cmp(a, b, shallow=False), (a, b)
-    md = open(os.path.join(grid, "sensitivity.md")).read()
+    md = open(os.path.join(grid, "sensitivity_tdds.md")).read()
     assert "Spearman" in md and "pruning rate 0.9" in md and "win4_ep8_decay0.7" in md
-    assert open(os.path.join(grid, "sensitivity.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert open(os.path.join(grid, "sensitivity_tdds.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("method", ["el2n", "dyn_unc", "entropy"])

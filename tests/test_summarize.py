@@ -1,9 +1,4 @@
-"""scripts/summarize.py on a fake sweep tree, and scripts/sweep.sh driven by a stub interpreter.
-
-The stub (PYTHON=<stub>) logs every call and writes the files the real scripts would write, named
-as the interfaces say, so the sweep's bookkeeping (T/K per rate, clamping, score reuse, skipping
-finished runs, save paths) is checked without training anything.
-"""
+"""scripts/summarize.py on fake sweep trees: tables, labels, the cost ledger, the plots."""
 import csv
 import importlib.util
 import json
@@ -11,12 +6,10 @@ import math
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SWEEP = os.path.join(ROOT, "scripts", "sweep.sh")
 SUMMARIZE = os.path.join(ROOT, "scripts", "summarize.py")
 
 
@@ -162,176 +155,6 @@ def test_summarize_no_runs_is_one_line_error(tmp_path, make):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and str(out) in lines[0]
     assert not os.path.exists(out / "results.csv")
-
-
-def test_sweep_syntax():
-    subprocess.run(["bash", "-n", SWEEP], check=True)
-
-
-# ---------------------------------------------------------------- sweep.sh with a stub interpreter
-STUB = textwrap.dedent('''\
-    """Stands in for `python`: logs the call, writes the outputs the real script would write."""
-    import json, os, sys
-    script, argv = os.path.basename(sys.argv[1]), sys.argv[2:]
-    if script == "summarize.py":
-        os.execv(sys.executable, [sys.executable] + sys.argv[1:])
-    args, i = {}, 0
-    while i < len(argv):
-        has_value = i + 1 < len(argv) and not argv[i + 1].startswith("--")
-        args[argv[i]] = argv[i + 1] if has_value else True
-        i += 2 if has_value else 1
-    with open(os.environ["STUB_LOG"], "a") as f:
-        f.write(json.dumps({"script": script, "args": args}) + "\\n")
-
-    def metrics(path, **m):
-        os.makedirs(path, exist_ok=True)
-        with open(os.path.join(path, "metrics.json"), "w") as f:
-            json.dump(dict(m, dataset=args["--dataset"], arch=args["--arch"]), f)
-
-    if script == "train.py":
-        os.makedirs(os.path.join(args["--save_path"], "npy"), exist_ok=True)
-        for e in range(int(args["--epochs"])):
-            open(os.path.join(args["--save_path"], "npy", f"{e}_Output.npy"), "w").close()
-        metrics(args["--save_path"], method="full", subset_rate=0.0, final_acc=80.0)
-    elif script == "importance_evaluation.py":
-        m, t, k = args["--method"], args["--trajectory_len"], args["--window_size"]
-        tag = f"win{k}" if m == "tdds" else m
-        os.makedirs(args["--mask_path"], exist_ok=True)
-        for kind in ("data_mask", "score"):
-            open(os.path.join(args["--mask_path"], f"{kind}_{tag}_ep{t}.npy"), "w").close()
-    elif script == "train_subset.py":
-        rate = float(args["--subset_rate"])
-        name = args["--save_path"].split("/")[-3]  # <method>[-<selection>]
-        metrics(args["--save_path"], method=name.split("-")[0], selection=args["--selection"],
-                subset_rate=rate, final_acc=80.0 - 20 * rate + int(args["--manualSeed"]) / 10)
-    else:
-        sys.exit(f"stub: unexpected script {script}")
-''')
-
-REPORTED = {0.3: (90, 10), 0.5: (70, 10), 0.7: (60, 20), 0.8: (20, 10), 0.9: (10, 5)}  # spec table
-
-
-@pytest.fixture
-def stub(tmp_path):
-    path = tmp_path / "stub_python"
-    path.write_text(f"#!{sys.executable}\n" + STUB)
-    path.chmod(0o755)
-    return str(path)
-
-
-def sweep(stub, tmp_path, **env):
-    """Run sweep.sh with the stub; returns (completed process, list of logged calls)."""
-    log = tmp_path / "calls.jsonl"
-    if log.exists():
-        log.unlink()
-    full_env = dict(os.environ, PYTHON=stub, STUB_LOG=str(log), NGPU="0", DATASET="digits",
-                    ARCH="resnet20", DATA_PATH=str(tmp_path / "data"), **env)
-    p = subprocess.run(["bash", SWEEP], cwd=tmp_path, env=full_env, capture_output=True, text=True)
-    calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    return p, calls
-
-
-def of(calls, script):
-    return [c["args"] for c in calls if c["script"] == script]
-
-
-def test_sweep_table_clamp_reuse_and_resume(stub, tmp_path):
-    out = str(tmp_path / "sweep")
-    rates, epochs, seeds = [0.3, 0.7, 0.8, 0.9], 15, [1, 2]
-    env = dict(OUT=out, EPOCHS=str(epochs), RATES="0.3 0.7 0.8 0.9", METHODS="tdds el2n dyn_unc random",
-               SELECTIONS="top random", SEEDS="1 2")  # selection random of any method = the one random run
-    p, calls = sweep(stub, tmp_path, **env)
-    assert p.returncode == 0, p.stderr
-
-    # (T, K) expected per rate: the spec table, T clamped to the recorded epochs, K to T
-    tk = {r: (min(REPORTED[r][0], epochs), min(REPORTED[r][1], min(REPORTED[r][0], epochs))) for r in rates}
-    notes = [line for line in p.stdout.splitlines() if line.startswith("note:")]
-    assert {line.split()[2].rstrip(":") for line in notes} == {"0.3", "0.7", "0.8"}  # T=90, 60, 20 > 15
-    assert any("T=90" in line and "T=15" in line for line in notes)
-    assert any("rate 0.7" in line and "K=20" in line and "K=15" in line for line in notes)
-
-    # one full-data run with dynamics, seeded with the first seed
-    (full,) = of(calls, "train.py")
-    assert full["--dynamics"] is True and full["--save_path"] == f"{out}/full"
-    assert full["--manualSeed"] == "1" and full["--epochs"] == str(epochs) and full["--ngpu"] == "0"
-
-    # scores: once per (method, T, K); K is irrelevant to el2n
-    evals = [(a["--method"], int(a["--trajectory_len"]), int(a["--window_size"])) for a in of(calls, "importance_evaluation.py")]
-    assert len(evals) == len(set(evals))
-    assert {(t, k) for m, t, k in evals if m == "tdds"} == set(tk.values())
-    assert {(t, k) for m, t, k in evals if m == "dyn_unc"} == set(tk.values())
-    assert sorted(t for m, t, k in evals if m == "el2n") == sorted({t for t, k in tk.values()})
-    assert all(a["--dynamics_path"] == f"{out}/full/npy" and a["--decay"] == "0.9"
-               for a in of(calls, "importance_evaluation.py"))
-
-    # subset runs: every (name, rate, seed) once, scored ones pointing at the right T/K files
-    subsets = of(calls, "train_subset.py")
-    names = ["tdds", "el2n", "dyn_unc", "random"]
-    expected = {f"{out}/{n}/r{r}/s{s}" for n in names for r in rates for s in seeds}
-    assert sorted(a["--save_path"] for a in subsets) == sorted(expected)
-    for a in subsets:
-        name, rate = a["--save_path"].split("/")[-3:-1]
-        t, k = tk[float(rate[1:])]
-        assert a["--subset_rate"] == rate[1:] and a["--epochs"] == str(epochs)
-        if name == "random":
-            assert a["--selection"] == "random" and "--mask_path" not in a
-            continue
-        assert a["--selection"] == "top"
-        assert os.path.isfile(a["--mask_path"]) and os.path.isfile(a["--score_path"])
-        assert a["--mask_path"].endswith(f"_ep{t}.npy")
-        if name.startswith("tdds"):
-            assert a["--mask_path"] == f"{out}/masks/data_mask_win{k}_ep{t}.npy"
-            assert a["--score_path"] == f"{out}/masks/score_win{k}_ep{t}.npy"
-        if name.startswith("dyn_unc"):
-            assert f"win{k}" in a["--mask_path"]
-
-    # every command printed before it ran; the summary ran at the end
-    assert sum(line.startswith("+ ") for line in p.stdout.splitlines()) == len(calls) + 1  # + summarize
-    assert "| tdds |" in p.stdout and os.path.isfile(f"{out}/results.md")
-    assert os.path.isfile(f"{out}/accuracy_vs_pruning.png")
-
-    # resume: only the run whose metrics.json is gone is redone; no training or scoring otherwise
-    os.remove(f"{out}/tdds/r0.8/s2/metrics.json")
-    p, calls = sweep(stub, tmp_path, **env)
-    assert p.returncode == 0, p.stderr
-    assert [c["script"] for c in calls] == ["train_subset.py"]
-    assert calls[0]["args"]["--save_path"] == f"{out}/tdds/r0.8/s2"
-    assert "skip full-data run" in p.stdout
-
-
-def test_sweep_given_dynamics_and_overrides(stub, tmp_path):
-    dyn = tmp_path / "recorded" / "npy"
-    dyn.mkdir(parents=True)
-    for e in range(6):
-        (dyn / f"{e}_Output.npy").touch()
-    out = str(tmp_path / "sweep")
-    p, calls = sweep(stub, tmp_path, OUT=out, DYNAMICS=str(dyn), TRAJ="6", WIN="3", RATES="0.50 0.65",
-                     METHODS="tdds forgetting", SELECTIONS="top ccs", SEEDS="5 3", TRAIN_FLAGS="--amp",
-                     EVAL_FLAGS="--decay 0.8")
-    assert p.returncode == 0, p.stderr
-    assert not of(calls, "train.py") and "note:" not in p.stdout
-    evals = of(calls, "importance_evaluation.py")
-    assert sorted((a["--method"], a["--trajectory_len"], a["--window_size"]) for a in evals) == \
-        [("forgetting", "6", "3"), ("tdds", "6", "3")]
-    assert all(a["--dynamics_path"] == str(dyn) and a["--decay"] == "0.8" for a in evals)
-    subsets = of(calls, "train_subset.py")
-    assert sorted(a["--save_path"] for a in subsets) == sorted(
-        f"{out}/{m}{sel}/r{r}/s{s}" for m in ("tdds", "forgetting") for sel in ("", "-ccs")
-        for r in ("0.5", "0.65") for s in (5, 3))
-    for a in subsets:
-        assert a["--amp"] is True and a["--mask_path"].endswith("_ep6.npy")
-        assert a["--selection"] == ("ccs" if "-ccs/" in a["--save_path"] else "top")
-        assert a["--manualSeed"] == a["--save_path"].rsplit("/s", 1)[1]
-
-
-@pytest.mark.parametrize("env, message", [
-    (dict(RATES="0.65"), "set TRAJ and WIN"),
-    (dict(METHODS="tdds grand"), "grand"),
-    (dict(RATES="1.5"), "1.5"),
-])
-def test_sweep_rejects_bad_settings_before_training(stub, tmp_path, env, message):
-    p, calls = sweep(stub, tmp_path, OUT=str(tmp_path / "sweep"), EPOCHS="4", **env)
-    assert p.returncode == 2 and message in p.stderr and calls == []
 
 
 def test_run_labels_keep_variants_apart():
