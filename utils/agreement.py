@@ -91,18 +91,19 @@ def write_agreement(scores, rates, md_path, png_path, title=""):
     save_text(md_path, text)
 
     size = max(3.2, 0.45 * len(labels) + 1.8)
-    fig, axes = plt.subplots(1, len(mats), figsize=(size * len(mats), size), squeeze=False)
-    for ax, (name, m) in zip(axes[0], mats):
+    fig, axes = plt.subplots(1, len(mats), figsize=(size * len(mats), size + 0.6), squeeze=False,
+                             layout="constrained")
+    for p, (ax, (name, m)) in enumerate(zip(axes[0], mats)):
         im = ax.imshow(m, vmin=0 if "Jaccard" in name else -1, vmax=1, cmap="viridis")
         ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
-        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        ax.set_yticks(range(len(labels)), labels if p == 0 else [], fontsize=7)
         if len(labels) <= 8:   # numbers in the cells while they stay readable (and cheap to draw)
             for i in range(len(labels)):
                 for j in range(len(labels)):
                     ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6,
                             color="white" if m[i, j] < 0.6 else "black")
         ax.set_title(name.replace(" of the kept sets at pruning rate", ", kept at rate"), fontsize=8)
-        fig.colorbar(im, ax=ax, fraction=0.046)
+        fig.colorbar(im, ax=ax, fraction=0.046, shrink=0.8)
     fig.suptitle(title, fontsize=9)
     save_figure(png_path, fig)
     plt.close(fig)
