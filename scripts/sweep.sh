@@ -2,25 +2,33 @@
 # A pruning study as a plan of commands, and the executor that runs it on this machine.
 #
 # The plan (every line one self-contained, idempotent command: absolute paths, --resume, its own
-# save folder), in three stages that must run in order:
+# save folder; no `cd` needed), in three stages that must run in order:
 #   stage 1  the full-data run with --dynamics into $OUT/full (recording only the epochs the
-#            largest T needs, via --stop_epoch, unless FULL_ACC=1), then one importance_evaluation.py
-#            call per method into $OUT/masks (every (T, K) of the study in one pass over the files)
-#   stage 2  one subset run per (method, selection, pruning rate, seed, architecture), into
+#            largest T needs, via --stop_epoch, unless FULL_ACC=1 or moderate is scored), then one
+#            importance_evaluation.py call per method into $OUT/masks (every (T, K) of the study in
+#            one pass over the files; the line is skipped when its info_<tag>.json files exist)
+#   stage 2  one subset run per (method, selection, pruning rate, architecture, seed), into
 #            $OUT/<name>[/<arch>]/r<rate>/s<seed>; <name> is the method, "random" for random
-#            selection, with -<selection> for ccs and -iters for BUDGET=iterations
+#            selection, with -<selection> for ccs and -iters for BUDGET=iterations; /<arch> only
+#            when SUBSET_ARCHS is not just ARCH
 #   stage 3  scripts/summarize.py $OUT (tables, plots, cost ledger), scripts/report.py $OUT/masks
-# Lines of stage 1 and 3 run one after the other; the lines of stage 2 are independent.
+# Lines of stages 1 and 3 run one after the other; the lines of stage 2 are independent.
+# Everything in the plan follows from the variables below (T per rate from the reported table or
+# TRAJ), never from files already on disk, so the same plan comes out before and after a run.
 #
-# PLAN=FILE writes the plan to FILE (sections "# stage 1", "# stage 2", "# stage 3") and exits:
-# run it with any executor, e.g. scripts/slurm_array.sh FILE STAGE (a SLURM job array, see README).
-# Without PLAN the plan is written to $OUT/plan.txt and run here: stage 2 with up to JOBS commands
-# at once (GPUs round-robin over GPUS; on CPU each job gets cores/JOBS threads), skipping finished
-# runs. A failed subset run does not stop the others: the sweep ends non-zero and lists them.
+# PLAN=FILE writes the plan to FILE (sections "# stage 1", "# stage 2", "# stage 3"; other lines
+# starting with '#' are comments) and exits: run it with any executor, e.g.
+# scripts/slurm_array.sh FILE STAGE (a SLURM job array: stage-2 task i runs line i, 0-based).
+# Without PLAN the same plan is written to $OUT/plan.txt and run here by the local executor:
+# stages 1 and 3 in order (stage 1 stops the sweep at its first failure); stage 2 with up to JOBS
+# commands at once, each job's output in <save folder>.log, finished runs skipped. With JOBS > 1
+# each job gets cores/JOBS threads (OMP_NUM_THREADS, MKL_NUM_THREADS) and, on GPUs, one device
+# (CUDA_VISIBLE_DEVICES, round-robin over GPUS). A failed subset run does not stop the others: the
+# sweep ends with status 1 and lists the failed commands with their logs.
 #
 # (T, K) per pruning rate for TDDS, as reported for CIFAR-100 / ResNet-18 (docs/METHODS.md):
 #   0.3 -> (90, 10)   0.5 -> (70, 10)   0.7 -> (60, 20)   0.8 -> (20, 10)   0.9 -> (10, 5)
-# with beta = 0.9; baselines use the same T. Other rates need TRAJ and WIN.
+# with beta = 0.9; the dynamics baselines use the same T. Other rates need TRAJ and WIN.
 #
 # Environment variables [default]:
 #   DATASET DATA_PATH ARCH EPOCHS   as for the scripts [cifar100 ./data resnet18 200]
@@ -28,31 +36,38 @@
 #   BATCH        batch size of the subset runs (the published train_subset.py's)          [128]
 #   RATES        pruning rates (fraction removed)                                         [0.3 0.5 0.7 0.8 0.9]
 #   METHODS      tdds el2n forgetting aum entropy dyn_unc moderate random                 [all but moderate]
+#                (moderate scores the full-data model, so the full-data run then trains to the end)
 #   SELECTIONS   top ccs random (ccs takes --mis_ratio/--strata from SUBSET_FLAGS)        [top]
 #   SEEDS        subset-run seeds; the first also seeds the full-data run                 [42]
 #   SUBSET_ARCHS architectures trained on the subsets (scores come from ARCH's dynamics)  [ARCH]
 #   BUDGET       epochs (published) or iterations (as many steps as the full data)         [epochs]
-#   FULL_ACC     1: train the full-data run to the end (its accuracy row), not only to T  []
+#   FULL_ACC     1: train the full-data run to the end (its accuracy row), not only to T  [0]
 #   DYNAMICS     an existing dynamics folder (npy/) to score instead of training one       []
 #   TRAJ, WIN    override T and K for every rate                                           []
 #   NGPU         --ngpu of every run                                        [1 if nvidia-smi works, else 0]
 #   JOBS         stage-2 commands at once on this machine                                   [1]
-#   GPUS         devices the jobs are pinned to, round-robin                                [0 .. NGPU-1]
+#   GPUS         devices the jobs are pinned to, round-robin   [CUDA_VISIBLE_DEVICES, else every GPU]
 #   TRAIN_FLAGS  extra flags for both training scripts (e.g. "--label_noise 0.3")           []
 #   SUBSET_FLAGS extra flags for train_subset.py (e.g. "--no_score_weighting")              []
-#   EVAL_FLAGS   extra flags for importance_evaluation.py (e.g. "--decay 0.8")              []
+#   EVAL_FLAGS   extra flags for importance_evaluation.py (e.g. "--chunk_size 4096")        []
 #   OUT          the study's folder                                          [./checkpoint/sweep]
 #   PYTHON       interpreter running the scripts                                             [python]
+#   PLAN         write the plan to this file instead of running it                           []
 #
 # Examples (from the repository root):
 #   # the paper's CIFAR-100 / ResNet-18 study on one GPU (dynamics: 90 of 200 epochs)
 #   DATASET=cifar100 ARCH=resnet18 EPOCHS=200 bash scripts/sweep.sh
+#   # four subset runs at once on a 4-GPU machine
+#   JOBS=4 GPUS="0 1 2 3" DATASET=cifar100 bash scripts/sweep.sh
 #   # a CPU-sized version (minutes), two jobs at once
 #   DATASET=digits ARCH=resnet20 EPOCHS=6 TRAJ=6 WIN=3 RATES="0.5 0.8" JOBS=2 \
 #       METHODS="tdds el2n random" OUT=./checkpoint/sweep_digits bash scripts/sweep.sh
-#   # the same study as a plan for a cluster
-#   PLAN=study.plan DATASET=cifar100 bash scripts/sweep.sh
+#   # the same study as a plan for a cluster (see scripts/slurm_array.sh)
+#   PLAN=$PWD/study.plan DATASET=cifar100 bash scripts/sweep.sh
 set -euo pipefail
+
+die() { echo "sweep.sh: error: $*" >&2; exit 2; }
+words() { tr -s ' \t\n' '\n' <<< "$*" | awk 'NF && !seen[$0]++' | tr '\n' ' ' | sed 's/ $//'; }  # deduplicated
 
 DATASET=${DATASET:-cifar100}
 DATA_PATH=${DATA_PATH:-./data}
@@ -61,12 +76,12 @@ EPOCHS=${EPOCHS:-200}
 FULL_BATCH=${FULL_BATCH:-100}
 BATCH=${BATCH:-128}
 RATES=${RATES:-"0.3 0.5 0.7 0.8 0.9"}
-METHODS=${METHODS:-"tdds el2n forgetting aum entropy dyn_unc random"}
-SELECTIONS=${SELECTIONS:-top}
-SEEDS=${SEEDS:-42}
-SUBSET_ARCHS=${SUBSET_ARCHS:-$ARCH}
+METHODS=$(words "${METHODS:-tdds el2n forgetting aum entropy dyn_unc random}")
+SELECTIONS=$(words "${SELECTIONS:-top}")
+SEEDS=$(words "${SEEDS:-42}")
+SUBSET_ARCHS=$(words "${SUBSET_ARCHS:-$ARCH}")
 BUDGET=${BUDGET:-epochs}
-FULL_ACC=${FULL_ACC:-}
+FULL_ACC=${FULL_ACC:-0}
 DYNAMICS=${DYNAMICS:-}
 OUT=${OUT:-./checkpoint/sweep}
 if [[ -z ${NGPU:-} ]]; then
@@ -81,14 +96,56 @@ read -r -a train_flags <<< "${TRAIN_FLAGS:-}"
 read -r -a subset_flags <<< "${SUBSET_FLAGS:-}"
 read -r -a eval_flags <<< "${EVAL_FLAGS:-}"
 
-die() { echo "sweep.sh: error: $*" >&2; exit 2; }
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=$(realpath -m "$OUT")                       # plan lines hold absolute paths
-[[ $DATA_PATH == /* ]] || DATA_PATH=$(realpath -m "$DATA_PATH")
+DATA_PATH=$(realpath -m "$DATA_PATH")
 [[ -z $DYNAMICS ]] || DYNAMICS=$(realpath -m "$DYNAMICS")
 MASKS=$OUT/masks
 
 # ------------------------------------------------------------------------------ check the variables
+# (all of them, before anything is written or trained)
+is_count() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
+for m in $METHODS; do
+    [[ $m =~ ^(tdds|el2n|forgetting|aum|entropy|dyn_unc|moderate|random)$ ]] || die "METHODS: unknown method '$m'"
+done
+[[ -n $METHODS ]] || die "METHODS is empty"
+for s in $SELECTIONS; do
+    [[ $s =~ ^(top|ccs|random)$ ]] || die "SELECTIONS: unknown selection '$s' (top, ccs, random)"
+done
+[[ -n $SELECTIONS ]] || die "SELECTIONS is empty"
+for s in $SEEDS; do [[ $s =~ ^[0-9]+$ ]] || die "SEEDS: '$s' is not a non-negative integer"; done
+[[ -n $SEEDS ]] || die "SEEDS is empty"
+[[ -n $SUBSET_ARCHS ]] || die "SUBSET_ARCHS is empty"
+[[ $BUDGET =~ ^(epochs|iterations)$ ]] || die "BUDGET: '$BUDGET' is not epochs or iterations"
+[[ $FULL_ACC =~ ^[01]$ ]] || die "FULL_ACC: '$FULL_ACC' is not 0 or 1"
+for v in EPOCHS FULL_BATCH BATCH JOBS; do is_count "${!v}" || die "$v: '${!v}' is not a positive integer"; done
+[[ $NGPU =~ ^[0-9]+$ ]] || die "NGPU: '$NGPU' is not a non-negative integer"
+for v in TRAJ WIN; do [[ -z ${!v} ]] || is_count "${!v}" || die "$v: '${!v}' is not a positive integer"; done
+if [[ -n $PLAN ]]; then
+    PLAN=$(realpath -m "$PLAN")
+    [[ -d $(dirname "$PLAN") ]] || die "PLAN: no folder $(dirname "$PLAN") to write $PLAN into"
+fi
+first_seed=${SEEDS%% *}
+
+# does the study score anything from the dynamics / from the full-data model?
+needs_dynamics=0 needs_model=0
+for m in $METHODS; do
+    case $m in random) ;; moderate) needs_model=1 ;; *) needs_dynamics=1 ;; esac
+done
+
+if [[ -n $DYNAMICS ]]; then   # an existing recording: epochs 0 .. recorded-1 are all there
+    recorded=0
+    while [[ -f $DYNAMICS/${recorded}_Output.npy || -f $DYNAMICS/${recorded}_Index.npy ]]; do recorded=$((recorded + 1)); done
+    ((recorded > 0)) || die "DYNAMICS: no dynamics in $DYNAMICS: expected 0_Output.npy, 1_Output.npy, ..."
+    limit=$recorded what="recorded epochs"
+    moderate_checkpoint=$(dirname "$DYNAMICS")/checkpoint.pth.tar   # the run that recorded them
+    ((needs_model == 0)) || [[ -f $moderate_checkpoint ]] || \
+        die "METHODS: moderate needs the model of the run that recorded DYNAMICS: no $moderate_checkpoint"
+else
+    limit=$EPOCHS what="epochs of the full-data run"
+    moderate_checkpoint=$OUT/full/checkpoint.pth.tar
+fi
+
 # set T, K to the reported (T, K) of pruning rate $1; TRAJ / WIN override
 tk_for_rate() {
     case $1 in
@@ -101,60 +158,53 @@ tk_for_rate() {
     esac
     T=${TRAJ:-$T}
     K=${WIN:-$K}
-    [[ -n $T && -n $K ]] || die "no reported (T, K) for pruning rate $1: set TRAJ and WIN"
 }
-for m in $METHODS; do
-    [[ $m =~ ^(tdds|el2n|forgetting|aum|entropy|dyn_unc|moderate|random)$ ]] || die "METHODS: unknown method '$m'"
-done
-for s in $SELECTIONS; do
-    [[ $s =~ ^(top|ccs|random)$ ]] || die "SELECTIONS: unknown selection '$s' (top, ccs, random)"
-done
-[[ $BUDGET =~ ^(epochs|iterations)$ ]] || die "BUDGET: '$BUDGET' is not epochs or iterations"
-[[ $JOBS =~ ^[1-9][0-9]*$ ]] || die "JOBS: '$JOBS' is not a positive integer"
-[[ $EPOCHS =~ ^[1-9][0-9]*$ ]] || die "EPOCHS: '$EPOCHS' is not a positive integer"
-for s in $SEEDS; do first_seed=$s; break; done
-[[ -n ${first_seed:-} ]] || die "SEEDS is empty"
-[[ -n $SUBSET_ARCHS ]] || die "SUBSET_ARCHS is empty"
-if [[ -n $DYNAMICS ]]; then   # epochs 0 .. recorded-1 are all there
-    recorded=0
-    while [[ -f $DYNAMICS/${recorded}_Output.npy || -f $DYNAMICS/${recorded}_Index.npy ]]; do recorded=$((recorded + 1)); done
-    ((recorded > 0)) || die "no dynamics in $DYNAMICS: expected 0_Output.npy, 1_Output.npy, ..."
-    limit=$recorded what="recorded epochs"
-else
-    limit=$EPOCHS what="epochs of the full-data run"
-fi
 rates=() Ts=() Ks=()   # per rate, normalised (0.50 -> 0.5), T and K clamped to what can be recorded
-for r in $RATES; do
+for r in $(words "$RATES"); do
     r=$(LC_ALL=C printf '%g' "$r" 2>/dev/null) || die "RATES: '$r' is not a number"
     awk -v r="$r" 'BEGIN { exit !(r > 0 && r < 1) }' || die "RATES: pruning rate $r is not in (0, 1)"
+    [[ " ${rates[*]} " == *" $r "* ]] && continue   # 0.5 and 0.50
     tk_for_rate "$r"
-    if ((T > limit)); then echo "note: rate $r: T=$T exceeds the $limit $what; using T=$limit"; T=$limit; fi
-    if ((K > T)); then echo "note: rate $r: K=$K exceeds T=$T; using K=$T"; K=$T; fi
-    if [[ " $METHODS " == *" tdds "* ]] && ((K < 3)); then
-        die "rate $r: K=$K leaves at most one contribution per window (TDDS needs K >= 3): set WIN"
+    if ((needs_dynamics)); then
+        [[ -n $T && -n $K ]] || die "RATES: no reported (T, K) for pruning rate $r: set TRAJ and WIN"
+        if ((T > limit)); then echo "note: rate $r: T=$T exceeds the $limit $what; using T=$limit"; T=$limit; fi
+        if ((K > T)); then echo "note: rate $r: K=$K exceeds T=$T; using K=$T"; K=$T; fi
+        if [[ " $METHODS " == *" tdds "* ]] && ((K < 3)); then
+            die "WIN: rate $r: K=$K leaves at most one contribution per window (TDDS needs K >= 3)"
+        fi
     fi
-    rates+=("$r") Ts+=("$T") Ks+=("$K")
+    rates+=("$r") Ts+=("${T:-0}") Ks+=("${K:-0}")
 done
-uniq_words() { tr ' ' '\n' <<< "$*" | awk 'NF && !seen[$0]++' | tr '\n' ' '; }
-all_T=$(uniq_words "${Ts[@]}")
-all_K=$(uniq_words "${Ks[@]}")
+((${#rates[@]})) || die "RATES is empty"
+all_T=$(words "${Ts[*]}")
+all_K=$(words "${Ks[*]}")
 T_max=$(tr ' ' '\n' <<< "$all_T" | sort -n | tail -1)
 n_K=$(wc -w <<< "$all_K")
 
 # ------------------------------------------------------------------------------ the plan
-stage1=() stage2=() stage3=()
+# stage1/2/3: the plan's lines. save2[i]: the save folder of stage2[i] (for the local executor).
+stage1=() stage2=() stage3=() save2=()
 line() { printf '%q ' "$@" | sed 's/ $//'; }   # one shell-quoted command line
 common=(--data_path "$DATA_PATH" --dataset "$DATASET" --epochs "$EPOCHS" --learning_rate 0.1 --ngpu "$NGPU")
 
-if [[ -z $DYNAMICS ]]; then
-    stop=(--stop_epoch "$T_max")
-    if [[ -n $FULL_ACC ]] || ((T_max >= EPOCHS)); then stop=(); fi
+# the full-data run: recorded up to the largest T, or to the end when its accuracy or model is wanted
+full_stop=""
+if [[ -z $DYNAMICS ]] && ((needs_dynamics || needs_model || FULL_ACC)); then
+    stop=()
+    if ((FULL_ACC)); then
+        echo "dynamics: all $EPOCHS epochs (FULL_ACC=1: the full-data run trains to the end)"
+    elif ((needs_model)); then
+        echo "dynamics: all $EPOCHS epochs (moderate scores the trained full-data model)"
+    elif ((T_max >= EPOCHS)); then
+        echo "dynamics: all $EPOCHS epochs (the largest T is $T_max)"
+    else
+        stop=(--stop_epoch "$T_max") full_stop=$T_max
+        echo "dynamics: $T_max of $EPOCHS epochs ($(awk -v t="$T_max" -v e="$EPOCHS" 'BEGIN { printf "%.0f", 100 * (1 - t / e) }')%" \
+             "of the full-data training saved; FULL_ACC=1 trains to the end)"
+    fi
     stage1+=("$(line "$PYTHON" "$ROOT/train.py" "${common[@]}" --arch "$ARCH" --batch-size "$FULL_BATCH" --dynamics \
                  --save_path "$OUT/full" --resume --manualSeed "$first_seed" "${stop[@]}" "${train_flags[@]}")")
     DYNAMICS=$OUT/full/npy
-    if ((${#stop[@]})); then
-        echo "dynamics: $T_max of $EPOCHS epochs ($(awk -v t="$T_max" -v e="$EPOCHS" 'BEGIN { printf "%.0f", 100 * (1 - t / e) }')% of the full-data training saved; FULL_ACC=1 trains to the end)"
-    fi
 fi
 
 # the files importance_evaluation.py writes for METHOD T K (one call per method scores every (T, K))
@@ -166,21 +216,26 @@ tag_of() {
         *) echo "${1}_ep${2}" ;;
     esac
 }
+read -r -a ts <<< "$all_T"
+read -r -a ks <<< "$all_K"
 for m in $METHODS; do
     [[ $m == random ]] && continue
-    needs=()   # every info file this call writes: the line is skipped when they all exist
-    for i in "${!rates[@]}"; do needs+=("$MASKS/info_$(tag_of "$m" "${Ts[$i]}" "${Ks[$i]}").json"); done
-    guard=$(for f in $(uniq_words "${needs[@]}"); do printf '[ -f %q ] && ' "$f"; done)
+    guard=""   # the line is skipped when every info file this call writes exists
+    for i in "${!rates[@]}"; do
+        f="$MASKS/info_$(tag_of "$m" "${Ts[$i]}" "${Ks[$i]}").json"
+        [[ $guard == *"$(printf '%q' "$f")"* ]] || guard+="[ -f $(printf '%q' "$f") ] && "
+    done
     if [[ $m == moderate ]]; then
-        cmd=$(line "$PYTHON" "$ROOT/importance_evaluation.py" --method moderate --checkpoint "$OUT/full/checkpoint.pth.tar" \
-                   --data_path "$DATA_PATH" --mask_path "$MASKS" "${eval_flags[@]}")
+        cmd=$(line "$PYTHON" "$ROOT/importance_evaluation.py" --method moderate --checkpoint "$moderate_checkpoint" \
+                   --data_path "$DATA_PATH" --dataset "$DATASET" --mask_path "$MASKS" "${eval_flags[@]}")
     else
-        read -r -a ts <<< "$all_T"
-        read -r -a ks <<< "$all_K"
+        shape=(--trajectory_len "${ts[@]}")                          # the methods with windows take K,
+        [[ $m =~ ^(tdds|dyn_unc)$ ]] && shape+=(--window_size "${ks[@]}")   # TDDS also beta
+        [[ $m == tdds ]] && shape+=(--decay 0.9)
         cmd=$(line "$PYTHON" "$ROOT/importance_evaluation.py" --dynamics_path "$DYNAMICS" --mask_path "$MASKS" \
-                   --method "$m" --trajectory_len "${ts[@]}" --window_size "${ks[@]}" --decay 0.9 "${eval_flags[@]}")
+                   --method "$m" "${shape[@]}" "${eval_flags[@]}")
     fi
-    stage1+=("${guard}true || $cmd")
+    stage1+=("${guard% && } || $cmd")
 done
 
 budget=()
@@ -200,9 +255,9 @@ for i in "${!rates[@]}"; do
                 folder=$OUT/$name
                 [[ $SUBSET_ARCHS != "$ARCH" ]] && folder+=/$arch   # keep architectures apart
                 for seed in $SEEDS; do
+                    save=$folder/r$rate/s$seed
                     run=("$PYTHON" "$ROOT/train_subset.py" "${common[@]}" --arch "$arch" --batch-size "$BATCH"
-                         --save_path "$folder/r$rate/s$seed" --resume --subset_rate "$rate" --manualSeed "$seed"
-                         "${budget[@]}")
+                         --save_path "$save" --resume --subset_rate "$rate" --manualSeed "$seed" "${budget[@]}")
                     if [[ $name == random* ]]; then
                         run+=(--selection random)
                     else
@@ -210,85 +265,133 @@ for i in "${!rates[@]}"; do
                         run+=(--mask_path "$MASKS/data_mask_$tag.npy" --score_path "$MASKS/score_$tag.npy" --selection "$sel")
                     fi
                     stage2+=("$(line "${run[@]}" "${train_flags[@]}" "${subset_flags[@]}")")
+                    save2+=("$save")
                 done
             done
         done
     done
 done
 stage3+=("$(line "$PYTHON" "$ROOT/scripts/summarize.py" "$OUT")")
-[[ -f $ROOT/scripts/report.py && " $METHODS " != " random " ]] && \
+if [[ -f $ROOT/scripts/report.py ]] && ((needs_dynamics || needs_model)); then
     stage3+=("$(line "$PYTHON" "$ROOT/scripts/report.py" "$MASKS")")
+fi
 
 write_plan() {
-    { echo "# TDDS study plan: run the stages in order; the lines of stage 2 are independent."
-      echo "# stage 1"; printf '%s\n' "${stage1[@]}"
+    { echo "# TDDS pruning study, written by scripts/sweep.sh: run the stages in order; the lines of"
+      echo "# stage 2 are independent (scripts/slurm_array.sh PLAN 2: array task i runs line i, 0-based)."
+      echo "# DATASET=$DATASET ARCH=$ARCH EPOCHS=$EPOCHS RATES='${rates[*]}' METHODS='$METHODS'" \
+           "SELECTIONS='$SELECTIONS' SEEDS='$SEEDS' SUBSET_ARCHS='$SUBSET_ARCHS' BUDGET=$BUDGET"
+      echo "# stage 1"; ((${#stage1[@]} == 0)) || printf '%s\n' "${stage1[@]}"
       echo "# stage 2"; printf '%s\n' "${stage2[@]}"
-      echo "# stage 3"; printf '%s\n' "${stage3[@]}"; } > "$1"
+      echo "# stage 3"; printf '%s\n' "${stage3[@]}"; } > "$1.tmp"
+    mv "$1.tmp" "$1"
 }
 if [[ -n $PLAN ]]; then
     write_plan "$PLAN"
-    echo "plan: $PLAN: stage 1 ${#stage1[@]} commands (in order), stage 2 ${#stage2[@]} (independent), stage 3 ${#stage3[@]}"
+    echo "plan: $PLAN: stage 1 ${#stage1[@]} commands (in order), stage 2 ${#stage2[@]} (independent)," \
+         "stage 3 ${#stage3[@]} (in order)"
     exit 0
 fi
 mkdir -p "$OUT"
 write_plan "$OUT/plan.txt"
 
-# ------------------------------------------------------------------------------ the executor
-save_of() { sed -nE 's/.*--save_path ([^ ]+).*/\1/p' <<< "$1"; }
-stop_of() { sed -nE 's/.*--stop_epoch ([0-9]+).*/\1/p' <<< "$1"; }
-is_done() {   # the run of command $1 is finished (or, stopped by --stop_epoch, has its epochs)
-    local save stop done_epochs
-    save=$(save_of "$1") stop=$(stop_of "$1")
-    [[ -n $save && -f $save/metrics.json ]] || return 1
-    grep -q '"finished": true' "$save/metrics.json" && return 0
-    [[ -n $stop ]] || return 1
-    done_epochs=$(sed -nE 's/.*"completed_epochs": ([0-9]+).*/\1/p' "$save/metrics.json")
-    ((${done_epochs:-0} >= stop))
+# ------------------------------------------------------------------------------ the local executor
+# run_done SAVE [STOP]: the run in SAVE is finished, or (with STOP) has its first STOP epochs
+run_done() {
+    local metrics=$1/metrics.json epochs
+    [[ -f $metrics ]] || return 1
+    grep -q '"finished": true' "$metrics" && return 0
+    [[ -n ${2:-} ]] || return 1
+    epochs=$(sed -nE 's/.*"completed_epochs": ([0-9]+).*/\1/p' "$metrics")
+    ((${epochs:-0} >= $2))
 }
-run_line() { echo "+ $1"; bash -c "$1"; }
 
+# devices for the jobs: GPUS, else CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi lists
+gpus=()
+if ((NGPU > 0)); then
+    if [[ -n ${GPUS:-} ]]; then read -r -a gpus <<< "$GPUS"
+    elif [[ -n ${CUDA_VISIBLE_DEVICES:-} ]]; then IFS=, read -r -a gpus <<< "$CUDA_VISIBLE_DEVICES"
+    else mapfile -t gpus < <(nvidia-smi -L 2>/dev/null | awk '/^GPU /{ print n++ }'); fi
+    ((${#gpus[@]})) || gpus=(0)
+fi
+# cores this process may use (nproc alone would answer OMP_NUM_THREADS)
+cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 1)
+threads=$((cores / JOBS)); ((threads > 0)) || threads=1
+
+# stages 1 and 3 run in the foreground, one command after the other
+pinned=()
+((${#gpus[@]} == 0)) || pinned=(CUDA_VISIBLE_DEVICES="${gpus[0]}")
+run_line() { echo "+ $1"; env "${pinned[@]}" bash -c "$1"; }
 for cmd in "${stage1[@]}"; do
-    if is_done "$cmd"; then echo "skip $(save_of "$cmd"): done"; continue; fi
-    if [[ $cmd == *importance_evaluation.py* && $cmd == "[ -f"* ]] && bash -c "${cmd%% || *}"; then
-        echo "skip scoring: $(sed -nE 's/.*--method ([a-z_]+).*/\1/p' <<< "$cmd") files exist"; continue
+    if [[ $cmd == *"/train.py "* ]] && run_done "$OUT/full" "$full_stop"; then
+        echo "skip $OUT/full: done (metrics.json)"; continue
+    fi
+    if [[ $cmd == "[ -f "* ]] && bash -c "${cmd%% || *}"; then
+        echo "skip scoring: $(sed -nE 's/.*--method ([a-z_]+).*/\1/p' <<< "$cmd"): its files exist"; continue
     fi
     run_line "$cmd" || { echo "sweep.sh: stage 1 failed: $cmd" >&2; exit 1; }
 done
 
-cores=$(nproc 2>/dev/null || echo 1)
-threads=$((cores / JOBS)); ((threads > 0)) || threads=1
-read -r -a gpus <<< "${GPUS:-$(seq -s ' ' 0 $((NGPU > 0 ? NGPU - 1 : 0)))}"
+# stage 2: up to JOBS subset runs at once, each writing <save folder>.log
+declare -A running=()   # pid -> index into stage2
 failed=()
-declare -A running=()
-job=0
-finish_one() {   # wait for one job; remember it if it failed
-    local pid status=0
-    wait -n -p pid "${!running[@]}" || status=$?
-    ((status == 0)) || failed+=("${running[$pid]}")
-    unset "running[$pid]"
+launched=0 skipped=0
+job_env() {   # the environment of job number $1
+    local env=()
+    ((${#gpus[@]} == 0)) || env+=(CUDA_VISIBLE_DEVICES="${gpus[$(($1 % ${#gpus[@]}))]}")
+    ((JOBS == 1)) || env+=(OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads")
+    echo "${env[@]}"
 }
-for cmd in "${stage2[@]}"; do
-    if is_done "$cmd"; then echo "skip $(save_of "$cmd"): metrics.json says finished"; continue; fi
-    if ((JOBS == 1)); then
-        run_line "$cmd" || failed+=("$cmd")
+reap() {   # collect every job that has ended; remember the failed ones
+    local pid i status
+    for pid in "${!running[@]}"; do
+        kill -0 "$pid" 2>/dev/null && continue
+        status=0; wait "$pid" || status=$?
+        i=${running[$pid]}
+        unset "running[$pid]"
+        if ((status == 0)); then echo "done ${save2[$i]}"
+        else echo "FAILED (status $status) ${save2[$i]}: see ${save2[$i]}.log"; failed+=("$i"); fi
+    done
+}
+stop_jobs() {   # Ctrl-C / TERM: end the jobs this sweep started, then stop
+    trap - INT TERM
+    local pids=("${!running[@]}")
+    if ((${#pids[@]})); then
+        echo "sweep.sh: interrupted: stopping ${#pids[@]} running job(s) (each resumes with --resume)" >&2
+        kill -TERM "${pids[@]}" 2>/dev/null || true
+        wait "${pids[@]}" 2>/dev/null || true
+    fi
+    exit 130
+}
+trap stop_jobs INT TERM
+
+for i in "${!stage2[@]}"; do
+    cmd=${stage2[$i]} save=${save2[$i]}
+    if run_done "$save"; then echo "skip $save: finished (metrics.json)"; skipped=$((skipped + 1)); continue; fi
+    mkdir -p "$(dirname "$save")"
+    read -r -a env_job <<< "$(job_env "$launched")"
+    launched=$((launched + 1))
+    if ((JOBS == 1)); then   # in the foreground: the output on the terminal and in the log
+        echo "+ $cmd"
+        if env "${env_job[@]}" bash -c "$cmd" 2>&1 | tee "$save.log"; then echo "done $save"
+        else echo "FAILED $save: see $save.log"; failed+=("$i"); fi
         continue
     fi
-    while ((${#running[@]} >= JOBS)); do finish_one; done
-    save=$(save_of "$cmd")
-    log=$save.log
-    mkdir -p "$(dirname "$log")"
-    echo "+ $cmd > $log"
-    if ((NGPU > 0)); then env_job=(CUDA_VISIBLE_DEVICES="${gpus[$((job % ${#gpus[@]}))]}")
-    else env_job=(OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"); fi
-    env "${env_job[@]}" bash -c "$cmd" > "$log" 2>&1 &
-    running[$!]="$cmd (log: $log)"
-    job=$((job + 1))
+    while ((${#running[@]} >= JOBS)); do sleep 0.5; reap; done
+    echo "+ ${env_job[*]} $cmd > $save.log 2>&1"
+    env "${env_job[@]}" bash -c "exec $cmd" > "$save.log" 2>&1 &
+    running[$!]=$i
 done
-while ((${#running[@]})); do finish_one; done
+while ((${#running[@]})); do sleep 0.5; reap; done
+trap - INT TERM
+echo "stage 2: ${#stage2[@]} subset runs: $((launched - ${#failed[@]})) ran, $skipped already finished, ${#failed[@]} failed"
 
-for cmd in "${stage3[@]}"; do run_line "$cmd" || failed+=("$cmd"); done
-if ((${#failed[@]})); then
-    echo "sweep.sh: ${#failed[@]} command(s) failed:" >&2
-    printf '  %s\n' "${failed[@]}" >&2
+fail3=()
+for cmd in "${stage3[@]}"; do run_line "$cmd" || fail3+=("$cmd"); done
+if ((${#failed[@]} + ${#fail3[@]})); then
+    echo "sweep.sh: $((${#failed[@]} + ${#fail3[@]})) command(s) failed:" >&2
+    for i in "${failed[@]}"; do echo "  ${stage2[$i]}   (log: ${save2[$i]}.log)" >&2; done
+    for cmd in "${fail3[@]}"; do echo "  $cmd" >&2; done
+    echo "rerun the same sweep to retry them: finished runs are skipped, the others resume" >&2
     exit 1
 fi

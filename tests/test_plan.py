@@ -3,9 +3,11 @@ failures) with a stub interpreter, and scripts/slurm_array.sh with the variables
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -78,21 +80,44 @@ def test_paper_plan(tmp_path):
 
 
 def test_plan_variables(tmp_path):
-    p, st = plan(tmp_path, RATES="0.9", METHODS="tdds moderate random", FULL_BATCH="64", BUDGET="iterations",
+    p, st = plan(tmp_path, RATES="0.9", METHODS="tdds random", FULL_BATCH="64", BUDGET="iterations",
                  SUBSET_ARCHS="resnet18 resnet20", TRAIN_FLAGS="--label_noise 0.2")
     assert p.returncode == 0, p.stderr
     assert "dynamics: 10 of 200 epochs (95% of the full-data training saved" in p.stdout
     full = flags(st[1][0])
     assert full["--batch-size"] == "64" and full["--stop_epoch"] == "10" and full["--label_noise"] == "0.2"
-    moderate = [flags(l) for l in st[1] if "moderate" in l][0]
-    assert moderate["--checkpoint"] == str(tmp_path / "out" / "full" / "checkpoint.pth.tar")
     runs = [flags(l) for l in st[2]]
     assert {r["--save_path"].split("/out/")[1] for r in runs} == {
-        f"{n}-iters/{a}/r0.9/s42" for n in ("tdds", "moderate", "random") for a in ("resnet18", "resnet20")}
+        f"{n}-iters/{a}/r0.9/s42" for n in ("tdds", "random") for a in ("resnet18", "resnet20")}
     assert all(r["--budget"] == "iterations" and r["--label_noise"] == "0.2" for r in runs)
     assert {r["--arch"] for r in runs} == {"resnet18", "resnet20"}
     _, st = plan(tmp_path, RATES="0.9", FULL_ACC="1")
     assert "--stop_epoch" not in flags(st[1][0])                               # trained to the end
+    # moderate scores the trained full-data model: the full-data run goes to the end
+    p, st = plan(tmp_path, RATES="0.9", METHODS="moderate")
+    assert "--stop_epoch" not in flags(st[1][0]) and "moderate scores the trained" in p.stdout
+    moderate = flags(st[1][1])
+    assert moderate["--checkpoint"] == str(tmp_path / "out" / "full" / "checkpoint.pth.tar")
+    assert moderate["--dataset"] == "cifar100" and st[1][1].startswith("[ -f ")
+    assert [flags(l)["--mask_path"] for l in st[2]] == [str(tmp_path / "out" / "masks" / "data_mask_moderate.npy")]
+    # random alone needs no dynamics: no full-data run, no scores, no T for an unlisted rate
+    p, st = plan(tmp_path, RATES="0.65", METHODS="random")
+    assert p.returncode == 0, p.stderr
+    assert 1 not in st and [flags(l)["--selection"] for l in st[2]] == ["random"]
+
+
+def test_plan_does_not_depend_on_files(tmp_path):
+    """The plan follows from the variables alone: the same before and after the files exist."""
+    env = dict(RATES="0.5 0.9", METHODS="tdds el2n random", SEEDS="3")
+    p, before = plan(tmp_path, **env)
+    out = tmp_path / "out"
+    for d in ("full/npy", "masks", "tdds/r0.5/s3"):
+        (out / d).mkdir(parents=True)
+    (out / "full" / "metrics.json").write_text('{"finished": false, "completed_epochs": 70}')
+    for e in range(70):
+        (out / "full" / "npy" / f"{e}_Output.npy").touch()
+    p2, after = plan(tmp_path, **env)
+    assert p.returncode == p2.returncode == 0 and before == after
 
 
 @pytest.mark.parametrize("env, message", [
@@ -102,53 +127,161 @@ def test_plan_variables(tmp_path):
     (dict(BUDGET="steps"), "BUDGET"),
     (dict(JOBS="0"), "JOBS"),
     (dict(RATES="0.5", TRAJ="6", WIN="2"), "K >= 3"),
+    (dict(FULL_ACC="yes"), "FULL_ACC"),
+    (dict(BATCH="0"), "BATCH"),
+    (dict(SEEDS="1 x"), "SEEDS"),
+    (dict(SELECTIONS="best"), "best"),
+    (dict(TRAJ="-3"), "TRAJ"),
+    (dict(METHODS="moderate", DYNAMICS="/nonexistent/npy"), "DYNAMICS"),
 ])
 def test_plan_rejects_bad_settings(tmp_path, env, message):
     p, _ = plan(tmp_path, **env)
     assert p.returncode == 2 and message in p.stderr and not (tmp_path / "study.plan").exists()
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sweep.sh: error: "), p.stderr
 
 
 STUB = textwrap.dedent('''\
-    """Stands in for `python`: writes what the scripts would, fails for seed 13."""
+    """Stands in for `python`: records each call, writes what the scripts would; seed 13 fails, seed 99 hangs."""
     import json, os, sys, time
     script, argv = os.path.basename(sys.argv[1]), sys.argv[2:]
+    with open(os.environ["STUB_LOG"], "a") as f:
+        f.write(json.dumps({"argv": sys.argv[1:], "pid": os.getpid(), **{k: os.environ.get(k) for k in
+                            ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}}) + "\\n")
     def arg(name):
         return argv[argv.index(name) + 1]
     if script in ("summarize.py", "report.py"):
         sys.exit(0)
     if script == "importance_evaluation.py":
         os.makedirs(arg("--mask_path"), exist_ok=True)
-        for t in argv[argv.index("--trajectory_len") + 1:argv.index("--window_size")]:
-            open(os.path.join(arg("--mask_path"), f"info_el2n_ep{t}.json"), "w").close()
+        i = argv.index("--trajectory_len") + 1
+        while i < len(argv) and not argv[i].startswith("--"):
+            open(os.path.join(arg("--mask_path"), f"info_el2n_ep{argv[i]}.json"), "w").close()
+            i += 1
         sys.exit(0)
-    if "--manualSeed" in argv and arg("--manualSeed") == "13":
+    seed = arg("--manualSeed")
+    if seed == "13":
         sys.exit("stub: seed 13 fails")
-    time.sleep(0.3)
+    time.sleep(60 if seed == "99" else 0.3)
     os.makedirs(arg("--save_path"), exist_ok=True)
+    stop = int(arg("--stop_epoch")) if "--stop_epoch" in argv else None
     with open(os.path.join(arg("--save_path"), "metrics.json"), "w") as f:
-        json.dump({"finished": True, "threads": os.environ.get("OMP_NUM_THREADS")}, f, indent=2)
+        json.dump({"finished": stop is None, "completed_epochs": stop or int(arg("--epochs"))}, f, indent=2)
 ''')
+STUDY = dict(NGPU="0", DATASET="digits", EPOCHS="6", TRAJ="4", WIN="3", RATES="0.5 0.8", METHODS="el2n random")
 
 
-def test_local_executor_jobs_failures_and_skips(tmp_path):
+def stub_sweep(tmp_path, plan_file=None, **env):
+    """Run sweep.sh with the stub as PYTHON; returns (process, [recorded calls])."""
     stub = tmp_path / "stub_python"
-    stub.write_text(f"#!{sys.executable}\n" + STUB)
-    stub.chmod(0o755)
-    out = tmp_path / "out"
-    env = dict(os.environ, PYTHON=str(stub), NGPU="0", DATASET="digits", OUT=str(out), EPOCHS="4", TRAJ="4",
-               WIN="3", RATES="0.5 0.8", METHODS="el2n random", SEEDS="1 13 2", JOBS="2")
-    p = subprocess.run(["bash", SWEEP], env=env, capture_output=True, text=True, cwd=tmp_path)
-    assert p.returncode == 1
+    if not stub.exists():
+        stub.write_text(f"#!{sys.executable}\n" + STUB)
+        stub.chmod(0o755)
+    log = tmp_path / "calls.jsonl"
+    log.unlink(missing_ok=True)
+    full = dict(os.environ, PYTHON=str(stub), STUB_LOG=str(log), OUT=str(tmp_path / "out"), **{**STUDY, **env})
+    if plan_file:
+        full["PLAN"] = str(plan_file)
+    p = subprocess.run(["bash", SWEEP], env=full, capture_output=True, text=True, cwd=tmp_path)
+    calls = [json.loads(l) for l in log.read_text().splitlines()] if log.exists() else []
+    return p, calls
+
+
+def plan_argv(tmp_path, **env):
+    """{stage: [argv after the interpreter]} of the plan for the same study."""
+    p, _ = stub_sweep(tmp_path, plan_file=tmp_path / "study.plan", **env)
+    assert p.returncode == 0, p.stderr
+    stages, cur = {}, None
+    for line in (tmp_path / "study.plan").read_text().splitlines():
+        if line.startswith("# stage "):
+            cur = int(line.split()[2])
+        elif line and not line.startswith("#"):
+            stages.setdefault(cur, []).append(shlex.split(line.split(" || ")[-1])[1:])
+    return stages
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_local_executor_runs_the_plan(tmp_path, jobs):
+    """The sweep runs exactly the plan's commands; a failing run does not stop the others; the sweep
+    then exits 1 and lists it with its log; a second sweep skips what is finished."""
+    plan = plan_argv(tmp_path, SEEDS="1 13 2")
+    p, calls = stub_sweep(tmp_path, SEEDS="1 13 2", JOBS=jobs)
+    assert p.returncode == 1, p.stderr
+    ran = [c["argv"] for c in calls]
+    assert ran[:len(plan[1])] == plan[1] and ran[-len(plan[3]):] == plan[3]       # stages 1 and 3, in order
+    stage2 = ran[len(plan[1]):-len(plan[3])]
+    assert (stage2 if jobs == "1" else sorted(stage2)) == (plan[2] if jobs == "1" else sorted(plan[2]))
+    assert len(plan[2]) == 2 * 2 * 3                                                  # names x rates x seeds
     failed = [l for l in p.stderr.splitlines() if l.startswith("  ")]
     assert len(failed) == 4 and all("--manualSeed 13" in l and ".log)" in l for l in failed)  # 2 names x 2 rates
+    out = tmp_path / "out"
     done = sorted(str(m.parent.relative_to(out)) for m in out.rglob("metrics.json"))
     assert done == sorted(["full"] + [f"{n}/r{r}/s{s}" for n in ("el2n", "random") for r in (0.5, 0.8) for s in (1, 2)])
-    cores = os.cpu_count()
-    threads = {json.loads((out / d / "metrics.json").read_text())["threads"] for d in done if d != "full"}
-    assert threads == {str(max(1, cores // 2))}                               # cores split between the 2 jobs
     assert "stub: seed 13 fails" in (out / "el2n" / "r0.5" / "s13.log").read_text()
-    again = subprocess.run(["bash", SWEEP], env=env, capture_output=True, text=True, cwd=tmp_path)
-    assert again.stdout.count("skip ") == 1 + 1 + 8 and again.returncode == 1   # full, scoring, 8 finished runs
+    assert (out / "plan.txt").read_text() == (tmp_path / "study.plan").read_text()   # the plan it ran
+    threads = {c["OMP_NUM_THREADS"] for c in calls if os.path.basename(c["argv"][0]) == "train_subset.py"}
+    mkl = {c["MKL_NUM_THREADS"] for c in calls if os.path.basename(c["argv"][0]) == "train_subset.py"}
+    cores = len(os.sched_getaffinity(0))
+    if jobs == "2":   # the cores split between the two jobs
+        assert threads == mkl == {str(max(1, cores // 2))}
+    else:             # one job: the environment as it is
+        assert threads == {os.environ.get("OMP_NUM_THREADS")}
+    # again: the stopped full-data run (4 of 6 epochs), the scores and the 8 finished runs are skipped
+    again, calls = stub_sweep(tmp_path, SEEDS="1 13 2", JOBS=jobs)
+    assert again.returncode == 1 and again.stdout.count("skip ") == 1 + 1 + 8, again.stdout
+    assert sorted(c["argv"][c["argv"].index("--save_path") + 1] for c in calls if "--save_path" in c["argv"]) == \
+        sorted(str(out / n / r / "s13") for n in ("el2n", "random") for r in ("r0.5", "r0.8"))
+
+
+def test_local_executor_pins_gpus_round_robin(tmp_path):
+    plan = plan_argv(tmp_path, NGPU="1", SEEDS="1 2")
+    p, calls = stub_sweep(tmp_path, NGPU="1", SEEDS="1 2", JOBS="3", GPUS="3 5")
+    assert p.returncode == 0, p.stderr
+    device = {c["argv"][c["argv"].index("--save_path") + 1]: c["CUDA_VISIBLE_DEVICES"] for c in calls
+              if "--save_path" in c["argv"]}
+    saves = [a[a.index("--save_path") + 1] for a in plan[2]]
+    assert [device[s] for s in saves] == ["3", "5"] * (len(saves) // 2)              # launch order, round-robin
+    assert device[str(tmp_path / "out" / "full")] == "3"                              # stage 1: the first device
+    assert all(a[a.index("--ngpu") + 1] == "1" for a in plan[2])
+
+
+def test_interrupt_stops_the_jobs(tmp_path):
+    stub_env = dict(SEEDS="99", RATES="0.5", JOBS="2")
+    stub_sweep(tmp_path, **{**stub_env, "SEEDS": "1"})                # the full run and scores, quickly
+    log = tmp_path / "calls.jsonl"
+    log.unlink()
+    env = dict(os.environ, PYTHON=str(tmp_path / "stub_python"), STUB_LOG=str(log), OUT=str(tmp_path / "out"),
+               **{**STUDY, **stub_env})
+    sweep = subprocess.Popen(["bash", SWEEP], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while time.time() < deadline and (not log.exists() or log.read_text().count("train_subset") < 2):
+        time.sleep(0.1)
+    pids = [json.loads(l)["pid"] for l in log.read_text().splitlines() if "train_subset" in l]
+    assert len(pids) == 2                                                              # el2n and random, hanging
+    sweep.send_signal(signal.SIGTERM)
+    _, err = sweep.communicate(timeout=20)
+    assert sweep.returncode == 130 and "stopping 2 running job(s)" in err
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_slurm_array_runs_the_plan_line_of_its_task(tmp_path):
+    """Stage 2 task i runs the i-th command of the plan (0-based); stages 1 and 3 run every line in order."""
+    plan = plan_argv(tmp_path, SEEDS="1 2")
+    env = dict(os.environ, STUB_LOG=str(tmp_path / "calls.jsonl"))
+    count = subprocess.run(["bash", SLURM, str(tmp_path / "study.plan"), "2", "--count"], capture_output=True,
+                           text=True, env=env)
+    assert count.stdout.strip() == str(len(plan[2])) == "8"
+    for stage, task in ((1, None), (2, 5), (2, 0), (3, None)):
+        (tmp_path / "calls.jsonl").unlink(missing_ok=True)
+        task_env = dict(env, **({"SLURM_ARRAY_TASK_ID": str(task)} if task is not None else {}))
+        p = subprocess.run(["bash", SLURM, str(tmp_path / "study.plan"), str(stage)], capture_output=True,
+                           text=True, env=task_env)
+        assert p.returncode == 0, p.stderr
+        ran = [json.loads(l)["argv"] for l in (tmp_path / "calls.jsonl").read_text().splitlines()]
+        assert ran == (plan[stage] if task is None else [plan[2][task]])
+        assert p.stdout.splitlines()[-1 if task is not None else 0].startswith("+ ")
 
 
 def test_slurm_array_runs_the_right_line(tmp_path):
