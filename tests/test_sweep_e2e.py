@@ -1,9 +1,11 @@
 """The sweep and its summary, for real, on the bundled digits on CPU: the dynamics run stopped at T,
-TDDS scores, top and ccs selection, the random baseline, the table and the plots;
-then the same plan with two jobs at once gives the same metrics."""
+TDDS scores, top and ccs selection, the random baseline, the table and the plots; the commands it
+ran are exactly its plan's; then the same plan with two jobs at once skips what is finished and gives the same metrics."""
 import csv
 import json
+import shlex
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -13,16 +15,51 @@ from conftest import run_script
 ENV = {"DATASET": "digits", "ARCH": "resnet20", "EPOCHS": "4", "TRAJ": "3", "WIN": "3", "RATES": "0.8",
        "METHODS": "tdds random", "SELECTIONS": "top ccs", "NGPU": "0", "BATCH": "64", "FULL_BATCH": "64"}
 
+# stands in for `python`: records each command line, then runs it with the real interpreter
+RECORDER = """import json, os, sys
+with open(os.environ["RECORD"], "a") as f:
+    f.write(json.dumps(sys.argv[1:]) + "\\n")
+os.execv(sys.executable, [sys.executable] + sys.argv[1:])
+"""
+
 
 def metrics(out):
     return {str(m.parent.relative_to(out)): json.loads(m.read_text()) for m in out.rglob("metrics.json")}
 
 
+def plan_commands(path):
+    """[(stage, argv after the interpreter)] of a plan file, in order."""
+    stage, out = None, []
+    for line in path.read_text().splitlines():
+        if line.startswith("# stage "):
+            stage = int(line.split()[2])
+        elif line and not line.startswith("#"):
+            out.append((stage, shlex.split(line.split(" || ")[-1])[1:]))
+    return out
+
+
 @pytest.mark.slow
 def test_sweep_end_to_end_on_digits(tmp_path):
     out = tmp_path / "sweep"
-    p = run_script("bash", "scripts/sweep.sh", env={**ENV, "OUT": str(out)})
+    recorder = tmp_path / "python"
+    recorder.write_text(f"#!{sys.executable}\n" + RECORDER)
+    recorder.chmod(0o755)
+    env = {**ENV, "OUT": str(out), "PYTHON": str(recorder), "RECORD": str(tmp_path / "ran.jsonl")}
+    run_script("bash", "scripts/sweep.sh", env={**env, "PLAN": str(tmp_path / "study.plan")})
+    p = run_script("bash", "scripts/sweep.sh", env=env)
     assert "dynamics: 3 of 4 epochs" in p.stdout
+
+    # the sequential sweep ran exactly its plan: the same commands (flags, save folders), in order
+    ran = [json.loads(l) for l in (tmp_path / "ran.jsonl").read_text().splitlines()]
+    planned = plan_commands(tmp_path / "study.plan")
+    assert ran == [argv for _, argv in planned]
+    assert [s for s, _ in planned] == [1, 1, 2, 2, 2, 3, 3]   # full run, TDDS; 3 subset runs; summary, report
+    assert (out / "plan.txt").read_text() == (tmp_path / "study.plan").read_text()
+    for _, argv in planned:
+        if "--save_path" in argv:   # what each run recorded as its own command line
+            save = argv[argv.index("--save_path") + 1]
+            assert json.loads(open(f"{save}/args.json").read())["args"]["save_path"] == save
+
     assert (out / "masks" / "data_mask_win3_ep3.npy").exists() and (out / "masks" / "info_win3_ep3.json").exists()
     runs = metrics(out)
     assert runs["full"]["completed_epochs"] == 3 and runs["full"]["stopped"] and not runs["full"]["finished"]
@@ -31,6 +68,7 @@ def test_sweep_end_to_end_on_digits(tmp_path):
         if run != "full":
             assert m["finished"] and m["num_train_samples"] == n_kept and m["subset_rate"] == 0.8, run
             assert len(np.load(out / run / "subset_indices.npy")) == n_kept
+            assert "done:" in (out / f"{run}.log").read_text()          # each run's output, beside it
     assert {r.split("/")[0] for r in runs} == {"full", "tdds", "tdds-ccs", "random"}
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert len(rows) == len(runs) and all(r["cost_total"] for r in rows)
@@ -39,22 +77,27 @@ def test_sweep_end_to_end_on_digits(tmp_path):
         assert f"| {label} " in table, table
     assert (out / "accuracy_vs_pruning.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "accuracy_vs_cost.png").read_bytes()[:4] == b"\x89PNG"
-    # running it again trains nothing: every run is skipped, the summary is rewritten
-    again = run_script("bash", "scripts/sweep.sh", env={**ENV, "OUT": str(out)}).stdout.splitlines()
-    commands = [l for l in again if l.startswith("+ ")]
-    assert not [c for c in commands if "train.py" in c or "train_subset.py" in c], commands
-    assert sum(l.startswith("skip ") for l in again) == len(runs) + 1       # + the scoring call
-    assert any("summarize.py" in c for c in commands)
 
-    # the same study with two jobs at once (threads split): the same metrics
+    # the same plan again with two jobs at once (cores split), in a copy of the study without the
+    # tdds and random runs: the finished full-data run (stopped at T), scores and ccs run are
+    # skipped, the two others train side by side and give the same metrics
     two = tmp_path / "two"
-    shutil.copytree(out / "full", two / "full")
-    shutil.copytree(out / "masks", two / "masks")
-    run_script("bash", "scripts/sweep.sh", env={**ENV, "OUT": str(two), "JOBS": "2"})
+    shutil.copytree(out, two)
+    for run in ("tdds", "random"):
+        shutil.rmtree(two / run)
+    p = run_script("bash", "scripts/sweep.sh", env=ENV | {"OUT": str(two), "JOBS": "2"})
+    lines = p.stdout.splitlines()
+    assert sum(l.startswith("skip ") for l in lines) == 3, p.stdout               # full, scoring, tdds-ccs
+    launched = [l for l in lines if l.startswith("+ ") and "train" in l]
+    assert len(launched) == 2 and all("OMP_NUM_THREADS=" in l for l in launched), launched
     parallel = metrics(two)
     assert set(parallel) == set(runs)
-    for run in runs:
+    for run in ("tdds/r0.8/s42", "random/r0.8/s42"):
         a, b = runs[run], parallel[run]
         assert a["final_acc"] == pytest.approx(b["final_acc"], abs=1e-9), run
         assert [h["train_loss"] for h in a["history"]] == pytest.approx([h["train_loss"] for h in b["history"]],
                                                                         rel=1e-5), run
+        assert [h["test_loss"] for h in a["history"]] == pytest.approx([h["test_loss"] for h in b["history"]],
+                                                                       rel=1e-5), run
+    assert any(l.startswith("+ ") and "summarize.py" in l for l in lines)
+    assert (two / "results.md").stat().st_mtime > (out / "results.md").stat().st_mtime   # the summary rewritten
