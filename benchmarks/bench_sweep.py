@@ -2,13 +2,17 @@
 JOBS=2 (two runs at once, the cores split between them).
 
     python benchmarks/bench_sweep.py                  # digits, ResNet-20, 6 epochs, 6 subset runs
-    python benchmarks/bench_sweep.py --epochs 2 --rates 0.8
+    python benchmarks/bench_sweep.py --epochs 2 --rates 0.8 --methods "tdds random"
 
 The full-data run and the scores are made once (untimed) and copied into both study folders, so
-both time the same stage 2 (the subset runs) and stage 3 (summary): the part JOBS parallelises.
-Run it on an otherwise idle machine.
+both sweeps do the same work: stage 2 (the subset runs, what JOBS parallelises) and stage 3
+(summary and report, the same in both). Prints each sweep's wall time, its stage-2 part and the
+ratios, and the load average (other processes on the machine distort both). OMP_NUM_THREADS and
+MKL_NUM_THREADS are removed from the environment so that JOBS=1 uses every core, as a user's sweep
+would; run it on an otherwise idle machine.
 """
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -16,13 +20,27 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def sweep(out, env, jobs):
-    t = time.perf_counter()
-    subprocess.run(["bash", os.path.join(ROOT, "scripts", "sweep.sh")], env={**os.environ, **env, "OUT": out,
-                   "JOBS": str(jobs)}, check=True, capture_output=True, cwd=ROOT)
-    return time.perf_counter() - t
+    """Run scripts/sweep.sh; returns (whole wall seconds, stage-2 wall seconds)."""
+    full_env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
+    full_env.update(env, OUT=out, JOBS=str(jobs))
+    t0 = time.perf_counter()
+    stage2_start = stage2_end = None
+    with subprocess.Popen(["bash", os.path.join(ROOT, "scripts", "sweep.sh")], env=full_env, cwd=ROOT, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as p:
+        lines = []
+        for line in p.stdout:
+            lines.append(line)
+            if stage2_start is None and line.startswith("+ ") and "train_subset.py" in line:
+                stage2_start = time.perf_counter()   # the first subset run is launched
+            if line.startswith("stage 2:"):
+                stage2_end = time.perf_counter()
+    if p.returncode:
+        raise SystemExit(f"sweep.sh failed ({p.returncode}):\n{''.join(lines[-40:])}")
+    return time.perf_counter() - t0, (stage2_end or time.perf_counter()) - (stage2_start or t0)
 
 
 def main():
@@ -34,20 +52,29 @@ def main():
     env = {"DATASET": "digits", "ARCH": "resnet20", "EPOCHS": str(a.epochs), "TRAJ": str(a.epochs),
            "WIN": str(min(3, a.epochs)), "RATES": a.rates, "METHODS": a.methods, "NGPU": "0", "BATCH": "64",
            "FULL_BATCH": "64"}
+    cores = len(os.sched_getaffinity(0))
+    print(f"{cores} cores; load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as tmp:
         base = os.path.join(tmp, "base")
-        sweep(base, {**env, "RATES": a.rates.split()[0], "METHODS": "tdds el2n"}, 1)   # dynamics + scores
-        times = {}
+        scored = " ".join(m for m in a.methods.split() if m != "random") or "tdds"
+        sweep(base, {**env, "RATES": a.rates.split()[0], "METHODS": scored}, 1)   # dynamics + scores, untimed
+        times, accs = {}, {}
         for jobs in (1, 2):
             out = os.path.join(tmp, f"jobs{jobs}")
             for part in ("full", "masks"):
                 shutil.copytree(os.path.join(base, part), os.path.join(out, part))
             times[jobs] = sweep(out, env, jobs)
-            runs = sum(1 for _, _, files in os.walk(out) for f in files if f == "metrics.json") - 1
-            print(f"JOBS={jobs}: {runs} subset runs + summary in {times[jobs]:.1f} s "
-                  f"(load average {os.getloadavg()[0]:.2f})")
-    print(f"JOBS=2 / JOBS=1 wall time: {times[2] / times[1]:.2f} on {os.cpu_count()} cores "
-          f"({'not slower' if times[2] <= times[1] else 'SLOWER'})")
+            runs = {}
+            for folder, _, files in os.walk(out):
+                if "metrics.json" in files and os.path.basename(folder) != "full":
+                    with open(os.path.join(folder, "metrics.json")) as f:
+                        runs[os.path.relpath(folder, out)] = json.load(f)["final_acc"]
+            accs[jobs] = runs
+            print(f"JOBS={jobs}: {len(runs)} subset runs + summary in {times[jobs][0]:.1f} s "
+                  f"(stage 2: {times[jobs][1]:.1f} s); load average now {os.getloadavg()[0]:.2f}")
+    whole, stage2 = times[2][0] / times[1][0], times[2][1] / times[1][1]
+    print(f"JOBS=2 / JOBS=1 wall time: {whole:.2f} for the sweep, {stage2:.2f} for stage 2, on {cores} cores "
+          f"({'not slower' if whole <= 1 else 'SLOWER'}); same final accuracies: {accs[1] == accs[2]}")
 
 
 if __name__ == "__main__":

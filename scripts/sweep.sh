@@ -120,6 +120,7 @@ for s in $SEEDS; do [[ $s =~ ^[0-9]+$ ]] || die "SEEDS: '$s' is not a non-negati
 [[ $FULL_ACC =~ ^[01]$ ]] || die "FULL_ACC: '$FULL_ACC' is not 0 or 1"
 for v in EPOCHS FULL_BATCH BATCH JOBS; do is_count "${!v}" || die "$v: '${!v}' is not a positive integer"; done
 [[ $NGPU =~ ^[0-9]+$ ]] || die "NGPU: '$NGPU' is not a non-negative integer"
+[[ -z ${GPUS:-} ]] || ((NGPU > 0)) || die "GPUS is set but NGPU=0 (no nvidia-smi here): set NGPU=1 to train on GPUs"
 for v in TRAJ WIN; do [[ -z ${!v} ]] || is_count "${!v}" || die "$v: '${!v}' is not a positive integer"; done
 if [[ -n $PLAN ]]; then
     PLAN=$(realpath -m "$PLAN")

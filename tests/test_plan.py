@@ -132,6 +132,7 @@ def test_plan_does_not_depend_on_files(tmp_path):
     (dict(SEEDS="1 x"), "SEEDS"),
     (dict(SELECTIONS="best"), "best"),
     (dict(TRAJ="-3"), "TRAJ"),
+    (dict(GPUS="0 1"), "NGPU=1"),
     (dict(METHODS="moderate", DYNAMICS="/nonexistent/npy"), "DYNAMICS"),
 ])
 def test_plan_rejects_bad_settings(tmp_path, env, message):
