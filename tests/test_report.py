@@ -1,106 +1,337 @@
-"""scripts/report.py: the grids hold the images they say, the per-class counts and the agreement
-numbers match an independent computation, every picture is a real PNG, and mistakes are one line."""
+"""scripts/report.py and utils/agreement.py: the grids hold the images they say (indices and pixels),
+the per-class counts, the agreement numbers and the trajectories match independent computations,
+every picture is a real PNG linked from report.md, and mistakes are one line with nothing written.
+
+Data: the CIFAR-10 layout (write_cifar, with a batches.meta of class names), digits (read_digits),
+a tiny ImageFolder tree of one-colour PNGs; scores from importance_evaluation.py on synthetic
+dynamics (shuffled rows, two decays: tags with a _decay suffix) and written directly."""
 import importlib.util
 import json
 import os
+import pickle
 
 import numpy as np
 import pytest
 from PIL import Image
-from scipy.stats import spearmanr
 
-from conftest import ROOT, assert_user_error, run_script
-from utils.selection import kept_count
+from conftest import ROOT, assert_user_error, run_script, write_cifar
+from utils import agreement
+from utils.errors import UserError
 
 spec = importlib.util.spec_from_file_location("report", os.path.join(ROOT, "scripts", "report.py"))
 report = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(report)
-N, RATES = 160, (0.5, 0.8)
+
+N, T, K, RATES = 160, 4, 3, (0.5, 0.8)
+NAMES = ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
+# ------------------------------------------------------------------------------ independent references
+def brute_spearman(a, b):
+    """Spearman's rho from its definition: rank = #smaller + (#equal - 1) / 2, counted pairwise
+    (O(N^2)), then the Pearson correlation of the ranks."""
+    def rank(x):
+        return (x[None, :] < x[:, None]).sum(1) + ((x[None, :] == x[:, None]).sum(1) - 1) / 2
+    return np.corrcoef(rank(np.asarray(a)), rank(np.asarray(b)))[0, 1]
+
+
+def kept_by_sorting(s, rate):
+    """Kept set from Python's sort on (score, index): the top N - int(rate N)."""
+    ranked = sorted(range(len(s)), key=lambda i: (s[i], i))
+    return set(ranked[int(rate * len(s)):])
+
+
+def numpy_contributions(logits):
+    """(T-1, N) c_t = sum_c |p_{t+1} (log(p_{t+1}+1e-8) - log(p_t+1e-8))| from (T, N, C) logits."""
+    z = logits.astype(np.float64)
+    p = np.exp(z - z.max(2, keepdims=True))
+    p /= p.sum(2, keepdims=True)
+    lp = np.log(p + 1e-8)
+    return np.abs(p[1:] * (lp[1:] - lp[:-1])).sum(2)
+
+
+def numpy_tdds(c, window, beta):
+    """TDDS score from contributions c (T-1, ...): windows of K-1 contributions, root of summed squares,
+    weights beta (1 - beta)^(T - K - k)."""
+    t = c.shape[0] + 1
+    out = 0
+    for k in range(t - window + 1):
+        w = c[k:k + window - 1]
+        out = out + np.sqrt(((w - w.mean(0)) ** 2).sum(0)) * beta * (1 - beta) ** (t - window - k)
+    return out
+
+
+def read_tables(md):
+    """{section title: {row label: {column label: value}}} of the markdown tables of agreement.md."""
+    out = {}
+    for part in md.split("### ")[1:]:
+        title, *lines = part.splitlines()
+        rows = [[c.strip() for c in l.strip().strip("|").split("|")] for l in lines if l.startswith("|")]
+        header = rows[0][1:]
+        out[title] = {r[0]: dict(zip(header, map(float, r[1:]))) for r in rows[2:]}
+    return out
+
+
+# ------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def masks(cifar10_dir, tmp_path_factory):
-    """Two scores of the cifar10 fixture with info files; a dynamics folder for the TDDS one."""
+def cifar(tmp_path_factory):
+    """A CIFAR-10 fixture with class names; a training run with shuffled dynamics, label noise and
+    corruption; TDDS scored by importance_evaluation.py at two decays; an el2n-like score with ties."""
     d = tmp_path_factory.mktemp("report")
+    data = write_cifar(str(d / "data"), "cifar10", N, 20, seed=3)
+    with open(d / "data" / "cifar-10-batches-py" / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": NAMES}, f)
     rng = np.random.default_rng(0)
-    dyn = d / "run" / "npy"
+    run, dyn = d / "run", d / "run" / "npy"
     dyn.mkdir(parents=True)
-    for e in range(4):
-        np.save(dyn / f"{e}_Output.npy", rng.standard_normal((N, 10)).astype(np.float32))
-        np.save(dyn / f"{e}_Index.npy", np.arange(N))
-    flipped = np.zeros(N, bool)
-    flipped[::7] = True
-    np.save(d / "run" / "label_noise_mask.npy", flipped)
-    scores = {"win3_ep4": rng.random(N), "el2n_ep4": rng.integers(0, 20, N).astype(float)}   # el2n: ties
-    for tag, s in scores.items():
-        np.save(d / f"dataset_score_{tag}.npy", s.astype(np.float32))
-        json.dump({"method": "tdds" if tag.startswith("win") else "el2n", "trajectory_len": 4, "dataset": "cifar10",
-                   "data_path": cifar10_dir, "dynamics_path": str(dyn), "dynamics_run": str(d / "run")},
-                  open(d / f"info_{tag}.json", "w"))
-    report.main([str(d), "--rates", *map(str, RATES), "--per_row", "4"])
-    return d, {k: v.astype(np.float32).astype(np.float64) for k, v in scores.items()}, flipped
+    logits = (3 * rng.standard_normal((T, N, 10))).astype(np.float32)          # (T, N, C) in dataset order
+    for e in range(T):
+        rows = rng.permutation(N) if e % 2 else np.arange(N)                   # shuffled rows, as published
+        np.save(dyn / f"{e}_Output.npy", logits[e][rows])
+        np.save(dyn / f"{e}_Index.npy", rows)
+    flipped, corrupted = np.zeros(N, bool), np.zeros(N, bool)
+    flipped[rng.choice(N, 30, replace=False)] = True
+    corrupted[rng.choice(N, 30, replace=False)] = True
+    from utils.data import read_cifar
+    clean = read_cifar(data, "cifar10", True)[1]
+    noisy = np.where(flipped, (clean + 1) % 10, clean)
+    np.save(run / "label_noise_mask.npy", flipped)
+    np.save(run / "corrupted_mask.npy", corrupted)
+    np.save(run / "train_labels.npy", noisy)
+    json.dump({"args": {"dataset": "cifar10", "data_path": data, "arch": "resnet20", "save_path": str(run)}},
+              open(run / "args.json", "w"))
+    masks = d / "masks"
+    run_script("importance_evaluation.py", "--dynamics_path", str(dyn), "--mask_path", str(masks),
+               "--trajectory_len", str(T), "--window_size", str(K), "--decay", "0.9", "0.8", "--device", "cpu")
+    ties = rng.integers(0, 12, N).astype(np.float32)                            # many ties
+    np.save(masks / "dataset_score_el2n_ep4.npy", ties)
+    json.dump({"method": "el2n", "tag": "el2n_ep4", "trajectory_len": T, "window_size": None, "decay": None,
+               "num_samples": N, "num_classes": 10, "dynamics_path": str(dyn), "dynamics_run": str(run),
+               "dataset": "cifar10", "data_path": data, "arch": None, "seconds": 0.1, "device": "cpu"},
+              open(masks / "info_el2n_ep4.json", "w"))
+    report.main([str(masks), "--rates", *map(str, RATES), "--per_row", "4", "--thumb", "32"])
+    scores = {t: np.load(masks / f"dataset_score_{t}.npy").astype(np.float64)
+              for t in ("win3_ep4_decay0.9", "win3_ep4_decay0.8", "el2n_ep4")}
+    return dict(d=d, data=data, masks=masks, out=masks / "report", scores=scores, logits=logits,
+                labels=noisy, flipped=flipped, corrupted=corrupted)
 
 
-def test_grids_hold_the_images_they_say(masks, cifar10_dir):
-    d, scores, flipped = masks
-    grids = json.load(open(d / "report" / "grids.json"))
-    images = report.Images("cifar10", cifar10_dir)
-    for tag, s in scores.items():
-        for c in range(10):
-            members = np.flatnonzero(images.labels == c)
-            ranked = members[np.argsort(s[members], kind="stable")]
-            cell = grids[tag][images.names[c]]
-            assert cell["kept"] == ranked[::-1][:4].tolist() and cell["pruned"] == ranked[:4].tolist()
-    # the pixels of a cell are that image's thumbnail; flagged samples get a coloured frame
-    cells, canvas = report.grid(images, images.labels, scores["win3_ep4"], [0, 1], 4, {"mislabeled": flipped},
-                                str(d / "g.png"), "t")
-    cell = 48 + 6
-    i = cells[images.names[1]]["pruned"][2]                      # class 1 = rows 2 (kept), 3 (pruned)
-    y0, x0 = 3 * cell, 2 * cell
-    assert np.array_equal(canvas[y0 + 3:y0 + 51, x0 + 3:x0 + 51], images.thumb(i))
-    expected = np.asarray(Image.fromarray(images.array[i].transpose(1, 2, 0)).resize((48, 48), Image.BILINEAR))
-    assert np.array_equal(images.thumb(i), expected)
-    assert tuple(canvas[y0, x0]) == ((220, 30, 30) if flipped[i] else (255, 255, 255))
+# ------------------------------------------------------------------------------ agreement (known answers)
+def test_agreement_known_answers():
+    s = np.arange(10.0)
+    labels, rho = agreement.spearman_matrix({"a": s, "same order": 2 * s + 1, "reversed": -s})
+    assert labels == ["a", "same order", "reversed"]
+    assert np.allclose(rho, [[1, 1, -1], [1, 1, -1], [-1, -1, 1]])
+    _, jac = agreement.jaccard_matrix({"a": s, "reversed": -s}, 0.5)       # top 5 vs bottom 5
+    assert np.allclose(jac, [[1, 0], [0, 1]])
+    _, jac = agreement.jaccard_matrix({"a": s, "b": np.r_[s[:8], 9, 8]}, 0.7)   # {7,8,9} vs {7,8,9}
+    assert jac[0, 1] == 1
+    _, jac = agreement.jaccard_matrix({"a": s, "b": np.r_[0, 9, s[2:9], 1]}, 0.8)   # {8,9} vs {1,8}
+    assert jac[0, 1] == pytest.approx(1 / 3)
+    ties = np.array([3, 1, 3, 2, 3, 1.0])
+    assert np.array_equal(agreement.ranks(ties), [4, 0.5, 4, 2, 4, 0.5])   # ties share their mean rank
 
 
-def test_counts_and_agreement_match_an_independent_computation(masks, cifar10_dir):
-    d, scores, _ = masks
-    labels = report.Images("cifar10", cifar10_dir).labels
-    counts = json.load(open(d / "report" / "class_counts.json"))
-    for tag, s in scores.items():
-        for r in RATES:
-            kept = np.argsort(s, kind="stable")[N - kept_count(N, r):]
-            assert counts[tag][f"{r:g}"] == np.bincount(labels[kept], minlength=10).tolist()
-    md = (d / "report" / "agreement.md").read_text()
-    rows = {line.split("|")[1].strip(): [float(v) for v in line.strip().strip("|").split("|")[1:]]
-            for line in md.split("### Spearman")[1].split("###")[0].splitlines() if line.startswith("| el2n")}
-    rho = spearmanr(scores["el2n_ep4"], scores["win3_ep4"]).statistic
-    assert rows["el2n_ep4"][1] == pytest.approx(rho, abs=5e-4)
+def test_agreement_tables_match_brute_force(cifar, tmp_path):
+    md = (cifar["out"] / "agreement.md").read_text()
+    tables = read_tables(md)
+    scores = cifar["scores"]
+    rho = tables["Spearman correlation of the scores"]
+    for a in scores:
+        for b in scores:
+            assert rho[a][b] == pytest.approx(brute_spearman(scores[a], scores[b]), abs=6e-4), (a, b)
     for r in RATES:
-        part = md.split(f"pruning rate {r:g}")[1].split("###")[0]
-        value = float([l for l in part.splitlines() if l.startswith("| el2n")][0].strip().strip("|").split("|")[2])
-        a = set(np.argsort(scores["el2n_ep4"], kind="stable")[N - kept_count(N, r):].tolist())
-        b = set(np.argsort(scores["win3_ep4"], kind="stable")[N - kept_count(N, r):].tolist())
-        assert value == pytest.approx(len(a & b) / len(a | b), abs=5e-4)
+        jac = tables[f"Jaccard overlap of the kept sets at pruning rate {r:g}"]
+        for a in scores:
+            for b in scores:
+                A, B = kept_by_sorting(scores[a], r), kept_by_sorting(scores[b], r)
+                assert jac[a][b] == pytest.approx(len(A & B) / len(A | B), abs=6e-4), (a, b, r)
+    # the function importance_evaluation.py calls: returns what it writes, draws a real PNG
+    text = agreement.write_agreement(scores, RATES, tmp_path / "a.md", tmp_path / "a.png", title="t")
+    assert text == (tmp_path / "a.md").read_text() and read_tables(text) == tables
+    assert Image.open(tmp_path / "a.png").size[0] > 300
 
 
-def test_every_picture_is_a_png_and_the_report_links_them(masks):
-    d, scores, _ = masks
-    out = d / "report"
+# ------------------------------------------------------------------------------ grids
+def test_grids_hold_the_images_they_say(cifar):
+    grids = json.load(open(cifar["out"] / "grids.json"))
+    labels = cifar["labels"]                                   # grouped by the labels trained on
+    assert set(grids) == set(cifar["scores"])
+    for tag, s in cifar["scores"].items():
+        assert sorted(grids[tag]) == sorted(NAMES)             # class names from batches.meta (JSON sorts keys)
+        for c, name in enumerate(NAMES):
+            members = np.flatnonzero(labels == c)
+            ranked = members[np.argsort(s[members], kind="stable")]
+            assert grids[tag][name]["kept"] == ranked[::-1][:4].tolist()
+            assert grids[tag][name]["pruned"] == ranked[:4].tolist()
+
+
+def test_grid_pixels_are_the_source_images_and_flags_are_framed(cifar, tmp_path):
+    from utils.data import read_cifar
+    raw = read_cifar(cifar["data"], "cifar10", True)[0]       # (N, 3, 32, 32) uint8
+    images = report.Images("cifar10", cifar["data"])
+    s = cifar["scores"]["win3_ep4_decay0.9"]
+    flags = {"mislabeled": cifar["flipped"], "corrupted": cifar["corrupted"]}
+    order = np.argsort(s, kind="stable")
+    cells, canvas = report.grid(images, cifar["labels"], order, [0, 1, 2], 4, 32, flags, str(tmp_path / "g.png"), "t")
+    assert cells == {k: v for k, v in json.load(open(cifar["out"] / "grids.json"))["win3_ep4_decay0.9"].items()
+                     if k in NAMES[:3]}
+    cell, gap = 32 + 2 * report.PAD, (32 + 2 * report.PAD) // 4
+    seen = set()
+    for r, name in enumerate(NAMES[:3]):
+        for j, kind in enumerate(("kept", "pruned")):
+            for k, i in enumerate(cells[name][kind]):
+                y0, x0 = r * (2 * cell + gap) + j * cell, k * cell
+                inner = canvas[y0 + report.PAD:y0 + report.PAD + 32, x0 + report.PAD:x0 + report.PAD + 32]
+                assert np.array_equal(inner, raw[i].transpose(1, 2, 0))        # thumb 32 = the raw image
+                expected = ((255, 150, 0) if cifar["corrupted"][i] else (220, 30, 30) if cifar["flipped"][i]
+                            else (255, 255, 255))
+                assert tuple(canvas[y0, x0]) == expected
+                seen.add("corrupted" if cifar["corrupted"][i] else "mislabeled" if cifar["flipped"][i] else "clean")
+    assert seen == {"corrupted", "mislabeled", "clean"}        # the fixture exercised every kind of cell
+
+
+def test_digits_from_published_files_without_info(tmp_path):
+    """The published script's pair (data_mask + score, no dataset_score, no info): --dataset digits."""
+    from utils.data import read_digits
+    _, labels = read_digits(True)
+    n = len(labels)
+    rng = np.random.default_rng(1)
+    score = rng.random(n).astype(np.float32)
+    mask = np.argsort(score, kind="stable")
+    np.save(tmp_path / "data_mask_forgetting_ep3.npy", mask)
+    np.save(tmp_path / "score_forgetting_ep3.npy", score[mask])
+    report.main([str(tmp_path), "--dataset", "digits", "--rates", "0.3", "--classes", "3", "--per_row", "5"])
+    out = tmp_path / "report"
+    grids = json.load(open(out / "grids.json"))["forgetting_ep3"]
+    assert sorted(grids) == ["0", "1", "2"]
+    for c in range(3):
+        members = np.flatnonzero(labels == c)
+        ranked = members[np.argsort(score[members], kind="stable")]
+        assert grids[str(c)] == {"kept": ranked[::-1][:5].tolist(), "pruned": ranked[:5].tolist()}
+    counts = json.load(open(out / "class_counts.json"))["forgetting_ep3"]["0.3"]
+    assert counts["kept"] == np.bincount(labels[mask[int(0.3 * n):]], minlength=10).tolist()
+    assert not (out / "agreement.png").exists() and not (out / "trajectories.json").exists()
+
+
+def test_imagefolder_opens_only_the_images_it_shows(tmp_path, monkeypatch):
+    """Every training image is one colour (and another size): a cell must be exactly that colour."""
+    root = tmp_path / "tree"
+    colours = {}
+    for c, cls in enumerate(["ants", "bees", "wasps"]):
+        for j in range(6):
+            (root / "train" / cls).mkdir(parents=True, exist_ok=True)
+            colour = (40 * c + 5 * j, 200 - 30 * j, 17 * c + 3)
+            Image.new("RGB", (20 + j, 12 + 2 * c), colour).save(root / "train" / cls / f"{j}.png")
+    images = report.Images("imagefolder", str(root))
+    assert images.names == ["ants", "bees", "wasps"] and len(images.labels) == 18
+    for i, p in enumerate(images.paths):
+        colours[i] = Image.open(p).getpixel((0, 0))
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda p, *a, **k: opened.append(p) or real_open(p, *a, **k))
+    score = np.random.default_rng(2).random(18)
+    order = np.argsort(score, kind="stable")
+    cells, canvas = report.grid(images, images.labels, order, [0, 1, 2], 2, 16, {}, str(tmp_path / "g.png"), "t")
+    assert len(opened) == 3 * 2 * 2                             # 3 classes x 2 rows x 2 cells, nothing else
+    cell, gap = 16 + 2 * report.PAD, (16 + 2 * report.PAD) // 4
+    for r, cls in enumerate(images.names):
+        members = np.flatnonzero(images.labels == r)
+        ranked = members[np.argsort(score[members], kind="stable")]
+        assert cells[cls] == {"kept": ranked[::-1][:2].tolist(), "pruned": ranked[:2].tolist()}
+        for j, kind in enumerate(("kept", "pruned")):
+            for k, i in enumerate(cells[cls][kind]):
+                y0, x0 = r * (2 * cell + gap) + j * cell + report.PAD, k * cell + report.PAD
+                assert (canvas[y0:y0 + 16, x0:x0 + 16] == colours[i]).all()
+    # the whole script on the tree (scores written directly, with an info file naming the data)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    np.save(masks / "dataset_score_aum_ep5.npy", score.astype(np.float32))
+    json.dump({"method": "aum", "dataset": "imagefolder", "data_path": str(root), "trajectory_len": 5,
+               "dynamics_path": None, "dynamics_run": None}, open(masks / "info_aum_ep5.json", "w"))
+    report.main([str(masks), "--rates", "0.5", "--thumb", "16"])
+    assert sorted(json.load(open(masks / "report" / "grids.json"))["aum_ep5"]) == ["ants", "bees", "wasps"]
+
+
+# ------------------------------------------------------------------------------ counts, trajectories, pictures
+def test_counts_match_bincount_and_the_balanced_budget(cifar):
+    counts = json.load(open(cifar["out"] / "class_counts.json"))
+    labels = cifar["labels"]
+    sizes = np.bincount(labels, minlength=10)
+    for tag, s in cifar["scores"].items():
+        for r in RATES:
+            kept = np.array(sorted(kept_by_sorting(s, r)))
+            got = counts[tag][f"{r:g}"]
+            assert got["kept"] == np.bincount(labels[kept], minlength=10).tolist()
+            budget = np.array(got["balanced"])
+            assert budget.sum() == len(kept) and (np.abs(budget - sizes * len(kept) / N) < 1).all()
+
+
+def test_trajectories_are_the_contributions_the_score_is_made_of(cifar):
+    traj = json.load(open(cifar["out"] / "trajectories.json"))
+    assert set(traj) == {"win3_ep4_decay0.9", "win3_ep4_decay0.8"}            # TDDS tags only
+    c = numpy_contributions(cifar["logits"])                                   # (T-1, N)
+    for tag, beta in (("win3_ep4_decay0.9", 0.9), ("win3_ep4_decay0.8", 0.8)):
+        s = cifar["scores"][tag]
+        order = np.argsort(s, kind="stable")
+        assert [x["index"] for x in traj[tag]["kept"]] == order[::-1][:5].tolist()
+        assert [x["index"] for x in traj[tag]["pruned"]] == order[:5].tolist()
+        for kind in ("kept", "pruned"):
+            for x in traj[tag][kind]:
+                assert np.allclose(x["c"], c[:, x["index"]], rtol=1e-4, atol=1e-6)
+                # and they are what the score summarises: S recomputed from them is the score file's
+                assert numpy_tdds(np.array(x["c"]), K, beta) == pytest.approx(s[x["index"]], rel=1e-4, abs=1e-7)
+
+
+def test_every_picture_is_a_png_and_the_report_links_them(cifar):
+    out = cifar["out"]
     pngs = sorted(f for f in os.listdir(out) if f.endswith(".png"))
-    assert set(pngs) >= {f"{kind}_{t}.png" for t in scores for kind in ("grid", "classes")} | {"agreement.png"}
-    assert "trajectory_win3_ep4.png" in pngs and "trajectory_el2n_ep4.png" not in pngs
+    tags = list(cifar["scores"])
+    assert set(pngs) == ({f"{k}_{t}.png" for t in tags for k in ("grid", "classes")} | {"agreement.png"}
+                         | {f"trajectory_{t}.png" for t in tags if t.startswith("win")})
     md = (out / "report.md").read_text()
     for f in pngs:
+        with Image.open(out / f) as img:
+            img.verify()                                      # a complete PNG
         w, h = Image.open(out / f).size
-        assert w > 200 and h > 150, f
-        assert f"({f})" in md, f
+        assert 200 < w < 4000 and 150 < h < 4000, (f, w, h)
+        assert f"]({f})" in md, f
+    assert "30 mislabeled, 30 corrupted" in md
 
 
-def test_one_line_errors(tmp_path, cifar10_dir):
+def test_missing_dynamics_is_a_note_not_an_error(cifar, tmp_path):
+    masks = tmp_path / "m"
+    masks.mkdir()
+    tag = "win3_ep4_decay0.9"
+    for f in (f"dataset_score_{tag}.npy", f"info_{tag}.json"):
+        (masks / f).write_bytes((cifar["masks"] / f).read_bytes())
+    info = json.load(open(masks / f"info_{tag}.json"))
+    json.dump({**info, "dynamics_path": str(tmp_path / "moved"), "dynamics_run": None}, open(masks / f"info_{tag}.json", "w"))
+    report.main([str(masks), "--rates", "0.5"])
+    md = (masks / "report" / "report.md").read_text()
+    assert "Trajectories skipped" in md and not (masks / "report" / "trajectories.json").exists()
+    # named explicitly, a wrong dynamics folder is the user's mistake
+    with pytest.raises(UserError, match="does not exist"):
+        report.main([str(masks), "--dynamics_path", str(tmp_path / "nope"), "--out", str(tmp_path / "r2")])
+    assert not (tmp_path / "r2").exists()
+
+
+# ------------------------------------------------------------------------------ mistakes
+def test_one_line_errors_and_nothing_written(tmp_path, cifar):
     (tmp_path / "empty").mkdir()
-    assert_user_error(run_script("scripts/report.py", str(tmp_path / "empty"), check=False), "no dataset_score_")
-    np.save(tmp_path / "dataset_score_x.npy", np.zeros(N + 1, np.float32))
-    p = run_script("scripts/report.py", str(tmp_path), "--dataset", "cifar10", "--data_path", cifar10_dir, check=False)
-    assert_user_error(p, f"{N + 1} samples", "has 160")
-    assert not (tmp_path / "report").exists()
+    assert_user_error(run_script("scripts/report.py", str(tmp_path / "empty"), check=False), "no score files")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    np.save(bad / "dataset_score_x_ep3.npy", np.zeros(N + 1, np.float32))
+    p = run_script("scripts/report.py", str(bad), "--dataset", "cifar10", "--data_path", cifar["data"], check=False)
+    assert_user_error(p, f"{N + 1} samples", f"has {N}")
+    for argv, fragment in (([str(bad)], "--dataset"),                                  # nothing says which data
+                           ([str(bad), "--dataset", "cifar10", "--data_path", str(tmp_path / "none")], "not found"),
+                           ([str(bad), "--dataset", "digits", "--rates", "1.0"], "--rates")):
+        with pytest.raises(UserError, match=fragment):
+            report.main(argv)
+    np.save(bad / "dataset_score_y_ep3.npy", np.zeros(N, np.float32))
+    with pytest.raises(UserError, match="different lengths"):
+        report.main([str(bad), "--dataset", "cifar10", "--data_path", cifar["data"]])
+    assert sorted(os.listdir(bad)) == ["dataset_score_x_ep3.npy", "dataset_score_y_ep3.npy"]   # no report/
+    assert not (tmp_path / "empty" / "report").exists()

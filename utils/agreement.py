@@ -8,14 +8,18 @@ from .selection import kept_count
 
 
 def ranks(x):
-    """Average ranks 0..N-1 (ties share the mean of their positions), as Spearman's rho needs."""
+    """(N,) float64 average ranks 0..N-1 of x: tied values share the mean of their positions, as
+    Spearman's rho needs (scipy.stats.rankdata's 'average', minus 1). Vectorised: one sort."""
     x = np.asarray(x, dtype=np.float64)
+    n = len(x)
     order = np.argsort(x, kind="stable")
-    r = np.empty(len(x), dtype=np.float64)
-    r[order] = np.arange(len(x), dtype=np.float64)
-    _, first, counts = np.unique(x[order], return_index=True, return_counts=True)
-    for start, c in zip(first[counts > 1], counts[counts > 1]):   # ties: the mean position
-        r[order[start:start + c]] = start + (c - 1) / 2
+    xs = x[order]                                                      # (N,) sorted values
+    new = np.r_[True, xs[1:] != xs[:-1]] if n else np.zeros(0, bool)   # (N,) first of its tie group
+    group = np.cumsum(new) - 1                                         # (N,) tie group of each position
+    first = np.flatnonzero(new)                                        # (G,) first position of each group
+    last = np.r_[first[1:], n] - 1                                     # (G,) last position of each group
+    r = np.empty(n, dtype=np.float64)
+    r[order] = ((first + last) / 2)[group]
     return r
 
 
