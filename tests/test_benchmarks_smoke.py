@@ -37,7 +37,7 @@ def test_bench_scoring(tmp_path):
 
 def test_bench_memory(tmp_path):
     p = run_script("benchmarks/bench_memory.py", "--sizes", "200", "600", "--classes", "5",
-                   "--trajectory_len", "4", "--window_size", "2", "--only", "library", "--dir", str(tmp_path),
+                   "--trajectory_len", "4", "--window_size", "3", "--only", "library", "--dir", str(tmp_path),
                    timeout=120)
     for n in (200, 600):
         lines_matching(p.stdout, rf"^N=\s*{n} library\s+peak RSS\s+{NUM} MB, base\s+{NUM} MB, net\s+{NUM} MB")
