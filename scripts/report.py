@@ -162,6 +162,15 @@ def _training_cwd(run_folder):
     return base
 
 
+def _has_data(dataset, path):
+    """Whether `path` holds the training part of `dataset` (digits needs no folder)."""
+    if dataset in ("cifar10", "cifar100"):
+        from utils.data import CIFAR_LAYOUT
+        folder, files, _, _ = CIFAR_LAYOUT[dataset]
+        return os.path.isfile(os.path.join(path, folder, files[0]))
+    return dataset == "digits" or os.path.isdir(os.path.join(path, "train"))
+
+
 class Images:
     """Training images and class names of a data set; ImageFolder files are opened only when shown."""
 
@@ -313,7 +322,7 @@ def class_counts(labels, num_classes, order, rates, names, path, title):
     plt = _plt()
     n = len(order)
     sizes = np.bincount(labels, minlength=num_classes)                    # (C,)
-    fig, axes = plt.subplots(len(rates), 1, figsize=(max(6.0, 0.12 * num_classes + 3), 1.9 * len(rates) + 0.6),
+    fig, axes = plt.subplots(len(rates), 1, figsize=(min(16.0, max(6.0, 0.12 * num_classes + 3)), 1.9 * len(rates) + 0.6),
                              squeeze=False, sharex=True, layout="constrained")
     out = {}
     for ax, r in zip(axes[:, 0], rates):
@@ -425,9 +434,9 @@ def main(argv=None):
     else:
         run_folder = _from_info(scores, "dynamics_run")
     data_path = args.data_path or _from_info(scores, "data_path") or "./data"
-    if not args.data_path and not os.path.isabs(data_path) and run_folder and not os.path.exists(data_path):
+    if not args.data_path and not os.path.isabs(data_path) and run_folder and not _has_data(dataset, data_path):
         cwd = _training_cwd(run_folder)   # a relative path recorded by a run started elsewhere
-        if cwd and os.path.exists(os.path.join(cwd, data_path)):
+        if cwd and _has_data(dataset, os.path.join(cwd, data_path)):
             data_path = os.path.join(cwd, data_path)
     images = Images(dataset, data_path)
     if len(images.labels) != n:

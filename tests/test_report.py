@@ -243,12 +243,16 @@ def test_imagefolder_opens_only_the_images_it_shows(tmp_path, monkeypatch):
             for k, i in enumerate(cells[cls][kind]):
                 y0, x0 = r * (2 * cell + gap) + j * cell + report.PAD, k * cell + report.PAD
                 assert (canvas[y0:y0 + 16, x0:x0 + 16] == colours[i]).all()
-    # the whole script on the tree (scores written directly, with an info file naming the data)
-    masks = tmp_path / "masks"
+    # the whole script on the tree (scores written directly, with an info file naming the data by the
+    # relative path the training run was given in tmp_path: found through the run's args.json)
+    masks, run = tmp_path / "masks", tmp_path / "runs" / "full"
     masks.mkdir()
+    run.mkdir(parents=True)
+    json.dump({"args": {"save_path": "./runs/full", "data_path": "tree"}}, open(run / "args.json", "w"))
     np.save(masks / "dataset_score_aum_ep5.npy", score.astype(np.float32))
-    json.dump({"method": "aum", "dataset": "imagefolder", "data_path": str(root), "trajectory_len": 5,
-               "dynamics_path": None, "dynamics_run": None}, open(masks / "info_aum_ep5.json", "w"))
+    json.dump({"method": "aum", "dataset": "imagefolder", "data_path": "tree", "trajectory_len": 5,
+               "dynamics_path": None, "dynamics_run": str(run)}, open(masks / "info_aum_ep5.json", "w"))
+    assert not os.path.exists("tree")
     report.main([str(masks), "--rates", "0.5", "--thumb", "16"])
     assert sorted(json.load(open(masks / "report" / "grids.json"))["aum_ep5"]) == ["ants", "bees", "wasps"]
 
@@ -281,6 +285,22 @@ def test_trajectories_are_the_contributions_the_score_is_made_of(cifar):
                 assert np.allclose(x["c"], c[:, x["index"]], rtol=1e-4, atol=1e-6)
                 # and they are what the score summarises: S recomputed from them is the score file's
                 assert numpy_tdds(np.array(x["c"]), K, beta) == pytest.approx(s[x["index"]], rel=1e-4, abs=1e-7)
+
+
+def test_trajectories_from_the_contrib_layout(cifar, tmp_path):
+    """train.py --dynamics_format contrib stores <e>_Contrib.npy = c_{e-1} (rows shuffled here too)."""
+    from utils.scoring import Dynamics
+    c = numpy_contributions(cifar["logits"]).astype(np.float32)                # (T-1, N)
+    rng = np.random.default_rng(5)
+    for e in range(T):
+        rows = rng.permutation(N)
+        np.save(tmp_path / f"{e}_Index.npy", rows)
+        if e:
+            np.save(tmp_path / f"{e}_Contrib.npy", c[e - 1][rows])
+    dyn = Dynamics(str(tmp_path), T)
+    assert dyn.fmt == "contrib"
+    idx = np.array([7, 0, N - 1, 42])
+    assert np.array_equal(report.contributions(dyn, T, idx), c[:, idx])
 
 
 def test_every_picture_is_a_png_and_the_report_links_them(cifar):
