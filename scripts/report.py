@@ -114,8 +114,8 @@ def load_scores(mask_dir):
             order = np.argsort(score, kind="stable")      # = data_mask_<tag>.npy of importance_evaluation.py
         else:
             mask = os.path.join(mask_dir, f"data_mask_{tag}.npy")
-            n = len(np.load(mask, mmap_mode="r")) if _is_npy(mask) else 0
-            order, score = load_mask_and_score(mask, os.path.join(mask_dir, f"score_{tag}.npy"), n)
+            # N is the mask's own length here; load_mask_and_score reports an unreadable or 2-D file
+            order, score = load_mask_and_score(mask, os.path.join(mask_dir, f"score_{tag}.npy"), _length(mask))
         info = {}
         info_path = os.path.join(mask_dir, f"info_{tag}.json")
         if os.path.exists(info_path):
@@ -133,12 +133,13 @@ def load_scores(mask_dir):
     return out
 
 
-def _is_npy(path):
+def _length(path):
+    """Rows of a 1-D .npy file, 0 when it is not one (load_mask_and_score then says why in one line)."""
     try:
-        np.load(path, mmap_mode="r")
-        return True
+        a = np.load(path, mmap_mode="r")
+        return a.shape[0] if a.ndim == 1 else 0
     except Exception:
-        return False   # load_mask_and_score then reports the file in one line
+        return 0
 
 
 def _from_info(scores, key):

@@ -354,4 +354,11 @@ def test_one_line_errors_and_nothing_written(tmp_path, cifar):
     with pytest.raises(UserError, match="different lengths"):
         report.main([str(bad), "--dataset", "cifar10", "--data_path", cifar["data"]])
     assert sorted(os.listdir(bad)) == ["dataset_score_x_ep3.npy", "dataset_score_y_ep3.npy"]   # no report/
+    published = tmp_path / "published"                          # the published pair, a broken mask
+    published.mkdir()
+    np.save(published / "data_mask_win5_ep10.npy", np.zeros((4, 4), np.int64))
+    np.save(published / "score_win5_ep10.npy", np.zeros(4, np.float32))
+    with pytest.raises(UserError, match="1-D"):
+        report.main([str(published), "--dataset", "digits"])
+    assert not (published / "report").exists()
     assert not (tmp_path / "empty" / "report").exists()
