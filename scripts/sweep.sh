@@ -44,7 +44,7 @@
 #   FULL_ACC     1: train the full-data run to the end (its accuracy row), not only to T  [0]
 #   DYNAMICS     an existing dynamics folder (npy/) to score instead of training one       []
 #   TRAJ, WIN    override T and K for every rate                                           []
-#   NGPU         --ngpu of every run                                        [1 if nvidia-smi works, else 0]
+#   NGPU         --ngpu of every run (1: CUDA when present)   [with PLAN 1, else 1 if nvidia-smi works, else 0]
 #   JOBS         stage-2 commands at once on this machine                                   [1]
 #   GPUS         devices the jobs are pinned to, round-robin   [CUDA_VISIBLE_DEVICES, else every GPU]
 #   TRAIN_FLAGS  extra flags for both training scripts (e.g. "--label_noise 0.3")           []
@@ -84,8 +84,8 @@ BUDGET=${BUDGET:-epochs}
 FULL_ACC=${FULL_ACC:-0}
 DYNAMICS=${DYNAMICS:-}
 OUT=${OUT:-./checkpoint/sweep}
-if [[ -z ${NGPU:-} ]]; then
-    if nvidia-smi >/dev/null 2>&1; then NGPU=1; else NGPU=0; fi
+if [[ -z ${NGPU:-} ]]; then   # a plan runs elsewhere: --ngpu 1 uses CUDA where it runs, if any, else the CPU
+    if [[ -n ${PLAN:-} ]] || nvidia-smi >/dev/null 2>&1; then NGPU=1; else NGPU=0; fi
 fi
 TRAJ=${TRAJ:-}
 WIN=${WIN:-}

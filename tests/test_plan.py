@@ -20,7 +20,8 @@ REPORTED = {0.3: (90, 10), 0.5: (70, 10), 0.7: (60, 20), 0.8: (20, 10), 0.9: (10
 def plan(tmp_path, **env):
     """Write a plan; returns (completed process, {stage: [argv lists]})."""
     path = tmp_path / "study.plan"
-    full = dict(os.environ, PLAN=str(path), NGPU="0", DATASET="cifar100", OUT=str(tmp_path / "out"), **env)
+    full = dict(os.environ, **{"PLAN": str(path), "NGPU": "0", "DATASET": "cifar100", "OUT": str(tmp_path / "out"),
+                               **env})
     p = subprocess.run(["bash", SWEEP], env=full, capture_output=True, text=True, cwd=tmp_path)
     stages, cur = {}, None
     if p.returncode == 0:
@@ -91,8 +92,9 @@ def test_plan_variables(tmp_path):
         f"{n}-iters/{a}/r0.9/s42" for n in ("tdds", "random") for a in ("resnet18", "resnet20")}
     assert all(r["--budget"] == "iterations" and r["--label_noise"] == "0.2" for r in runs)
     assert {r["--arch"] for r in runs} == {"resnet18", "resnet20"}
-    _, st = plan(tmp_path, RATES="0.9", FULL_ACC="1")
+    _, st = plan(tmp_path, RATES="0.9", FULL_ACC="1", NGPU="")
     assert "--stop_epoch" not in flags(st[1][0])                               # trained to the end
+    assert {flags(l)["--ngpu"] for l in st[1][:1] + st[2]} == {"1"}           # a plan: CUDA where it runs
     # moderate scores the trained full-data model: the full-data run goes to the end
     p, st = plan(tmp_path, RATES="0.9", METHODS="moderate")
     assert "--stop_epoch" not in flags(st[1][0]) and "moderate scores the trained" in p.stdout

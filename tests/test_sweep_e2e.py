@@ -3,6 +3,7 @@ TDDS scores, top and ccs selection, the random baseline, the table and the plots
 ran are exactly its plan's; then the same plan with two jobs at once skips what is finished and gives the same metrics."""
 import csv
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -44,7 +45,11 @@ def test_sweep_end_to_end_on_digits(tmp_path):
     recorder = tmp_path / "python"
     recorder.write_text(f"#!{sys.executable}\n" + RECORDER)
     recorder.chmod(0o755)
-    env = {**ENV, "OUT": str(out), "PYTHON": str(recorder), "RECORD": str(tmp_path / "ran.jsonl")}
+    # the sequential pass uses the thread count that each of the two parallel jobs gets below (cores / 2):
+    # CPU results depend on the number of threads, so only like can be compared with like
+    threads = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    env = {**ENV, "OUT": str(out), "PYTHON": str(recorder), "RECORD": str(tmp_path / "ran.jsonl"),
+           "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     run_script("bash", "scripts/sweep.sh", env={**env, "PLAN": str(tmp_path / "study.plan")})
     p = run_script("bash", "scripts/sweep.sh", env=env)
     assert "dynamics: 3 of 4 epochs" in p.stdout
