@@ -260,7 +260,7 @@ def main():
         for name, path in (('library', os.path.join(folder, 'bench_library.npy')),
                            ('script', os.path.join(folder, 'bench_script.npy'))):
             err, same, overlap = compare(np.load(path), ref)
-            print(f"agreement {name} vs published: max relative error of S {err:.2e} (spec allows 1e-4); "
+            print(f"agreement {name} vs published: max relative error of S {err:.2e} (tolerance 1e-4); "
                   f"ranking identical at {same}/{N} positions; kept set at pruning rate 0.9: "
                   f"{100 * overlap:.2f}% the same")
     finally:

@@ -27,11 +27,11 @@ def test_bench_scoring(tmp_path):
     lines_matching(p.stdout, rf"^speed-up vs published: compute library {NUM}x, script {NUM}x")
     lines_matching(p.stdout, rf"^memory vs published: net peak library {NUM}x, script {NUM}x")
     agree = lines_matching(p.stdout, rf"^agreement (library|script) vs published: max relative error of S ({NUM}) "
-                                     rf"\(spec allows 1e-4\); "
+                                     rf"\(tolerance 1e-4\); "
                                      rf"ranking identical at (\d+)/300 positions")
     assert {m[1] for m in agree} == {"library", "script"}
     for m in agree:
-        assert float(m[2]) < 1e-4, m[0]     # the spec's tolerance on S
+        assert float(m[2]) < 1e-4, m[0]     # the tolerance on S
     assert os.listdir(tmp_path) == []       # the dynamics folder is removed
 
 

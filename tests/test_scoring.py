@@ -1,5 +1,5 @@
 """utils/scoring.py and utils/features.py against references written here, in plain numpy (float64),
-straight from the formulas of TDDS_SPEC.md, on dynamics files in the published shuffled layout."""
+straight from the formulas of docs/METHODS.md, on dynamics files in the published shuffled layout."""
 import os
 
 import numpy as np

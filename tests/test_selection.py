@@ -1,4 +1,4 @@
-"""utils/selection.py against hand-made cases and plain-loop reference implementations of the spec."""
+"""utils/selection.py against hand-made cases and plain-loop reference implementations of docs/METHODS.md."""
 from fractions import Fraction
 
 import numpy as np

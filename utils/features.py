@@ -1,6 +1,6 @@
 """Per-sample quantities of one epoch, computed from that epoch's logits.
 
-Every score of TDDS_SPEC.md reduces, per sample, a sequence of per-epoch numbers: TDDS the
+Every score of docs/METHODS.md reduces, per sample, a sequence of per-epoch numbers: TDDS the
 contribution c_t between consecutive epochs, the baselines the L2 error, correctness, margin,
 entropy or target probability. They are all computed here, in one place, so that the scorer
 (utils/scoring.py, reading recorded logits) and train.py's recorder (`--dynamics_format contrib`,

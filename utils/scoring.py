@@ -1,4 +1,4 @@
-"""TDDS and the baseline scores of TDDS_SPEC.md, streamed from the recorded dynamics files.
+"""TDDS and the baseline scores of docs/METHODS.md, streamed from the recorded dynamics files.
 
 Every score is a per-sample reduction over epochs, and TDDS only ever needs p_t and p_{t+1}
 together, so the work is split into chunks of SAMPLES (outer loop) and epochs (inner loop): for
