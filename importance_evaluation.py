@@ -66,7 +66,7 @@ def parse_args(argv=None):
                             "of the training scripts); several values add _decay<beta> to the file names")
     score.add_argument('--manualSeed', type=int, default=42, help='seed of --method random')
     score.add_argument('--sensitivity_rates', type=float, nargs='+', default=[0.3, 0.5, 0.7, 0.9], metavar='R',
-                       help='pruning rates of the kept-set overlaps in sensitivity.md (several combinations)')
+                       help='pruning rates of the kept-set overlaps in sensitivity_<method>.md (several combinations)')
     labels = parser.add_argument_group('labels (for el2n, forgetting, aum, dyn_unc when the folder has no targets.npy)')
     labels.add_argument('--data_path', type=str, default=None, help='data set root, as for train.py')
     labels.add_argument('--dataset', type=str, default=None, choices=DATASETS, help='data set name, as for train.py')
