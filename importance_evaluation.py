@@ -98,7 +98,9 @@ def load_labels(args, dyn):
                       f"--dataset {args.dataset} in {args.data_path}")
     if dyn.targets is not None and (dyn.targets != y).any():
         raise UserError(f"the labels of --dataset {args.dataset} in {args.data_path} differ from "
-                        f"{os.path.join(dyn.path, 'targets.npy')} for {(dyn.targets != y).sum()} samples")
+                        f"{os.path.join(dyn.path, 'targets.npy')} (the labels trained on) for {(dyn.targets != y).sum()} "
+                        f"samples; a run with --label_noise trained on flipped labels: drop --data_path and "
+                        f"--dataset to score with targets.npy")
     return y
 
 
@@ -170,22 +172,29 @@ def moderate(args, start):
     import torch
 
     from models import create_model
-    from utils.data import FolderImages, load_data
+    from utils.data import FolderImages, load_data, recorded_data_path
     from utils.moderate import moderate_score, penultimate_features
     from utils.run_folder import load_checkpoint
     if not args.checkpoint:
         raise UserError("--method moderate needs --checkpoint (a checkpoint.pth.tar written by train.py)")
+    if os.path.isdir(args.checkpoint):
+        raise UserError(f"--checkpoint {args.checkpoint} is a folder: give {os.path.join(args.checkpoint, 'checkpoint.pth.tar')}")
     if not os.path.isfile(args.checkpoint):
         raise UserError(f"--checkpoint {args.checkpoint}: no such file")
     check_output_dir(args.mask_path)
     ck = load_checkpoint(args.checkpoint)
     if not isinstance(ck, dict) or 'model' not in ck or 'args' not in ck:
-        raise UserError(f"--checkpoint {args.checkpoint} is not a checkpoint of train.py (no 'model' and 'args')")
+        hint = (f"; {os.path.basename(args.checkpoint)} holds the weights only: give checkpoint.pth.tar of the same run"
+                if isinstance(ck, dict) and 'model' in ck else "")
+        raise UserError(f"--checkpoint {args.checkpoint} is not a checkpoint of train.py (no 'model' and 'args'){hint}")
     run = dict(ck['args'])
     if args.dataset is not None and args.dataset != run.get('dataset'):
         raise UserError(f"--checkpoint {args.checkpoint} was trained on {run.get('dataset')}, not --dataset {args.dataset}")
     if args.data_path is not None:
         run['data_path'] = args.data_path
+    elif run.get('data_path'):   # as the run recorded it, found from here even if it was started elsewhere
+        run['data_path'] = recorded_data_path(run.get('dataset'), run['data_path'],
+                                              os.path.dirname(os.path.abspath(args.checkpoint)))
     defaults = {'label_noise': 0.0, 'corrupt_ratio': 0.0, 'workers': 2, 'image_size': 224}
     ns = SimpleNamespace(**{**defaults, **run})
     device = torch.device(resolve_device(args.device))

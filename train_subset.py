@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from utils import dist
-from utils.args import Parser, add_training_args, check_training_args
+from utils.args import Parser, add_training_args, check_training_args, without_unused
 from utils.data import make_batches
 from utils.engine import build_model, evaluate_only, fit, run_facts, setup
 from utils.errors import UserError, run
@@ -86,13 +86,12 @@ def method_name(score_path, selection, info):
 
 def check_same_training_set(args, info):
     """Refuse a mask scored on dynamics whose training set (label noise, corruption) differs."""
-    for key, default in DATA_SETTINGS.items():
-        if key not in info:
-            continue
-        scored = default if info[key] is None else info[key]
-        if scored != getattr(args, key):
-            raise UserError(f"--mask_path {args.mask_path} was scored on dynamics recorded with --{key} {scored}, "
-                            f"this run has --{key} {getattr(args, key)}: train on the data set that was scored")
+    scored = without_unused({k: d if info[k] is None else info[k] for k, d in DATA_SETTINGS.items() if k in info})
+    here = without_unused({k: getattr(args, k) for k in DATA_SETTINGS})
+    for key in DATA_SETTINGS:
+        if key in scored and scored[key] != here.get(key):
+            raise UserError(f"--mask_path {args.mask_path} was scored on dynamics recorded with --{key} {scored[key]}, "
+                            f"this run has --{key} {here.get(key, getattr(args, key))}: train on the data set that was scored")
 
 
 def check_subset_args(args):
@@ -117,6 +116,9 @@ def main(argv=None):
     info = score_info(args.mask_path) if args.mask_path and args.selection != "random" else {}
     if args.mask_path and args.selection != "random":
         check_same_training_set(args, info)
+        if not info and (args.label_noise or args.corrupt_ratio) and dist.is_main_process():
+            print(f"note: no info_<tag>.json beside {args.mask_path}: that it was scored on this training set "
+                  f"(--label_noise {args.label_noise}, --corrupt_ratio {args.corrupt_ratio}) cannot be checked")
         order, score = load_mask_and_score(args.mask_path, args.score_path or None, n, data.name)
     kept = select(order, score, args.subset_rate, args.selection, seed=args.manualSeed,
                   mis_ratio=args.mis_ratio, strata=args.strata, class_balanced=args.class_balanced,

@@ -23,7 +23,6 @@ case needs no flag; the flags override them (and are needed for files without in
 Conventions (docs/METHODS.md): higher score = kept; a rate is the fraction PRUNED; the kept set at
 rate r is mask[int(r * N):], mask = the stable ascending argsort of the score.
 """
-import argparse
 import glob
 import json
 import os
@@ -34,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: utils
-from utils.args import DATASETS  # noqa: E402
+from utils.args import DATASETS, Parser  # noqa: E402
 from utils.errors import UserError, run  # noqa: E402
 from utils.io import ensure_writable_dir, save_figure, save_json, save_text  # noqa: E402
 from utils.selection import _class_budgets, kept_count, load_mask_and_score  # noqa: E402
@@ -45,8 +44,7 @@ TRAJ_SAMPLES = 5    # kept and pruned samples drawn in a trajectory plot
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("mask_dir", help="folder written by importance_evaluation.py (its --mask_path)")
     p.add_argument("--data_path", default=None, help="data set folder (default: from info_<tag>.json)")
     p.add_argument("--dataset", default=None, choices=DATASETS, help="data set (default: from info_<tag>.json)")
@@ -146,32 +144,6 @@ def _from_info(scores, key):
     return next((s.info[key] for s in scores.values() if s.info.get(key)), None)
 
 
-def _training_cwd(run_folder):
-    """The folder train.py ran in, from its args.json (save_path as typed, relative to that folder),
-    so that a relative --data_path recorded there can be found from anywhere; None if unknown."""
-    try:
-        with open(os.path.join(run_folder, "args.json")) as f:
-            save_path = json.load(f)["args"]["save_path"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    parts = os.path.normpath(save_path).split(os.sep)
-    base = os.path.abspath(run_folder)
-    if os.path.isabs(save_path) or ".." in parts:
-        return None
-    for _ in parts:   # strip save_path's components from the end of the absolute run folder
-        base = os.path.dirname(base)
-    return base
-
-
-def _has_data(dataset, path):
-    """Whether `path` holds the training part of `dataset` (digits needs no folder)."""
-    if dataset in ("cifar10", "cifar100"):
-        from utils.data import CIFAR_LAYOUT
-        folder, files, _, _ = CIFAR_LAYOUT[dataset]
-        return os.path.isfile(os.path.join(path, folder, files[0]))
-    return dataset == "digits" or os.path.isdir(os.path.join(path, "train"))
-
-
 class Images:
     """Training images and class names of a data set; ImageFolder files are opened only when shown."""
 
@@ -194,6 +166,20 @@ class Images:
             self.paths = [p for p, _ in folder.samples]
             self.labels = np.asarray(folder.targets, dtype=np.int64)
             self.names = list(folder.classes)
+
+    def corrupt_as_trained(self, scores, corrupted):
+        """Show the training images as the scored run trained on them: its --corrupt_ratio settings
+        (from info_<tag>.json) replayed on the in-memory images, checked against corrupted_mask.npy."""
+        ratio = _from_info(scores, "corrupt_ratio")
+        if not ratio or self.array is None:
+            return
+        from utils.robustness import apply_corruption
+        self.array, replayed = apply_corruption(self.array, ratio, _from_info(scores, "corruption") or "gaussian_noise",
+                                                _from_info(scores, "severity") or 3,
+                                                seed=_from_info(scores, "corrupt_seed") or 0)
+        if corrupted is not None and not np.array_equal(replayed, corrupted):
+            raise UserError("the corruption settings in info_<tag>.json do not give the run's corrupted_mask.npy: "
+                            "the scores are not of this training run")
 
     def thumb(self, i, size):
         """(size, size, 3) uint8 thumbnail of training image i (centre square, resized)."""
@@ -298,9 +284,10 @@ def grid(images, labels, order, classes, per_row, thumb, flags, path, title):
             ticks.append((y0 + cell / 2, f"{images.name(c)}: {kind}"))
             for k, i in enumerate(idx):
                 x0 = k * cell
-                for name, colour in FRAME.items():    # corrupted drawn last: wins if both
-                    if name in flags and flags[name][i]:
-                        canvas[y0:y0 + cell, x0:x0 + cell] = colour
+                marked = [colour for name, colour in FRAME.items() if name in flags and flags[name][i]]
+                for m, colour in enumerate(marked):   # both: left half red, right half orange
+                    left = x0 + m * cell // len(marked)
+                    canvas[y0:y0 + cell, left:x0 + (m + 1) * cell // len(marked)] = colour
                 canvas[y0 + PAD:y0 + PAD + thumb, x0 + PAD:x0 + PAD + thumb] = images.thumb(i, thumb)
     h, w = canvas.shape[:2]
     fig, ax = plt.subplots(figsize=(1.6 + w / 90, 0.5 + h / 90))
@@ -310,6 +297,8 @@ def grid(images, labels, order, classes, per_row, thumb, flags, path, title):
     for side in ax.spines.values():
         side.set_visible(False)
     legend = ", ".join(f"{'red' if k == 'mislabeled' else 'orange'} frame: {k}" for k in FRAME if k in flags)
+    if len([k for k in FRAME if k in flags]) == 2:
+        legend += ", half red half orange: both"
     ax.set_title(title + (f"\n({legend})" if legend else ""), fontsize=8)
     save_figure(path, fig)
     plt.close(fig)
@@ -434,17 +423,17 @@ def main(argv=None):
         run_folder = os.path.dirname(os.path.abspath(args.dynamics_path.rstrip("/")))
     else:
         run_folder = _from_info(scores, "dynamics_run")
-    data_path = args.data_path or _from_info(scores, "data_path") or "./data"
-    if not args.data_path and not os.path.isabs(data_path) and run_folder and not _has_data(dataset, data_path):
-        cwd = _training_cwd(run_folder)   # a relative path recorded by a run started elsewhere
-        if cwd and _has_data(dataset, os.path.join(cwd, data_path)):
-            data_path = os.path.join(cwd, data_path)
+    data_path = args.data_path
+    if not data_path:   # as the run recorded it, found from here even if it was started elsewhere
+        from utils.data import recorded_data_path
+        data_path = recorded_data_path(dataset, _from_info(scores, "data_path") or "./data", run_folder)
     images = Images(dataset, data_path)
     if len(images.labels) != n:
         raise UserError(f"the scores in {args.mask_dir} have {n} samples, the {dataset} training set in {data_path} "
                         f"has {len(images.labels)}: pass the data set they were computed on")
     run_labels, flags = load_run_files(run_folder, n)
     labels = run_labels if run_labels is not None else images.labels     # the labels trained on (noise)
+    images.corrupt_as_trained(scores, flags.get("corrupted"))
     num_classes = max(int(labels.max()) + 1, len(images.names))
     classes = list(range(min(args.classes, num_classes)))
     dynamics = {t: open_dynamics(s, args.dynamics_path, n) for t, s in scores.items() if s.method == "tdds"}

@@ -26,7 +26,6 @@ of the same schedule (the full run's seconds per epoch x its --epochs):
   scoring  = the importance_evaluation.py call that wrote the scores
   subset   = the subset run itself
 """
-import argparse
 import csv
 import io
 import json
@@ -36,6 +35,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: utils
+from utils.args import Parser  # noqa: E402
 from utils.errors import UserError, run  # noqa: E402
 from utils.io import save_figure, save_text  # noqa: E402
 
@@ -298,7 +298,7 @@ def summarize(out):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("out", help="sweep folder, searched recursively for metrics.json")
     args = parser.parse_args(argv)
     print(summarize(args.out), end="")

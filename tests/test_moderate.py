@@ -12,6 +12,7 @@ from models import create_model
 from utils.data import CIFAR_STATS, DeviceImages
 from utils.moderate import moderate_score, penultimate_features
 from utils.selection import kept_count
+from conftest import assert_user_error, run_script
 
 
 def reference(features, targets):
@@ -78,3 +79,40 @@ def test_cli_on_a_checkpoint_of_train_py(cifar10_dir, tmp_path):
     np.testing.assert_array_equal(score, moderate_score(feats, y)[1])
     with pytest.raises(importance_evaluation.UserError, match="--method moderate needs --checkpoint"):
         importance_evaluation.main(["--method", "moderate", "--mask_path", str(tmp_path / "m2")])
+    # a checkpoint that is not one: a folder, an empty, a truncated or a foreign file, the weights-only
+    # model_best.pth.tar: one line each, naming what to pass instead
+    ck = tmp_path / "full" / "checkpoint.pth.tar"
+    (tmp_path / "empty.pth.tar").write_bytes(b"")
+    (tmp_path / "cut.pth.tar").write_bytes(ck.read_bytes()[:len(ck.read_bytes()) // 2])
+    np.save(tmp_path / "scores.npy", np.arange(3))
+    for path, fragment in ((tmp_path / "full", "is a folder: give"), (tmp_path / "empty.pth.tar", "it is empty"),
+                           (tmp_path / "cut.pth.tar", "not a complete checkpoint"),
+                           (tmp_path / "scores.npy", "not a PyTorch checkpoint"),
+                           (tmp_path / "full" / "model_best.pth.tar", "give checkpoint.pth.tar of the same run")):
+        p = run_script("importance_evaluation.py", "--method", "moderate", "--checkpoint", str(path),
+                       "--mask_path", str(tmp_path / "refused"), check=False)
+        assert_user_error(p, fragment)
+    assert not (tmp_path / "refused").exists()
+
+
+def test_a_relative_data_path_is_found_from_the_folder_the_run_started_in(cifar10_dir, tmp_path, monkeypatch):
+    """moderate and the report read the run's recorded --data_path; a relative one is resolved against
+    the folder that run was started in (args.json's cwd) when it holds no data from here."""
+    import os
+    import shutil
+
+    from utils.data import recorded_data_path
+    start = tmp_path / "project"
+    shutil.copytree(cifar10_dir, start / "data")
+    monkeypatch.chdir(start)
+    train.main(["--data_path", "./data", "--dataset", "cifar10", "--arch", "resnet20", "--epochs", "1",
+                "--batch-size", "32", "--ngpu", "0", "--save_path", "runs/full"])
+    assert json.loads((start / "runs" / "full" / "args.json").read_text())["cwd"] == str(start)
+    monkeypatch.chdir(tmp_path)                         # elsewhere: ./data holds nothing here
+    run = str(start / "runs" / "full")
+    assert recorded_data_path("cifar10", "./data", run) == os.path.join(str(start), "./data")
+    assert recorded_data_path("cifar10", "/abs/data", run) == "/abs/data"            # absolute: as recorded
+    assert recorded_data_path("cifar10", "./nowhere", run) == "./nowhere"            # not there either: as is
+    importance_evaluation.main(["--method", "moderate", "--checkpoint", f"{run}/checkpoint.pth.tar",
+                                "--mask_path", str(tmp_path / "masks"), "--no_plot"])
+    assert np.load(tmp_path / "masks" / "dataset_score_moderate.npy").shape == (160,)

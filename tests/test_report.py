@@ -184,11 +184,34 @@ def test_grid_pixels_are_the_source_images_and_flags_are_framed(cifar, tmp_path)
                 y0, x0 = r * (2 * cell + gap) + j * cell, k * cell
                 inner = canvas[y0 + report.PAD:y0 + report.PAD + 32, x0 + report.PAD:x0 + report.PAD + 32]
                 assert np.array_equal(inner, raw[i].transpose(1, 2, 0))        # thumb 32 = the raw image
-                expected = ((255, 150, 0) if cifar["corrupted"][i] else (220, 30, 30) if cifar["flipped"][i]
-                            else (255, 255, 255))
-                assert tuple(canvas[y0, x0]) == expected
+                red, orange, white = (220, 30, 30), (255, 150, 0), (255, 255, 255)
+                flipped, corrupted = cifar["flipped"][i], cifar["corrupted"][i]     # both: left red, right orange
+                assert tuple(canvas[y0, x0]) == (red if flipped else orange if corrupted else white)
+                assert tuple(canvas[y0, x0 + cell - 1]) == (orange if corrupted else red if flipped else white)
                 seen.add("corrupted" if cifar["corrupted"][i] else "mislabeled" if cifar["flipped"][i] else "clean")
     assert seen == {"corrupted", "mislabeled", "clean"}        # the fixture exercised every kind of cell
+
+
+def test_corrupted_runs_are_shown_as_trained(cifar):
+    """A run with --corrupt_ratio: the grids show its corrupted images, replayed from the recorded
+    settings and checked against the run's corrupted_mask.npy."""
+    from types import SimpleNamespace
+
+    from utils.robustness import apply_corruption
+    settings = {"corrupt_ratio": 0.2, "corruption": "contrast", "severity": 5, "corrupt_seed": 3}
+    images = report.Images("cifar10", cifar["data"])
+    raw = images.array.copy()
+    expected, mask = apply_corruption(raw, 0.2, "contrast", 5, seed=3)
+    images.corrupt_as_trained({"t": SimpleNamespace(info=settings)}, mask)
+    assert np.array_equal(images.array, expected)
+    assert np.array_equal((images.array != raw).reshape(len(raw), -1).any(1), mask)   # only the flagged ones
+    i = int(np.flatnonzero(mask)[0])
+    assert np.array_equal(images.thumb(i, 32), expected[i].transpose(1, 2, 0))
+    with pytest.raises(report.UserError, match="corrupted_mask.npy"):
+        report.Images("cifar10", cifar["data"]).corrupt_as_trained({"t": SimpleNamespace(info=settings)}, ~mask)
+    clean = report.Images("cifar10", cifar["data"])                 # no corruption recorded: untouched
+    clean.corrupt_as_trained({"t": SimpleNamespace(info={"corrupt_ratio": None})}, None)
+    assert np.array_equal(clean.array, raw)
 
 
 def test_digits_from_published_files_without_info(tmp_path):

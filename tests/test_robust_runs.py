@@ -89,3 +89,25 @@ def test_mask_scored_on_other_noise_settings_is_refused(noisy_runs, tmp_path):
     (d / "info_x_ep1.json").write_text(json.dumps(info))     # the same settings: accepted, arch recorded
     m = train_subset.main(flags)
     assert m["scored_arch"] == "resnet18" and m["arch"] == "resnet20" and m["method"] == "x"
+
+
+def test_settings_without_effect_are_not_compared_and_a_mask_without_info_gets_a_note(noisy_runs, tmp_path,
+                                                                                     cifar10_dir, capsys):
+    d, _, sub, _ = noisy_runs
+    clean = ["--data_path", cifar10_dir, *COMMON]
+    # scored on clean dynamics whose recorded noise type/seed and corruption differ: nothing to compare
+    (tmp_path / "info_x_ep1.json").write_text(json.dumps(
+        {"method": "x", "label_noise": 0.0, "noise_type": "asymmetric", "noise_seed": 4,
+         "corrupt_ratio": 0.0, "corruption": "jpeg", "severity": 1, "corrupt_seed": 8}))
+    for f in ("data_mask_x_ep1.npy", "score_x_ep1.npy"):
+        (tmp_path / f).write_bytes((d / f).read_bytes())
+    mask = ["--subset_rate", "0.5", "--mask_path", str(tmp_path / "data_mask_x_ep1.npy"),
+            "--score_path", str(tmp_path / "score_x_ep1.npy")]
+    assert train_subset.main(clean + mask + ["--save_path", str(tmp_path / "clean")])["finished"]
+    with pytest.raises(UserError, match="--label_noise 0.0, this run has --label_noise 0.3"):
+        train_subset.main(clean + mask + NOISE + ["--save_path", str(tmp_path / "refused")])
+    # a copied mask without its info file: trained, with a note that nothing could be checked
+    (tmp_path / "info_x_ep1.json").unlink()
+    capsys.readouterr()
+    train_subset.main(clean + mask + NOISE + ["--save_path", str(tmp_path / "noted")])
+    assert "note: no info_<tag>.json beside" in capsys.readouterr().out

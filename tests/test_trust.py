@@ -96,6 +96,14 @@ def test_refusal_is_one_line_and_harmless_flags_are_not_settings(subset_run):
     same = _replace(_replace(flags, "--mask_path", str(moved / "mask.npy")), "--score_path", str(moved / "score.npy"))
     result = train_subset.main(same + ["--resume", "--print_freq", "7", "--workers", "0"])
     assert result["finished"] and result["completed_epochs"] == 1
+    # settings that act on nothing (noise type and seed without --label_noise, corruption details
+    # without --corrupt_ratio) do not make another run; with their rate set, they do
+    idle = ["--noise_type", "asymmetric", "--noise_seed", "3", "--corruption", "jpeg", "--severity", "5"]
+    assert train_subset.main(flags + idle + ["--resume"])["finished"]
+    before = folder_digest(d / "run")
+    with pytest.raises(UserError, match="--corrupt_ratio 0.0 \\(now 0.1\\)"):
+        train_subset.main(flags + idle + ["--corrupt_ratio", "0.1", "--resume"])
+    assert folder_digest(d / "run") == before
 
 
 def test_train_resume_refuses_other_dynamics_settings(cifar10_dir, tmp_path):

@@ -34,6 +34,22 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+# settings that only act when another one is non-zero: with --label_noise 0, the noise type and seed
+# change nothing, and likewise for corruption; comparisons of two runs' settings ignore them then
+ONLY_WITH = {"label_noise": ("noise_type", "noise_seed"), "corrupt_ratio": ("corruption", "severity", "corrupt_seed")}
+
+
+def without_unused(settings, prefix=""):
+    """A copy of {name: value} (names as args attributes, or with `prefix`, e.g. "--") without the
+    settings that have no effect because the one they depend on is 0 or unset."""
+    out = dict(settings)
+    for rate, dependents in ONLY_WITH.items():
+        if not out.get(prefix + rate):
+            for d in dependents:
+                out.pop(prefix + d, None)
+    return out
+
+
 def flag_name(dest):
     """The command-line spelling of an args attribute (batch_size -> --batch-size)."""
     return "--batch-size" if dest == "batch_size" else f"--{dest}"

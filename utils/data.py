@@ -291,3 +291,23 @@ def load_data(args, device, channels_last=False):
         test = FolderImages(te, False, args.image_size, device, args.workers, channels_last)
         return Data(name, train, test, len(tr.classes), flipped)
     raise UserError(f"unknown --dataset {name!r}; choose from {', '.join(DATASETS)}")
+
+
+def has_training_data(dataset, path):
+    """Whether `path` holds the training part of `dataset` (digits needs no folder)."""
+    if dataset in CIFAR_LAYOUT:
+        folder, files = CIFAR_LAYOUT[dataset][:2]
+        return os.path.isfile(os.path.join(path, folder, files[0]))
+    return dataset == "digits" or os.path.isdir(os.path.join(path, "train"))
+
+
+def recorded_data_path(dataset, data_path, run_folder):
+    """A --data_path that the run in run_folder recorded: a relative one that holds no data from here is
+    taken relative to the folder that run was started in, when the data are there."""
+    from .run_folder import training_cwd
+    if os.path.isabs(data_path) or not run_folder or has_training_data(dataset, data_path):
+        return data_path
+    cwd = training_cwd(run_folder)
+    if cwd and has_training_data(dataset, os.path.join(cwd, data_path)):
+        return os.path.join(cwd, data_path)
+    return data_path

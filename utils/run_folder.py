@@ -11,6 +11,7 @@ content of the training labels and of the mask and score files). It is stored in
 and compared on resume, so a new flag is covered without touching this file.
 """
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -20,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import dist
-from .args import flag_name
+from .args import flag_name, without_unused
 from .errors import UserError
 from .io import ensure_writable_dir, save_json, save_npy
 
@@ -100,6 +101,7 @@ def check_fingerprint(ck, fingerprint, path):
     if was is None:
         raise UserError(f"{path} was written by an older version of these scripts (no run fingerprint), so "
                         f"its settings cannot be checked; start again with --overwrite")
+    was, fingerprint = without_unused(was, "--"), without_unused(fingerprint, "--")
     diffs = []
     for key in sorted(set(was) | set(fingerprint)):
         old, new = was.get(key, "(not set)"), fingerprint.get(key, "(not set)")
@@ -112,11 +114,22 @@ def check_fingerprint(ck, fingerprint, path):
 
 
 def load_checkpoint(path):
+    """The dict a training script saved; anything else (a folder, an empty, truncated or foreign file) is
+    one line. Loaded with weights_only: a checkpoint of ours holds tensors and plain values only."""
+    import pickle
+
     import torch
+    if os.path.isdir(path):
+        raise UserError(f"checkpoint {path} is a folder: give the file, e.g. {os.path.join(path, CHECKPOINT)}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a checkpoint, ...
-        raise UserError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
+    except (EOFError, pickle.UnpicklingError, RuntimeError, ValueError) as e:
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        why = ("it is empty" if size == 0 else "it is truncated" if isinstance(e, EOFError) else
+               "not a PyTorch checkpoint of tensors and plain values" if isinstance(e, pickle.UnpicklingError)
+               else str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        raise UserError(f"cannot read checkpoint {path}: not a complete checkpoint written by train.py or "
+                        f"train_subset.py ({why})") from None
 
 
 class Log:
@@ -168,10 +181,30 @@ def begin_run(args, resuming, fingerprint):
         except (OSError, subprocess.TimeoutExpired):
             commit = ""
         save_json(os.path.join(args.save_path, "args.json"),
-                  {"args": vars(args), "command": " ".join(sys.argv), "git_commit": commit or None,
-                   "fingerprint": fingerprint})
+                  {"args": vars(args), "command": " ".join(sys.argv), "cwd": os.getcwd(),
+                   "git_commit": commit or None, "fingerprint": fingerprint})
     dist.barrier()
     return Log(args.save_path, args.manualSeed, append=resuming)
+
+
+def training_cwd(run_folder):
+    """The folder a run was started in, so that the relative paths it recorded can be found from anywhere:
+    args.json's cwd, or (older runs) its save_path as typed stripped from the run folder; None if unknown."""
+    try:
+        with open(os.path.join(run_folder, "args.json")) as f:
+            recorded = json.load(f)
+        if recorded.get("cwd"):
+            return recorded["cwd"]
+        save_path = recorded["args"]["save_path"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    parts = os.path.normpath(save_path).split(os.sep)
+    if os.path.isabs(save_path) or ".." in parts:
+        return None
+    base = os.path.abspath(run_folder)
+    for _ in parts:   # strip save_path's components from the end of the absolute run folder
+        base = os.path.dirname(base)
+    return base
 
 
 def write_training_set_files(save_path, data):
