@@ -236,6 +236,12 @@ def main(argv=None):
         raise UserError(skipped[0][2] + f" for --method {args.method}")
     for T, K, beta in combos:
         check_args(args.method, T, K if K is not None else 2, beta if beta is not None else 0.9, args.chunk_size)
+    several = {'name_decay': len(set(args.decay)) > 1, 'name_window': len(set(args.window_size)) > 1}
+    tags = [output_tag(args.method, T, K, beta, **several) for T, K, beta in combos]
+    for i, tag in enumerate(tags):
+        if tag in tags[:i]:
+            a, b = combos[tags.index(tag)], combos[i]
+            raise UserError(f"(T, K, decay) = {a} and {b} would write the same files ({tag}): give distinct values")
     if not all(0 <= r < 1 for r in args.sensitivity_rates):
         raise UserError(f"--sensitivity_rates are pruning rates in [0, 1), got {args.sensitivity_rates}")
     check_output_dir(args.mask_path)
@@ -253,7 +259,6 @@ def main(argv=None):
 
     ensure_writable_dir(args.mask_path, '--mask_path')                   # the first write
     run_folder, run_args = training_run(args.dynamics_path)
-    several = {'name_decay': len(set(args.decay)) > 1, 'name_window': len(set(args.window_size)) > 1}
     by_tag = {}
     for (T, K, beta), score in zip(combos, scores):
         tag = output_tag(args.method, T, K, beta, **several)

@@ -19,8 +19,8 @@ from utils.args import Parser, add_training_args, check_training_args
 from utils.dynamics import DTYPES, FORMATS, DynamicsRecorder
 from utils.engine import build_model, evaluate_only, fit, run_facts, setup
 from utils.errors import UserError, run
-from utils.run_folder import (begin_run, check_fingerprint, load_checkpoint, run_fingerprint, training_set_info,
-                              write_training_set_files)
+from utils.run_folder import (begin_run, check_fingerprint, load_checkpoint, resumes_elsewhere, run_fingerprint,
+                              training_set_info, write_training_set_files)
 
 
 def parse_args(argv=None):
@@ -48,6 +48,9 @@ def main(argv=None):
     ck = load_checkpoint(resume_from) if resume_from else None
     if ck is not None:
         check_fingerprint(ck, fingerprint, resume_from)
+        if args.stop_epoch is not None and ck.get("epoch", 0) > args.stop_epoch:
+            raise UserError(f"--stop_epoch {args.stop_epoch}: {resume_from} has trained {ck['epoch']} epochs already; "
+                            f"resume with a later --stop_epoch, or without it to finish the run")
     model = build_model(args, data, device)
     if args.evaluate:
         return evaluate_only(args, model, data)
@@ -58,6 +61,9 @@ def main(argv=None):
         f"{args.arch} on {device}{' x' + str(dist.world_size()) if dist.world_size() > 1 else ''}"
         f"{' bf16' if args.amp else ''} | {args.epochs} epochs"
         f"{f', stopping after {args.stop_epoch}' if args.stop_epoch else ''}")
+    if args.dynamics and ck is not None and ck.get("epoch") and resumes_elsewhere(args):
+        log(f"note: epochs 0..{ck['epoch'] - 1} were recorded in {os.path.dirname(os.path.abspath(resume_from))}/npy; "
+            f"{args.save_path}/npy gets the epochs from {ck['epoch']} on")
     recorder = None
     if args.dynamics:
         recorder = DynamicsRecorder(os.path.join(args.save_path, "npy"), torch.from_numpy(data.targets),

@@ -85,7 +85,11 @@ def method_name(score_path, selection, info):
 
 
 def check_same_training_set(args, info):
-    """Refuse a mask scored on dynamics whose training set (label noise, corruption) differs."""
+    """Refuse a mask scored on dynamics of another data set, or whose training set (label noise,
+    corruption) differs."""
+    if info.get("dataset") and info["dataset"] != args.dataset:
+        raise UserError(f"--mask_path {args.mask_path} was scored on {info['dataset']}, this run trains on "
+                        f"--dataset {args.dataset}")
     scored = without_unused({k: d if info[k] is None else info[k] for k, d in DATA_SETTINGS.items() if k in info})
     here = without_unused({k: getattr(args, k) for k in DATA_SETTINGS})
     for key in DATA_SETTINGS:

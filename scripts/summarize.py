@@ -17,7 +17,9 @@
 A run's label is its method ("random" when the selection was random), plus "-ccs" (coverage-centric
 selection), "-cb" (class-balanced), "-unweighted" (--no_score_weighting), "-iters" (--budget
 iterations), and "[A→B]" when the scores came from architecture A's dynamics and the subset trained
-architecture B, so variants never share a cell.
+architecture B, so variants never share a cell. Runs that share a label and a rate are averaged as
+seeds only when nothing else differs: where their data set, architectures, schedule (epochs, optimizer
+steps) or scores (the score tag) differ, the label names the difference, e.g. "tdds (epochs=4)".
 
 Cost ledger: seconds of training compute (train_seconds: the training loops, without evaluation)
 and of scoring (importance_evaluation.py's info_<tag>.json), as a fraction of ONE full-data training
@@ -88,11 +90,35 @@ def collect_runs(out):
         m["subset_rate"] = float(m.get("subset_rate", 0.0))
         m["final_acc"] = float(m["final_acc"])
         m["run"] = os.path.relpath(folder, out)
+        m["path"] = os.path.abspath(folder)
         m["label"] = run_label(m)
         runs.append(m)
+    name_differences(runs)
     runs.sort(key=lambda m: (m["label"] != FULL, m["label"], m["subset_rate"], str(m.get("seed")), m["run"]))
     add_costs(runs)
     return runs
+
+
+def _setting(m, key):
+    if key == "score":
+        return (m.get("score_info") or {}).get("tag")
+    return m.get(key)
+
+
+SEED_INVARIANT = ("dataset", "arch", "scored_arch", "epochs", "steps", "score")   # steps: the batch size too
+
+
+def name_differences(runs):
+    """Runs of one (label, rate) that differ in more than the seed get the differing settings in their
+    label, so that the tables never average unrelated runs as if they were seeds."""
+    groups = {}
+    for m in runs:
+        if m["label"] != FULL:   # the reference line
+            groups.setdefault((m["label"], m["subset_rate"]), []).append(m)
+    for group in groups.values():
+        differing = [k for k in SEED_INVARIANT if len({json.dumps(_setting(m, k)) for m in group}) > 1]
+        for m in group if differing else ():
+            m["label"] += " (" + ", ".join(f"{k}={_setting(m, k)}" for k in differing) + ")"
 
 
 # ------------------------------------------------------------------------------------------------ cost
@@ -104,17 +130,21 @@ def _epoch_seconds(m):
 def add_costs(runs):
     """Add cost_dynamics, cost_scoring, cost_subset, cost_total (fractions of one full-data training)
     to every subset run whose full-data run (same data set, the scored architecture) is among `runs`."""
-    fulls = {}
+    fulls, by_path = {}, {}
     for m in runs:
         if m["label"] == FULL and _epoch_seconds(m):
             fulls.setdefault((m.get("dataset"), m.get("arch")), m)
+            by_path[m["path"]] = m
     for m in runs:
-        arch = m.get("arch") if m["label"] == FULL else (m.get("scored_arch") or m.get("arch"))
-        full = fulls.get((m.get("dataset"), arch))
+        is_full = m["label"] == FULL
+        arch = m.get("arch") if is_full else (m.get("scored_arch") or m.get("arch"))
+        scored_run = (m.get("score_info") or {}).get("dynamics_run")
+        # the run whose dynamics were scored, when it is in this folder; else one of the same data set and architecture
+        full = by_path.get(m["path"] if is_full else scored_run) or fulls.get((m.get("dataset"), arch))
         if full is None:
             continue
         one_training = _epoch_seconds(full) * full.get("epochs", 0)   # seconds of one full-data training
-        if m["label"] == FULL:
+        if is_full:
             m["cost_total"] = m.get("train_seconds", 0.0) / one_training
             continue
         needs_dynamics = m.get("selection") != "random"

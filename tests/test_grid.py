@@ -72,3 +72,13 @@ def test_no_valid_combination_is_one_error(dyn, tmp_path):
         importance_evaluation.main(["--dynamics_path", dyn, "--mask_path", str(tmp_path / "m"),
                                     "--trajectory_len", "5", "--window_size", "9"])
     assert not (tmp_path / "m").exists()
+
+
+def test_combinations_that_share_file_names_or_impossible_T_are_one_error(dyn, tmp_path):
+    with pytest.raises(UserError, match="would write the same files \\(win3_ep5_decay0.9\\)"):
+        importance_evaluation.main(["--dynamics_path", dyn, "--mask_path", str(tmp_path / "m"), "--trajectory_len",
+                                    "5", "--window_size", "3", "--decay", "0.9", "0.9000001", "0.5"])
+    with pytest.raises(UserError, match="--trajectory_len 0 must be at least 1"):
+        importance_evaluation.main(["--dynamics_path", dyn, "--mask_path", str(tmp_path / "m"),
+                                    "--trajectory_len", "0", "--window_size", "3"])
+    assert not (tmp_path / "m").exists()

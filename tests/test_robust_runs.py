@@ -86,6 +86,10 @@ def test_mask_scored_on_other_noise_settings_is_refused(noisy_runs, tmp_path):
     with pytest.raises(UserError, match="--noise_seed 6, this run has --noise_seed 5"):
         train_subset.main(flags)
     assert not save.exists()
+    (d / "info_x_ep1.json").write_text(json.dumps({**info, "dataset": "cifar100"}))   # same size, other data set
+    with pytest.raises(UserError, match="was scored on cifar100, this run trains on --dataset cifar10"):
+        train_subset.main(flags)
+    assert not save.exists()
     (d / "info_x_ep1.json").write_text(json.dumps(info))     # the same settings: accepted, arch recorded
     m = train_subset.main(flags)
     assert m["scored_arch"] == "resnet18" and m["arch"] == "resnet20" and m["method"] == "x"

@@ -284,6 +284,22 @@ def test_load_errors_name_the_file(tmp_path):
         assert path in str(e.value) and "\n" not in str(e.value), key
 
 
+def test_mask_and_score_of_two_scorings_are_refused(tmp_path):
+    s = np.random.default_rng(1).normal(size=60).astype(np.float32)
+    t = np.random.default_rng(2).normal(size=60).astype(np.float32)
+    mask, score = write_pair(tmp_path, s)                                   # win10_ep30
+    np.save(tmp_path / "score_win5_ep30.npy", np.sort(t))                   # sorted, as every score file is
+    with pytest.raises(UserError, match="two different scorings \\(win10_ep30 vs win5_ep30\\)"):
+        load_mask_and_score(mask, str(tmp_path / "score_win5_ep30.npy"), 60)
+    np.save(tmp_path / "dataset_score_win10_ep30.npy", s)                   # what importance_evaluation.py leaves
+    load_mask_and_score(mask, score, 60)                                     # the pair that belongs together
+    np.save(score, np.sort(t))                                              # same name, another scoring's content
+    with pytest.raises(UserError, match="is not the score of mask file"):
+        load_mask_and_score(mask, score, 60)
+    with pytest.raises(UserError, match="is a folder: give the data_mask_<tag>.npy"):
+        load_mask_and_score(str(tmp_path), None, 60)
+
+
 # ----------------------------------------------------------------------------- loss weights
 
 def test_loss_weights_min_max():

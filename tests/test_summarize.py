@@ -165,3 +165,25 @@ def test_run_labels_keep_variants_apart():
     assert label({**base, "selection": "ccs", "class_balanced": True}) == "tdds-ccs-cb"
     assert label({**base, "selection": "random", "score_weighting": False}) == "random"
     assert label({"subset_rate": 0.0, "method": "full"}) == "full"
+
+
+def test_runs_differing_in_more_than_the_seed_are_not_averaged(tmp_path):
+    summarize = load_summarize()
+    out = str(tmp_path / "sweep")
+    write_metrics(out, "full", method="full", subset_rate=0.0, final_acc=90.0, epochs=4, train_seconds=4.0,
+                  completed_epochs=4)
+    write_metrics(out, "full2", method="full", subset_rate=0.0, final_acc=91.0, epochs=4, train_seconds=8.0,
+                  completed_epochs=4)
+    info = {"tag": "win3_ep4", "dynamics_run": os.path.join(out, "full2"), "seconds": 0.4}
+    write_metrics(out, "a/s1", method="tdds", subset_rate=0.5, final_acc=60.0, seed=1, score_info=info)
+    write_metrics(out, "a/s2", method="tdds", subset_rate=0.5, final_acc=62.0, seed=2, score_info=info)
+    write_metrics(out, "b/s1", method="tdds", subset_rate=0.5, final_acc=30.0, seed=1, epochs=2,
+                  score_info={**info, "tag": "win3_ep3"})
+    runs = {m["run"]: m for m in summarize.collect_runs(out)}
+    assert runs["a/s1"]["label"] == runs["a/s2"]["label"] == "tdds (epochs=10, score=win3_ep4)"
+    assert runs["b/s1"]["label"] == "tdds (epochs=2, score=win3_ep3)"
+    stats = summarize.aggregate(list(runs.values()))
+    assert stats[("tdds (epochs=10, score=win3_ep4)", 0.5)][:3] == (61.0, pytest.approx(2 ** 0.5), 2)
+    # the dynamics charged are those of the run that was scored (full2: 8 s of 4 epochs = 1.0), not full's
+    a = runs["a/s1"]
+    assert a["cost_dynamics"] == pytest.approx(1.0) and a["cost_scoring"] == pytest.approx(0.4 / 8.0)

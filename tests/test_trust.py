@@ -176,9 +176,35 @@ def test_stop_epoch_gives_the_uninterrupted_dynamics_and_metrics(cifar10_dir, tm
             a = np.load(tmp_path / "ref" / "npy" / f"{e}_{tag}.npy")
             b = np.load(tmp_path / "cut" / "npy" / f"{e}_{tag}.npy")
             assert a.dtype == b.dtype and np.array_equal(a, b), (e, tag)
+    before = folder_digest(tmp_path / "cut")
+    with pytest.raises(UserError, match="--stop_epoch 1: .* has trained 2 epochs already"):
+        train.main(flags + ["--save_path", str(tmp_path / "cut"), "--resume", "--stop_epoch", "1"])
+    # --resume PATH into a folder that holds another run would mix two runs' files: refused
+    with pytest.raises(UserError, match="already holds another run"):
+        train.main(flags + ["--save_path", str(tmp_path / "ref"), "--resume", str(tmp_path / "cut" / "checkpoint.pth.tar")])
+    assert folder_digest(tmp_path / "cut") == before
     done = train.main(flags + ["--save_path", str(tmp_path / "cut"), "--resume"])
     assert done["finished"] and not done["stopped"] and done["final_acc"] == ref["final_acc"]
     assert [h["train_loss"] for h in done["history"]] == [h["train_loss"] for h in ref["history"]]
+    # with --overwrite the other run's files go first (its log of another seed included)
+    (tmp_path / "ref" / "log_seed_7.txt").write_text("another run's log")
+    moved = train.main(flags + ["--save_path", str(tmp_path / "ref"), "--overwrite",
+                                "--resume", str(tmp_path / "cut" / "checkpoint.pth.tar")])
+    assert moved["finished"] and not (tmp_path / "ref" / "log_seed_7.txt").exists()
+    assert not (tmp_path / "ref" / "npy" / "0_Output.npy").exists()   # no epoch of the replaced run is left
+
+
+def test_imagefolder_workers_are_part_of_the_fingerprint():
+    """Each DataLoader worker draws its own augmentation stream: for ImageFolder the worker count
+    changes the run; in-memory data sets ignore it."""
+    from types import SimpleNamespace
+
+    from utils.engine import run_facts
+    data = SimpleNamespace(n_train=4, targets=np.arange(4))
+    facts = {ds: run_facts(SimpleNamespace(dataset=ds, workers=2), data, torch.device("cpu"))
+             for ds in ("imagefolder", "cifar10")}
+    assert facts["imagefolder"]["DataLoader workers (--workers)"] == 2
+    assert not any("workers" in k for k in facts["cifar10"])
 
 
 def test_budget_iterations_takes_the_full_data_steps(cifar10_dir, tmp_path):

@@ -50,8 +50,11 @@ def channels_last(args, device):
 
 def run_facts(args, data, device):
     """Facts of a run that its flags do not show, for the run fingerprint (utils/run_folder.py)."""
-    return {"device": device.type, "processes": dist.world_size(), "training samples": data.n_train,
-            "training labels": array_sha256(data.targets)}
+    facts = {"device": device.type, "processes": dist.world_size(), "training samples": data.n_train,
+             "training labels": array_sha256(data.targets)}
+    if args.dataset == "imagefolder":   # each DataLoader worker draws its own augmentation stream
+        facts["DataLoader workers (--workers)"] = args.workers
+    return facts
 
 
 def stream_seed(seed, *key):

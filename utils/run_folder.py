@@ -55,6 +55,11 @@ def find_resume(args):
     if args.resume:
         path = own if args.resume == "auto" else args.resume
         if os.path.isfile(path):
+            held = [f for f in (CHECKPOINT, "metrics.json") if os.path.exists(os.path.join(args.save_path, f))]
+            if held and not args.overwrite and not args.evaluate and not _same_file(path, own):
+                raise UserError(f"{args.save_path} already holds another run ({held[0]}), and --resume {path} would "
+                                f"continue a different one into it: give an empty --save_path, resume "
+                                f"{os.path.join(args.save_path, CHECKPOINT)}, or --overwrite to replace that run")
             return path
         if args.resume != "auto":
             raise UserError(f"--resume {path}: no such checkpoint file")
@@ -66,6 +71,15 @@ def find_resume(args):
         raise UserError(f"{args.save_path} already holds a run ({held[0]}); pass --resume to continue it "
                         f"or --overwrite to start again")
     return None
+
+
+def _same_file(a, b):
+    return os.path.exists(b) and os.path.samefile(a, b)
+
+
+def resumes_elsewhere(args):
+    """--resume PATH names the checkpoint of another folder than --save_path."""
+    return args.resume not in ("", "auto") and not _same_file(args.resume, os.path.join(args.save_path, CHECKPOINT))
 
 
 def file_sha256(path):
@@ -163,7 +177,8 @@ def _remove_previous_run(save_path):
     """--overwrite: the previous run's outputs go, so that none of them can be mistaken for the new run's."""
     npy = os.path.join(save_path, "npy")
     stale = [os.path.join(npy, f) for f in (os.listdir(npy) if os.path.isdir(npy) else []) if f.endswith(".npy")]
-    for f in stale + [os.path.join(save_path, f) for f in RUN_FILES]:
+    logs = [os.path.join(save_path, f) for f in os.listdir(save_path) if re.fullmatch(r"log_seed_\d+\.txt", f)]
+    for f in stale + logs + [os.path.join(save_path, f) for f in RUN_FILES]:
         if os.path.exists(f):
             os.remove(f)
 
@@ -173,7 +188,7 @@ def begin_run(args, resuming, fingerprint):
     if dist.is_main_process():
         ensure_writable_dir(args.save_path, "--save_path")
         _remove_stale_temporaries(args.save_path)
-        if args.overwrite and not resuming:
+        if args.overwrite and (not resuming or resumes_elsewhere(args)):
             _remove_previous_run(args.save_path)
         try:
             commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,

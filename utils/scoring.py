@@ -60,6 +60,9 @@ def combinations(method, trajectory_lens, window_sizes, decays):
     for them), and the skipped ones as (T, K, reason)."""
     out, skipped = [], []
     for T in trajectory_lens:
+        if T < 1:
+            skipped.append((T, None, f"--trajectory_len {T} must be at least 1"))
+            continue
         for K in (window_sizes if method in WINDOW_METHODS else [None]):
             low = 3 if method == 'tdds' else 2
             if K is not None and not low <= K <= T:

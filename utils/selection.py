@@ -30,6 +30,9 @@ def kept_count(n, rate):
 
 def _load_1d(path, what):
     """np.load a 1-D array, turning every way the file can be wrong into a one-line UserError."""
+    if os.path.isdir(path):
+        prefix = "data_mask_" if what == "mask" else "score_"
+        raise UserError(f"{what} file {path} is a folder: give the {prefix}<tag>.npy file in it")
     if not os.path.isfile(path):
         raise UserError(f"{what} file {path} does not exist")
     try:
@@ -85,9 +88,28 @@ def load_mask_and_score(mask_path, score_path, n, dataset=None):
     if (np.diff(score) < 0).any():
         raise UserError(f"score file {score_path} is not sorted ascending, so it is not the score file "
                         f"that belongs to mask file {mask_path}")
+    _check_pair(mask_path, score_path, order, score)
     score_by_index = np.empty(n, dtype=np.float64)
     score_by_index[order] = score
     return order, score_by_index
+
+
+def _check_pair(mask_path, score_path, order, score):
+    """A mask and a score file from two different scorings pass every check above (every score file
+    is sorted): refuse names whose tags differ (data_mask_<tag>.npy, score_<tag>.npy) and, where
+    importance_evaluation.py left dataset_score_<tag>.npy beside the mask, a score that is not it."""
+    mname, sname = os.path.basename(mask_path), os.path.basename(score_path)
+    mtag = mname[len("data_mask_"):-4] if mname.startswith("data_mask_") and mname.endswith(".npy") else None
+    stag = sname[len("score_"):-4] if sname.startswith("score_") and sname.endswith(".npy") else None
+    if mtag is not None and stag is not None and mtag != stag:
+        raise UserError(f"mask file {mask_path} and score file {score_path} come from two different scorings "
+                        f"({mtag} vs {stag}): pass score_{mtag}.npy with this mask")
+    beside = os.path.join(os.path.dirname(mask_path), f"dataset_score_{mtag}.npy") if mtag else None
+    if beside and os.path.isfile(beside):
+        ref = np.load(beside, allow_pickle=False)
+        if ref.shape == order.shape and not np.array_equal(ref[order].astype(np.float64), score):
+            raise UserError(f"score file {score_path} is not the score of mask file {mask_path} "
+                            f"({os.path.basename(beside)} beside the mask says otherwise)")
 
 
 # ----------------------------------------------------------------------------- strategies
