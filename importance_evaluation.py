@@ -177,9 +177,7 @@ def moderate(args, start):
     from utils.run_folder import load_checkpoint
     if not args.checkpoint:
         raise UserError("--method moderate needs --checkpoint (a checkpoint.pth.tar written by train.py)")
-    if os.path.isdir(args.checkpoint):
-        raise UserError(f"--checkpoint {args.checkpoint} is a folder: give {os.path.join(args.checkpoint, 'checkpoint.pth.tar')}")
-    if not os.path.isfile(args.checkpoint):
+    if not os.path.exists(args.checkpoint):   # a folder: load_checkpoint says which file to give
         raise UserError(f"--checkpoint {args.checkpoint}: no such file")
     check_output_dir(args.mask_path)
     ck = load_checkpoint(args.checkpoint)

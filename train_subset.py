@@ -21,19 +21,16 @@ import numpy as np
 import torch
 
 from utils import dist
-from utils.args import Parser, add_training_args, check_training_args, without_unused
+from utils.args import DATA_SETTINGS, Parser, add_training_args, check_training_args, without_unused
 from utils.data import make_batches
 from utils.engine import build_model, evaluate_only, fit, run_facts, setup
 from utils.errors import UserError, run
 from utils.io import save_npy
 from utils.run_folder import (begin_run, check_fingerprint, file_sha256, load_checkpoint, run_fingerprint,
                               training_set_info, write_training_set_files)
-from utils.selection import STRATEGIES, load_mask_and_score, loss_weights, select
+from utils.selection import STRATEGIES, file_tag, load_mask_and_score, loss_weights, select
 
 BUDGETS = ("epochs", "iterations")
-# the dynamics run's settings that decide which training set was scored; the subset run must match
-DATA_SETTINGS = {"label_noise": 0.0, "noise_type": "symmetric", "noise_seed": 0,
-                 "corrupt_ratio": 0.0, "corruption": "gaussian_noise", "severity": 3, "corrupt_seed": 0}
 
 
 def parse_args(argv=None):
@@ -58,10 +55,10 @@ def parse_args(argv=None):
 
 def score_info(mask_path):
     """importance_evaluation.py's info_<tag>.json beside data_mask_<tag>.npy, or {} (published files)."""
-    name = os.path.basename(mask_path)
-    if not (name.startswith("data_mask_") and name.endswith(".npy")):
+    tag = file_tag(mask_path, "data_mask_")
+    if tag is None:
         return {}
-    path = os.path.join(os.path.dirname(mask_path), f"info_{name[len('data_mask_'):-4]}.json")
+    path = os.path.join(os.path.dirname(mask_path), f"info_{tag}.json")
     try:
         with open(path) as f:
             info = json.load(f)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: utils
-from utils.args import DATASETS, Parser  # noqa: E402
+from utils.args import DATA_SETTINGS, DATASETS, Parser  # noqa: E402
 from utils.errors import UserError, run  # noqa: E402
 from utils.io import ensure_writable_dir, save_figure, save_json, save_text  # noqa: E402
 from utils.selection import _class_budgets, kept_count, load_mask_and_score  # noqa: E402
@@ -174,9 +174,9 @@ class Images:
         if not ratio or self.array is None:
             return
         from utils.robustness import apply_corruption
-        self.array, replayed = apply_corruption(self.array, ratio, _from_info(scores, "corruption") or "gaussian_noise",
-                                                _from_info(scores, "severity") or 3,
-                                                seed=_from_info(scores, "corrupt_seed") or 0)
+        recorded = {k: _from_info(scores, k) or DATA_SETTINGS[k] for k in ("corruption", "severity", "corrupt_seed")}
+        self.array, replayed = apply_corruption(self.array, ratio, recorded["corruption"], recorded["severity"],
+                                                seed=recorded["corrupt_seed"])
         if corrupted is not None and not np.array_equal(replayed, corrupted):
             raise UserError("the corruption settings in info_<tag>.json do not give the run's corrupted_mask.npy: "
                             "the scores are not of this training run")

@@ -34,6 +34,9 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+# the settings that decide which training set is trained on (label noise, corruption) and their defaults
+DATA_SETTINGS = {"label_noise": 0.0, "noise_type": "symmetric", "noise_seed": 0,
+                 "corrupt_ratio": 0.0, "corruption": "gaussian_noise", "severity": 3, "corrupt_seed": 0}
 # settings that only act when another one is non-zero: with --label_noise 0, the noise type and seed
 # change nothing, and likewise for corruption; comparisons of two runs' settings ignore them then
 ONLY_WITH = {"label_noise": ("noise_type", "noise_seed"), "corrupt_ratio": ("corruption", "severity", "corrupt_seed")}
@@ -78,16 +81,19 @@ def add_training_args(parser, default_save_path, default_batch_size):
                    help="weight decay (L2 penalty) of SGD (importance_evaluation.py's --decay is TDDS's beta)")
 
     g = parser.add_argument_group("robustness experiments (the same flags in train.py and train_subset.py)")
-    g.add_argument("--label_noise", type=float, default=0.0,
+    g.add_argument("--label_noise", type=float, default=DATA_SETTINGS["label_noise"],
                    help="fraction of training labels flipped before training (test labels never change)")
-    g.add_argument("--noise_type", choices=NOISE_TYPES, default="symmetric",
+    g.add_argument("--noise_type", choices=NOISE_TYPES, default=DATA_SETTINGS["noise_type"],
                    help="symmetric: uniformly to another class; asymmetric: CIFAR-10 class map, else c -> c+1")
-    g.add_argument("--noise_seed", type=int, default=0, help="which labels are flipped (independent of --manualSeed)")
-    g.add_argument("--corrupt_ratio", type=float, default=0.0,
+    g.add_argument("--noise_seed", type=int, default=DATA_SETTINGS["noise_seed"],
+                   help="which labels are flipped (independent of --manualSeed)")
+    g.add_argument("--corrupt_ratio", type=float, default=DATA_SETTINGS["corrupt_ratio"],
                    help="fraction of training images corrupted once at load time (cifar10/100, digits)")
-    g.add_argument("--corruption", choices=CORRUPTIONS, default="gaussian_noise", help="kind of image corruption")
-    g.add_argument("--severity", type=int, default=3, help="corruption severity 1..5 (docs/METHODS.md)")
-    g.add_argument("--corrupt_seed", type=int, default=0,
+    g.add_argument("--corruption", choices=CORRUPTIONS, default=DATA_SETTINGS["corruption"],
+                   help="kind of image corruption")
+    g.add_argument("--severity", type=int, default=DATA_SETTINGS["severity"],
+                   help="corruption severity 1..5 (docs/METHODS.md)")
+    g.add_argument("--corrupt_seed", type=int, default=DATA_SETTINGS["corrupt_seed"],
                    help="which images are corrupted, and how (independent of --manualSeed)")
 
     g = parser.add_argument_group("checkpoints and logs")

@@ -52,10 +52,10 @@ def find_resume(args):
     unless --resume or --overwrite says what to do with it."""
     check_writable(args.save_path, "--save_path")
     own = os.path.join(args.save_path, CHECKPOINT)
+    held = [f for f in (CHECKPOINT, "metrics.json") if os.path.exists(os.path.join(args.save_path, f))]
     if args.resume:
         path = own if args.resume == "auto" else args.resume
         if os.path.isfile(path):
-            held = [f for f in (CHECKPOINT, "metrics.json") if os.path.exists(os.path.join(args.save_path, f))]
             if held and not args.overwrite and not args.evaluate and not _same_file(path, own):
                 raise UserError(f"{args.save_path} already holds another run ({held[0]}), and --resume {path} would "
                                 f"continue a different one into it: give an empty --save_path, resume "
@@ -66,7 +66,6 @@ def find_resume(args):
         if dist.is_main_process() and not args.evaluate:
             print(f"note: --resume: no checkpoint in {args.save_path} yet, starting from scratch")
         return None
-    held = [f for f in (CHECKPOINT, "metrics.json") if os.path.exists(os.path.join(args.save_path, f))]
     if held and not args.overwrite and not args.evaluate:
         raise UserError(f"{args.save_path} already holds a run ({held[0]}); pass --resume to continue it "
                         f"or --overwrite to start again")

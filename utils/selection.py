@@ -94,13 +94,17 @@ def load_mask_and_score(mask_path, score_path, n, dataset=None):
     return order, score_by_index
 
 
+def file_tag(path, prefix):
+    """<tag> of a file named <prefix><tag>.npy (data_mask_, score_), else None."""
+    name = os.path.basename(path or "")
+    return name[len(prefix):-4] if name.startswith(prefix) and name.endswith(".npy") else None
+
+
 def _check_pair(mask_path, score_path, order, score):
     """A mask and a score file from two different scorings pass every check above (every score file
     is sorted): refuse names whose tags differ (data_mask_<tag>.npy, score_<tag>.npy) and, where
     importance_evaluation.py left dataset_score_<tag>.npy beside the mask, a score that is not it."""
-    mname, sname = os.path.basename(mask_path), os.path.basename(score_path)
-    mtag = mname[len("data_mask_"):-4] if mname.startswith("data_mask_") and mname.endswith(".npy") else None
-    stag = sname[len("score_"):-4] if sname.startswith("score_") and sname.endswith(".npy") else None
+    mtag, stag = file_tag(mask_path, "data_mask_"), file_tag(score_path, "score_")
     if mtag is not None and stag is not None and mtag != stag:
         raise UserError(f"mask file {mask_path} and score file {score_path} come from two different scorings "
                         f"({mtag} vs {stag}): pass score_{mtag}.npy with this mask")
