@@ -208,7 +208,7 @@ def help_flags(parser):
 
 def shown_default(value):
     """How USAGE.md writes a default: `10`, `0.3 0.5 0.7 0.9`, or — for none (None, off, empty)."""
-    if value in (None, False, "", []):
+    if value is None or value is False or (isinstance(value, (str, list)) and not value):
         return "—"
     return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
