@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 from utils.args import DATASETS, Parser  # noqa: E402
 from utils.errors import UserError, run  # noqa: E402
 from utils.io import ensure_writable_dir, save_figure, save_json, save_npy  # noqa: E402
+from utils.folder import FolderLock, array_sha256, check_unlocked, file_sha256  # noqa: E402
 from utils.run_folder import check_writable  # noqa: E402
 from utils.scoring import (LABEL_METHODS, METHODS, Dynamics, check_args, check_targets,  # noqa: E402
                            combinations, compute_scores, method_labels, output_names, output_tag)
@@ -52,6 +53,9 @@ def parse_args(argv=None):
     io.add_argument('--mask_path', type=str, default='./checkpoint/generated_mask/',
                     help='output folder (created)')
     io.add_argument('--no_plot', action='store_true', help='do not write the score histogram')
+    io.add_argument('--overwrite', action='store_true',
+                    help='replace a finished scoring of the same file names made with other settings or inputs '
+                         '(without it: refused; the same settings and inputs: nothing is rewritten)')
     score = parser.add_argument_group('score (several values: every valid combination, one pass over the files)')
     score.add_argument('--method', type=str, default='tdds', choices=METHODS + ('moderate',),
                        help='score to compute (moderate: from the features of --checkpoint, no dynamics)')
@@ -78,11 +82,69 @@ def parse_args(argv=None):
 
 
 def check_output_dir(path):
-    """Fail before the work, not after it, if --mask_path cannot be created or written."""
+    """Fail before the work, not after it, if --mask_path cannot be created or written, or another
+    process is writing it."""
     if os.path.isfile(path):
         raise UserError(f"--mask_path {path} is a file; it names the output FOLDER (train_subset.py's "
                         f"--mask_path names a file in it)")
     check_writable(path, '--mask_path')
+    if os.path.isdir(path):
+        check_unlocked(path, '--mask_path')
+
+
+ARRAYS = ('mask', 'score', 'dataset_score')   # the files info_<tag>.json vouches for (sha256 each)
+
+
+def to_write(args, planned):
+    """The subset of `planned` {tag: (paths {kind: path}, scoring)} that must be (re)written. A tag whose
+    info_<tag>.json records the same scoring (settings and inputs) and whose files are intact is already
+    scored: left out, nothing rewritten. One recorded with another scoring is refused unless --overwrite."""
+    todo, done = {}, []
+    for tag, (paths, scoring) in planned.items():
+        try:
+            with open(paths['info']) as f:
+                info = json.load(f)
+        except (OSError, ValueError):
+            info = None
+        if info is None:
+            if any(os.path.exists(paths[k]) for k in ARRAYS):
+                print(f"note: {paths['mask']} has no info_{tag}.json (a scoring that did not finish, or files from "
+                      f"elsewhere): replacing it")
+            todo[tag] = planned[tag]
+            continue
+        was = info.get('scoring') or {}
+        diffs = [f"{k} {was.get(k)!r} (now {v!r})" for k, v in scoring.items() if was.get(k) != v]
+        if diffs and not args.overwrite:
+            raise UserError(f"{paths['info']} records a scoring with {', '.join(diffs)}: its files may have trained "
+                            f"subsets already; write into another --mask_path, or --overwrite to replace it")
+        intact = all(os.path.exists(paths[k]) and file_sha256(paths[k]) == (info.get('sha256') or {}).get(k)
+                     for k in ARRAYS)
+        if diffs or not intact:
+            todo[tag] = planned[tag]
+        else:
+            done.append(tag)
+    for tag in done:
+        print(f"already scored: {planned[tag][0]['info']} (the same settings and inputs); nothing rewritten")
+    return todo
+
+
+def commit(args, written, start):
+    """The scoring's record, written last: info_<tag>.json with the seconds of the whole call and the
+    sha256 of the files it vouches for."""
+    seconds = time.time() - start
+    for tag, (paths, info) in written.items():
+        save_json(paths['info'], {**info, 'seconds': seconds,
+                                  'sha256': {k: file_sha256(paths[k]) for k in ARRAYS}})
+        print(f"wrote {paths['info']}: what was scored, from which run, in how many seconds")
+    return seconds
+
+
+def uncommit(paths):
+    """Before new arrays are written: the old record goes first (so that a cut-short scoring has no
+    info and is never trusted), and the old histogram (so that --no_plot leaves none of another scoring)."""
+    for k in ('info', 'hist'):
+        if os.path.exists(paths[k]):
+            os.remove(paths[k])
 
 
 def load_labels(args, dyn):
@@ -145,11 +207,10 @@ def describe(method, T, K, beta, seed):
             'dyn_unc': f'dyn_unc (T={T}, K={K})'}.get(method, f'{method} (T={T})')
 
 
-def write_score(args, score, tag, info):
-    """The mask, score and dataset_score files of one score (N,) (+ histogram); returns the path of
-    its info JSON, which is written last, once the seconds of the whole call are known."""
-    out = {k: os.path.join(args.mask_path, v) for k, v in output_names(args.method, 0, 0).items()} \
-        if args.method == 'moderate' else info.pop('_out')
+def write_score(args, score, out, what):
+    """The mask, score and dataset_score files of one score (N,) (+ histogram) at the paths `out`
+    ({kind: path}); its info_<tag>.json comes last (commit)."""
+    uncommit(out)
     n = len(score)
     mask = np.argsort(score, kind='stable').astype(np.int64)               # ascending: kept = the tail
     save_npy(out['mask'], mask)
@@ -160,9 +221,8 @@ def write_score(args, score, tag, info):
     save_npy(out['dataset_score'], score)
     print(f"wrote {out['dataset_score']}: ({n},) float32 score in dataset order")
     if not args.no_plot:
-        plot_histogram(out['hist'], score, f"{info['what']}, N={n}")
+        plot_histogram(out['hist'], score, f"{what}, N={n}")
         print(f"wrote {out['hist']}: histogram of the score (log counts)")
-    return out['info']
 
 
 def moderate(args, start):
@@ -193,6 +253,10 @@ def moderate(args, start):
     elif run.get('data_path'):   # as the run recorded it, found from here even if it was started elsewhere
         run['data_path'] = recorded_data_path(run.get('dataset'), run['data_path'],
                                               os.path.dirname(os.path.abspath(args.checkpoint)))
+    paths = {k: os.path.join(args.mask_path, v) for k, v in output_names('moderate', 0, 0).items()}
+    scoring = {'method': 'moderate', 'checkpoint': f"sha256 {file_sha256(args.checkpoint)}"}
+    if not to_write(args, {'moderate': (paths, scoring)}):
+        return
     defaults = {'label_noise': 0.0, 'corrupt_ratio': 0.0, 'workers': 2, 'image_size': 224}
     ns = SimpleNamespace(**{**defaults, **run})
     device = torch.device(resolve_device(args.device))
@@ -208,16 +272,19 @@ def moderate(args, start):
         images.augment = False
     _, score = moderate_score(penultimate_features(model, images, data.n_train), data.targets)
     ensure_writable_dir(args.mask_path, '--mask_path')
-    info = {'method': 'moderate', 'tag': 'moderate', 'trajectory_len': None, 'window_size': None, 'decay': None,
+    lock = FolderLock(args.mask_path, '--mask_path').acquire()
+    info = {'method': 'moderate', 'scoring': scoring, 'tag': 'moderate', 'trajectory_len': None, 'window_size': None, 'decay': None,
             'seed': None, 'checkpoint': os.path.abspath(args.checkpoint), 'checkpoint_epoch': ck.get('epoch'),
             'num_samples': data.n_train, 'num_classes': data.num_classes, 'dynamics_path': None,
             'dynamics_run': os.path.dirname(os.path.abspath(args.checkpoint)),
             **{k: run.get(k) for k in RUN_SETTINGS}, 'combinations': 1, 'device': str(device),
             'what': f'moderate ({ns.arch}, epoch {ck.get("epoch")})'}
-    path = write_score(args, score, 'moderate', info)
-    info['files'] = {k: v for k, v in output_names('moderate', 0, 0).items() if k in ('mask', 'score', 'dataset_score')}
-    save_json(path, {**info, 'seconds': time.time() - start})
-    print(f"wrote {path}: what was scored, from which checkpoint, in how many seconds")
+    info['files'] = {k: v for k, v in output_names('moderate', 0, 0).items() if k in ARRAYS}
+    try:
+        write_score(args, score, paths, info['what'])
+        commit(args, {'moderate': (paths, info)}, start)
+    finally:
+        lock.release()
 
 
 def main(argv=None):
@@ -252,35 +319,55 @@ def main(argv=None):
         f'{args.method}, {len(combos)} combinations of (T, K, decay) in one pass'
     print(f"{what} from {args.dynamics_path}: {shape}, {dyn.epochs_recorded} epochs recorded, on {device}")
 
+    if dyn.manifest is None and args.method != 'random':
+        print(f"note: {args.dynamics_path} has no manifest.json (files of the published train.py or of an older "
+              f"version): that epochs 0..{T_max - 1} come from one run cannot be checked")
+    planned = {}   # tag -> ({kind: path}, the scoring: what decides its files)
+    for T, K, beta in combos:
+        names = output_names(args.method, T, K, beta, **several)
+        scoring = {'method': args.method, 'trajectory_len': T, 'window_size': K, 'decay': beta,
+                   'seed': args.manualSeed if args.method == 'random' else None, 'num_samples': dyn.n,
+                   'dynamics': dyn.identity(T) if args.method != 'random' else None,
+                   'labels': f"sha256 {array_sha256(targets)[:16]}" if targets is not None else None}
+        planned[output_tag(args.method, T, K, beta, **several)] = \
+            ({k: os.path.join(args.mask_path, v) for k, v in names.items()}, scoring)
+    todo = to_write(args, planned)
+    if not todo:
+        return
+
     scores = compute_scores(dyn, args.method, combos, targets=targets, seed=args.manualSeed,
                             chunk_size=args.chunk_size, device=device)   # each (N,) in dataset order
 
     ensure_writable_dir(args.mask_path, '--mask_path')                   # the first write
-    run_folder, run_args = training_run(args.dynamics_path)
-    by_tag = {}
-    for (T, K, beta), score in zip(combos, scores):
-        tag = output_tag(args.method, T, K, beta, **several)
-        names = output_names(args.method, T, K, beta, **several)
-        info = {'method': args.method, 'tag': tag, 'trajectory_len': T, 'window_size': K, 'decay': beta,
-                'seed': args.manualSeed if args.method == 'random' else None,
-                'files': {k: names[k] for k in ('mask', 'score', 'dataset_score')},
-                'num_samples': dyn.n, 'num_classes': dyn.num_classes, 'epochs_recorded': dyn.epochs_recorded,
-                'dynamics_path': os.path.abspath(args.dynamics_path), 'dynamics_run': run_folder,
-                **{k: run_args.get(k) for k in RUN_SETTINGS},
-                'combinations': len(combos), 'device': str(device),
-                'what': describe(args.method, T, K, beta, args.manualSeed),
-                '_out': {k: os.path.join(args.mask_path, v) for k, v in names.items()}}
-        by_tag[tag] = (score, write_score(args, score, tag, info), info)
-    if len(combos) > 1:
-        from utils.agreement import write_agreement
-        md, png = (os.path.join(args.mask_path, f'sensitivity_{args.method}.{ext}') for ext in ('md', 'png'))
-        write_agreement({t: v[0] for t, v in by_tag.items()}, args.sensitivity_rates, md, png,
-                        title=f"{args.method}: agreement between the {len(combos)} combinations")
-        print(f"wrote {md}, {png}: Spearman correlation and kept-set overlap of every pair of combinations")
-    seconds = time.time() - start
-    for score, path, info in by_tag.values():   # the seconds are known only now: the whole call
-        save_json(path, {**info, 'seconds': seconds})
-        print(f"wrote {path}: what was scored, from which run, in how many seconds")
+    lock = FolderLock(args.mask_path, '--mask_path').acquire()
+    try:
+        run_folder, run_args = training_run(args.dynamics_path)
+        by_tag, written = {}, {}
+        for (T, K, beta), score in zip(combos, scores):
+            tag = output_tag(args.method, T, K, beta, **several)
+            by_tag[tag] = score
+            if tag not in todo:
+                continue
+            paths, scoring = todo[tag]
+            info = {'method': args.method, 'tag': tag, 'trajectory_len': T, 'window_size': K, 'decay': beta,
+                    'seed': scoring['seed'], 'scoring': scoring,
+                    'files': {k: os.path.basename(paths[k]) for k in ARRAYS},
+                    'num_samples': dyn.n, 'num_classes': dyn.num_classes, 'epochs_recorded': dyn.epochs_recorded,
+                    'dynamics_path': os.path.abspath(args.dynamics_path), 'dynamics_run': run_folder,
+                    'dynamics_run_id': dyn.run_id, **{k: run_args.get(k) for k in RUN_SETTINGS},
+                    'combinations': len(combos), 'device': str(device),
+                    'what': describe(args.method, T, K, beta, args.manualSeed)}
+            write_score(args, score, paths, info['what'])
+            written[tag] = (paths, info)
+        if len(combos) > 1:
+            from utils.agreement import write_agreement
+            md, png = (os.path.join(args.mask_path, f'sensitivity_{args.method}.{ext}') for ext in ('md', 'png'))
+            write_agreement(by_tag, args.sensitivity_rates, md, png,
+                            title=f"{args.method}: agreement between the {len(combos)} combinations")
+            print(f"wrote {md}, {png}: Spearman correlation and kept-set overlap of every pair of combinations")
+        seconds = commit(args, written, start)   # last: the seconds of the whole call are known only now
+    finally:
+        lock.release()
     print(f"done in {seconds:.1f} s (info_<tag>.json records it for the cost ledger)")
 
 

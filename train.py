@@ -19,8 +19,8 @@ from utils.args import Parser, add_training_args, check_training_args
 from utils.dynamics import DTYPES, FORMATS, DynamicsRecorder
 from utils.engine import build_model, evaluate_only, fit, run_facts, setup
 from utils.errors import UserError, run
-from utils.run_folder import (begin_run, check_fingerprint, load_checkpoint, resumes_elsewhere, run_fingerprint,
-                              training_set_info, write_training_set_files)
+from utils.run_folder import (already_done, begin_run, resumes_elsewhere, run_fingerprint, settle, training_set_info,
+                              write_training_set_files)
 
 
 def parse_args(argv=None):
@@ -45,16 +45,19 @@ def main(argv=None):
         raise UserError(f"--stop_epoch {args.stop_epoch} must lie in 1..--epochs ({args.epochs})")
     device, data, resume_from = setup(args)                       # reads only, writes nothing
     fingerprint = run_fingerprint(args, **run_facts(args, data, device))
-    ck = load_checkpoint(resume_from) if resume_from else None
+    ck, done = settle(args, fingerprint, resume_from) if not args.evaluate else (None, None)
+    if done is not None:
+        return already_done(args, done)
     if ck is not None:
-        check_fingerprint(ck, fingerprint, resume_from)
         if args.stop_epoch is not None and ck.get("epoch", 0) > args.stop_epoch:
             raise UserError(f"--stop_epoch {args.stop_epoch}: {resume_from} has trained {ck['epoch']} epochs already; "
                             f"resume with a later --stop_epoch, or without it to finish the run")
     model = build_model(args, data, device)
     if args.evaluate:
         return evaluate_only(args, model, data)
-    log = begin_run(args, resuming=ck is not None, fingerprint=fingerprint)   # the first write
+    run_id = (ck or {}).get("run_info", {}).get("run_id")           # the run the recorded epochs belong to
+    folder = begin_run(args, resuming=ck is not None, fingerprint=fingerprint, run_id=run_id)   # the first write
+    log = folder.log
     if dist.is_main_process():
         write_training_set_files(args.save_path, data)
     log(f"{data.name}: {data.n_train} training / {len(data.test)} test images, {data.num_classes} classes | "
@@ -67,13 +70,17 @@ def main(argv=None):
     recorder = None
     if args.dynamics:
         recorder = DynamicsRecorder(os.path.join(args.save_path, "npy"), torch.from_numpy(data.targets),
-                                    data.num_classes, device, args.dynamics_format, args.dynamics_dtype)
+                                    data.num_classes, device, args.dynamics_format, args.dynamics_dtype,
+                                    run_id=folder.run_id)
     run_info = {"dataset": data.name, "arch": args.arch, "seed": args.manualSeed, "method": "full",
                 "subset_rate": 0.0, "selection": "full", "class_balanced": False,
-                "num_train_samples": data.n_train, "budget": "epochs", **training_set_info(data)}
-    result = fit(args, model, data, torch.arange(data.n_train), device, run_info=run_info,
-                 fingerprint=fingerprint, ck=ck, resume_from=resume_from, recorder=recorder,
-                 stop_epoch=args.stop_epoch, log=log)
+                "num_train_samples": data.n_train, "budget": "epochs", "run_id": folder.run_id,
+                **training_set_info(data)}
+    with folder:                                  # an exception marks the folder failed, the lock goes
+        result = fit(args, model, data, torch.arange(data.n_train), device, run_info=run_info,
+                     fingerprint=fingerprint, ck=ck, resume_from=resume_from, recorder=recorder,
+                     stop_epoch=args.stop_epoch, log=log)
+        folder.end(result)
     if args.dynamics:
         log(f"dynamics: {args.save_path}/npy/<epoch>_*.npy ({args.dynamics_format}, epochs 0..{result['completed_epochs'] - 1}); "
             f"next: python importance_evaluation.py --dynamics_path {args.save_path}/npy/")

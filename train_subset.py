@@ -26,8 +26,8 @@ from utils.data import make_batches
 from utils.engine import build_model, evaluate_only, fit, run_facts, setup
 from utils.errors import UserError, run
 from utils.io import save_npy
-from utils.run_folder import (begin_run, check_fingerprint, file_sha256, load_checkpoint, run_fingerprint,
-                              training_set_info, write_training_set_files)
+from utils.run_folder import (already_done, begin_run, file_sha256, run_fingerprint, settle, training_set_info,
+                              write_training_set_files)
 from utils.selection import STRATEGIES, file_tag, load_mask_and_score, loss_weights, select
 
 BUDGETS = ("epochs", "iterations")
@@ -95,6 +95,17 @@ def check_same_training_set(args, info):
                             f"this run has --{key} {here.get(key, getattr(args, key))}: train on the data set that was scored")
 
 
+def check_scoring_committed(args, info, files):
+    """The mask and score files must be the ones their info_<tag>.json (the scoring's commit record)
+    describes: otherwise they were replaced after that scoring, or a scoring was cut short."""
+    recorded = info.get("sha256") or {}
+    for flag, key in (("--mask_path", "mask"), ("--score_path", "score")):
+        have = files.get(f"content of {flag}")
+        if have and recorded.get(key) and have != recorded[key]:
+            raise UserError(f"{flag} {getattr(args, flag[2:])} is not the file its info_{info.get('tag')}.json describes "
+                            f"(replaced after that scoring, or a scoring that did not finish): score again")
+
+
 def check_subset_args(args):
     if not 0 <= args.subset_rate < 1:
         raise UserError(f"--subset_rate is the fraction pruned and must lie in [0, 1), got {args.subset_rate}")
@@ -117,9 +128,13 @@ def main(argv=None):
     info = score_info(args.mask_path) if args.mask_path and args.selection != "random" else {}
     if args.mask_path and args.selection != "random":
         check_same_training_set(args, info)
-        if not info and (args.label_noise or args.corrupt_ratio) and dist.is_main_process():
-            print(f"note: no info_<tag>.json beside {args.mask_path}: that it was scored on this training set "
-                  f"(--label_noise {args.label_noise}, --corrupt_ratio {args.corrupt_ratio}) cannot be checked")
+        if not info and dist.is_main_process():
+            ambiguous = " (CIFAR-10 and CIFAR-100 both have 50,000 training images)" \
+                if args.dataset in ("cifar10", "cifar100") else ""
+            noisy = (f", nor that it was scored with --label_noise {args.label_noise} --corrupt_ratio "
+                     f"{args.corrupt_ratio}" if args.label_noise or args.corrupt_ratio else "")
+            print(f"note: no info_<tag>.json beside {args.mask_path} (published or renamed files): the data set it was "
+                  f"scored on cannot be checked{ambiguous}{noisy}")
         order, score = load_mask_and_score(args.mask_path, args.score_path or None, n, data.name)
     kept = select(order, score, args.subset_rate, args.selection, seed=args.manualSeed,
                   mis_ratio=args.mis_ratio, strata=args.strata, class_balanced=args.class_balanced,
@@ -127,15 +142,18 @@ def main(argv=None):
     weighted = score is not None and not args.no_score_weighting and args.selection != "random"
     files = {f"content of {flag}": file_sha256(path) if path and args.selection != "random" else None
              for flag, path in (("--mask_path", args.mask_path), ("--score_path", args.score_path))}
+    check_scoring_committed(args, info, files)
     fingerprint = run_fingerprint(args, **run_facts(args, data, device), **files)
-    ck = load_checkpoint(resume_from) if resume_from else None
-    if ck is not None:
-        check_fingerprint(ck, fingerprint, resume_from)
+    ck, done = settle(args, fingerprint, resume_from) if not args.evaluate else (None, None)
+    if done is not None:
+        return already_done(args, done)
     model = build_model(args, data, device)
     if args.evaluate:
         return evaluate_only(args, model, data)
 
-    log = begin_run(args, resuming=ck is not None, fingerprint=fingerprint)   # the first write
+    folder = begin_run(args, resuming=ck is not None, fingerprint=fingerprint,
+                       run_id=(ck or {}).get("run_info", {}).get("run_id"))   # the first write
+    log = folder.log
     if dist.is_main_process():
         save_npy(os.path.join(args.save_path, "subset_indices.npy"), kept)
         write_training_set_files(args.save_path, data)
@@ -158,10 +176,12 @@ def main(argv=None):
                 "class_balanced": args.class_balanced, "score_weighting": weighted, "mean_weight": mean_u,
                 "mask_path": args.mask_path, "score_path": args.score_path, "budget": args.budget,
                 "scored_arch": info.get("arch"), "score_info": info or None,
-                "num_train_samples": int(len(kept)), "full_train_samples": n,
+                "num_train_samples": int(len(kept)), "full_train_samples": n, "run_id": folder.run_id,
                 **training_set_info(data), **kept_flagged(kept, data, log)}
-    result = fit(args, model, data, torch.from_numpy(kept), device, run_info=run_info, fingerprint=fingerprint,
-                 ck=ck, resume_from=resume_from, weights=weights, total_steps=total_steps, log=log)
+    with folder:                                  # an exception marks the folder failed, the lock goes
+        result = fit(args, model, data, torch.from_numpy(kept), device, run_info=run_info, fingerprint=fingerprint,
+                     ck=ck, resume_from=resume_from, weights=weights, total_steps=total_steps, log=log)
+        folder.end(result)
     dist.cleanup()
     return result
 

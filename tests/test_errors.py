@@ -49,7 +49,8 @@ def test_existing_run_is_not_overwritten(cifar10_dir, tmp_path):
     save = tmp_path / "run"
     run_script("train.py", "--data_path", cifar10_dir, "--dataset", "cifar10", *CPU, "--save_path", str(save))
     before = (save / "metrics.json").read_bytes()
-    assert_user_error(_train(cifar10_dir, save), "already holds a run", "--resume", "--overwrite")
+    assert_user_error(_train(cifar10_dir, save, "--decay", "0.001"), "finished run", "--decay 0.0005 (now 0.001)",
+                      "--overwrite")
     assert (save / "metrics.json").read_bytes() == before
     run_script("train.py", "--data_path", cifar10_dir, "--dataset", "cifar10", *CPU, "--save_path", str(save),
                "--overwrite")

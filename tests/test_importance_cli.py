@@ -47,7 +47,7 @@ def check_outputs(dyn, out, method, tag, seed=42, plot=False):
     if plot:
         files.add(f'score_hist_{tag}.png')
         assert open(os.path.join(out, f'score_hist_{tag}.png'), 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
-    assert set(os.listdir(out)) == files
+    assert {f for f in os.listdir(out) if f != ".lock"} == files   # .lock: the folder's writer lock
     mask = np.load(os.path.join(out, f'data_mask_{tag}.npy'))
     score = np.load(os.path.join(out, f'score_{tag}.npy'))
     dataset_score = np.load(os.path.join(out, f'dataset_score_{tag}.npy'))

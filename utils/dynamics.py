@@ -22,6 +22,7 @@ import torch
 
 from . import dist
 from .features import FEATURES, FILE_TAGS, epoch_features
+from .folder import record_epoch
 from .io import save_npy
 
 FORMATS = ("logits", "contrib")
@@ -29,8 +30,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 class DynamicsRecorder:
-    def __init__(self, folder, targets, num_classes, device, fmt="logits", dtype="float32"):
-        self.folder, self.fmt = folder, fmt
+    def __init__(self, folder, targets, num_classes, device, fmt="logits", dtype="float32", run_id=None):
+        self.folder, self.fmt, self.run_id = folder, fmt, run_id   # run_id: whose epochs the manifest says
         self.targets = targets.to(device)                                   # (N,) int64
         n = len(targets)
         self.n = n
@@ -100,8 +101,11 @@ class DynamicsRecorder:
         self._pending = self._writer.submit(self._write, epoch, host)
 
     def _write(self, epoch, host):
-        for tag, arr in host.items():
-            save_npy(os.path.join(self.folder, f"{epoch}_{tag}.npy"), arr)
+        files = {f"{epoch}_{tag}.npy": arr for tag, arr in host.items()}
+        for name, arr in files.items():
+            save_npy(os.path.join(self.folder, name), arr)
+        if self.run_id is not None:   # after the files: the manifest vouches only for what is on disk
+            record_epoch(self.folder, epoch, self.run_id, files)
 
     def wait(self):
         """Block until the last epoch is on disk (re-raises a failed write)."""

@@ -1,5 +1,11 @@
-"""User mistakes end the run with one clear line and exit code 2; real bugs keep their traceback."""
+"""User mistakes end the run with one clear line and exit code 2; a full or read-only disk with one
+line and exit code 1 (nothing written before is lost: every file is replaced atomically); real bugs
+keep their traceback."""
+import errno
 import sys
+
+DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+               errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied"}
 
 
 class UserError(Exception):
@@ -13,6 +19,13 @@ def run(main):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:
+        if e.errno not in DISK_ERRORS:
+            raise
+        print(f"error: {e.filename or 'a file'}: {DISK_ERRORS[e.errno]}; the files written before it "
+              f"are intact (the last checkpoint, metrics.json): make room (or make the folder writable) and run the "
+              f"same command with --resume", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -1,5 +1,6 @@
 """Atomic file writes: every output is written under a temporary name, flushed, then os.replace'd,
 so an interrupted run (SIGKILL included) leaves each file either complete or absent/old."""
+import errno
 import json
 import os
 
@@ -17,10 +18,22 @@ def atomic_write(path, write_fn, mode="wb"):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        # torch.save and np.save report a full disk as a short write without errno: name it
+        full = isinstance(e, (OSError, RuntimeError)) and getattr(e, "errno", None) is None and _no_space(folder)
         if os.path.exists(tmp):
             os.remove(tmp)
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from e
         raise
+
+
+def _no_space(folder):
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (64 << 10)   # under 64 KiB left: the write ran out of room
 
 
 def save_npy(path, array):

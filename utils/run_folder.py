@@ -1,39 +1,36 @@
-"""The run folder (--save_path) of train.py and train_subset.py: resume checks, then writing.
+"""The run folder (--save_path) of train.py and train_subset.py: decide, then write.
 
 Two phases, never mixed, so that a refused command leaves the folder byte-identical:
-1. checks that read only: `find_resume` (is there a run, may we continue or overwrite it?),
-   `load_checkpoint` + `check_fingerprint` (is the checkpoint a run with exactly these settings?);
-2. `begin_run`: create the folder, remove what a killed write left, write args.json, open the log.
+1. checks that read only: `find_resume` (is another process writing the folder? is there a run, may
+   we continue or overwrite it?), then, once the run fingerprint is known, `settle` (is that run
+   already finished with these settings - then nothing is done - or a checkpoint of exactly these
+   settings to resume?);
+2. `begin_run`: take the folder's lock, remove what a killed write left, write args.json and
+   folder.json (state "running"), open the log; `RunFolder.end` records the final state.
 
-The run fingerprint is every resolved flag that can change a result (all of them except
-NOT_FINGERPRINTED) plus facts the flags do not show (device type, number of processes, the
-content of the training labels and of the mask and score files). It is stored in every checkpoint
-and compared on resume, so a new flag is covered without touching this file.
+The run fingerprint (utils/folder.py) is every resolved flag that can change a result plus facts the
+flags do not show (device type, number of processes, the content of the training labels and of the
+mask and score files). It is stored in every checkpoint and in folder.json and compared on resume.
 """
-import hashlib
 import json
 import os
 import re
 import subprocess
 import sys
 
-import numpy as np
 from tqdm import tqdm
 
 from . import dist
-from .args import flag_name, without_unused
 from .errors import UserError
+from .folder import (LOCK, MANIFEST, STATE, FolderLock, array_sha256, check_fingerprint,  # noqa: F401 (re-exported)
+                     check_unlocked, file_sha256, fingerprint_diffs, new_run_id, read_state, run_fingerprint,
+                     write_state, NOT_FINGERPRINTED)
 from .io import ensure_writable_dir, save_json, save_npy
 
 CHECKPOINT, BEST = "checkpoint.pth.tar", "model_best.pth.tar"
-# Flags that cannot change what a run computes: where it is, how it reports, how it is resumed.
-# --data_path is here because the training labels' content is fingerprinted instead (a data set may
-# move between machines); --mask_path/--score_path likewise (their content is); --ngpu because the
-# resolved device is; --stop_epoch because stopping early and resuming gives the uninterrupted run.
-NOT_FINGERPRINTED = {"print_freq", "workers", "resume", "overwrite", "evaluate", "save_path", "start_epoch",
-                     "download", "data_path", "ngpu", "mask_path", "score_path", "stop_epoch"}
+# what a previous run leaves in its folder (besides npy/ and the logs); .lock is not one of them
 RUN_FILES = (CHECKPOINT, BEST, "metrics.json", "subset_indices.npy", "train_labels.npy",
-             "label_noise_mask.npy", "corrupted_mask.npy", "curve.png")
+             "label_noise_mask.npy", "corrupted_mask.npy", "curve.png", STATE, "args.json")
 
 
 def check_writable(path, flag):
@@ -47,29 +44,90 @@ def check_writable(path, flag):
         raise UserError(f"{flag} {path}: {parent} is not writable")
 
 
+def run_files(save_path):
+    """The files of a previous run in save_path (its epoch files included), the first few."""
+    held = [f for f in RUN_FILES if os.path.exists(os.path.join(save_path, f))]
+    npy = os.path.join(save_path, "npy")
+    if os.path.isdir(npy):
+        held += sorted(os.path.join("npy", f) for f in os.listdir(npy) if f.endswith(".npy"))[:3]
+    return held
+
+
 def find_resume(args):
-    """The checkpoint to resume from, or None. Reads only. A save_path holding a run is refused
-    unless --resume or --overwrite says what to do with it."""
+    """The checkpoint to resume from, or None. Reads only. A folder another process writes is refused;
+    a save_path holding a run is refused unless --resume or --overwrite says what to do with it (a
+    finished or stopped run is left to `settle`, which needs the fingerprint)."""
     check_writable(args.save_path, "--save_path")
+    if args.evaluate:
+        path = os.path.join(args.save_path, CHECKPOINT) if args.resume == "auto" else args.resume
+        return path if args.resume and os.path.isfile(path) else None
+    if os.path.isdir(args.save_path):
+        check_unlocked(args.save_path, "--save_path")
     own = os.path.join(args.save_path, CHECKPOINT)
-    held = [f for f in (CHECKPOINT, "metrics.json") if os.path.exists(os.path.join(args.save_path, f))]
+    held = run_files(args.save_path)
+    ended = read_state(args.save_path).get("state") in ("finished", "stopped")
     if args.resume:
         path = own if args.resume == "auto" else args.resume
         if os.path.isfile(path):
-            if held and not args.overwrite and not args.evaluate and not _same_file(path, own):
+            if held and not args.overwrite and not _same_file(path, own):
                 raise UserError(f"{args.save_path} already holds another run ({held[0]}), and --resume {path} would "
                                 f"continue a different one into it: give an empty --save_path, resume "
                                 f"{os.path.join(args.save_path, CHECKPOINT)}, or --overwrite to replace that run")
             return path
         if args.resume != "auto":
             raise UserError(f"--resume {path}: no such checkpoint file")
-        if dist.is_main_process() and not args.evaluate:
-            print(f"note: --resume: no checkpoint in {args.save_path} yet, starting from scratch")
-        return None
-    if held and not args.overwrite and not args.evaluate:
+    if held and not args.overwrite and not ended:
+        if args.resume:
+            raise UserError(f"{args.save_path} holds files of a run ({', '.join(held[:3])}) but no {CHECKPOINT} to "
+                            f"resume it from: --overwrite to start again (its files are removed), or another --save_path")
         raise UserError(f"{args.save_path} already holds a run ({held[0]}); pass --resume to continue it "
                         f"or --overwrite to start again")
+    if args.resume and not held and dist.is_main_process():
+        print(f"note: --resume: no checkpoint in {args.save_path} yet, starting from scratch")
     return None
+
+
+def settle(args, fingerprint, resume_from):
+    """Phase 1, once the fingerprint is known: (checkpoint dict or None, metrics of a run that is
+    already done or None). The same command on a finished run (or on a run stopped at this
+    --stop_epoch) is done: nothing to train, nothing to rewrite. Other settings on an ended run are
+    refused, listing the differences, unless --overwrite."""
+    state = read_state(args.save_path)
+    ended = state.get("state") in ("finished", "stopped")
+    if ended and not args.overwrite and not resumes_elsewhere(args):
+        diffs = fingerprint_diffs(state.get("fingerprint") or {}, fingerprint)
+        done = state["state"] == "finished" or getattr(args, "stop_epoch", None) == state.get("completed_epochs")
+        if diffs:
+            raise UserError(f"{args.save_path} holds a {state['state']} run with {', '.join(diffs)}: give the same "
+                            f"settings to use it, another --save_path, or --overwrite to replace it")
+        if done:
+            try:
+                with open(os.path.join(args.save_path, "metrics.json")) as f:
+                    return None, json.load(f)
+            except (OSError, ValueError):
+                raise UserError(f"{args.save_path}: folder.json says {state['state']} but metrics.json is missing or "
+                                f"unreadable: --overwrite to train it again") from None
+        if not resume_from:
+            raise UserError(f"{args.save_path} holds a run stopped after {state.get('completed_epochs')} epochs; pass "
+                            f"--resume to continue it, or --overwrite to start again"
+                            if os.path.exists(os.path.join(args.save_path, CHECKPOINT)) else
+                            f"{args.save_path} holds a run stopped after {state.get('completed_epochs')} epochs but no "
+                            f"{CHECKPOINT} to resume it from: --overwrite to start again, or another --save_path")
+    if not resume_from:
+        return None, None
+    ck = load_checkpoint(resume_from)
+    check_fingerprint(ck, fingerprint, resume_from)
+    return ck, None
+
+
+def already_done(args, metrics):
+    """The same command on a run that is done: say so, write nothing."""
+    if dist.is_main_process():
+        what = "finished" if metrics.get("finished") else f"stopped after epoch {metrics.get('completed_epochs')} as asked"
+        print(f"already {what}: {args.save_path} (final {metrics.get('final_acc')}%, best {metrics.get('best_acc')}%); "
+              f"nothing rewritten")
+    dist.cleanup()
+    return metrics
 
 
 def _same_file(a, b):
@@ -79,51 +137,6 @@ def _same_file(a, b):
 def resumes_elsewhere(args):
     """--resume PATH names the checkpoint of another folder than --save_path."""
     return args.resume not in ("", "auto") and not _same_file(args.resume, os.path.join(args.save_path, CHECKPOINT))
-
-
-def file_sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def array_sha256(a):
-    a = np.ascontiguousarray(a)
-    return hashlib.sha256(str(a.dtype).encode() + str(a.shape).encode() + a.tobytes()).hexdigest()
-
-
-def run_fingerprint(args, **facts):
-    """{setting: value} of everything that defines the run: the fingerprinted flags under their
-    command-line names, plus `facts` (e.g. device, processes, content hashes) under theirs."""
-    fp = {flag_name(k): v for k, v in sorted(vars(args).items()) if k not in NOT_FINGERPRINTED}
-    fp.update(facts)
-    return fp
-
-
-def _show(value):
-    if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value):
-        return f"sha256 {value[:12]}…"
-    return repr(value)
-
-
-def check_fingerprint(ck, fingerprint, path):
-    """UserError naming the first setting in which the checkpoint `ck` (read from `path`) differs."""
-    was = ck.get("fingerprint")
-    if was is None:
-        raise UserError(f"{path} was written by an older version of these scripts (no run fingerprint), so "
-                        f"its settings cannot be checked; start again with --overwrite")
-    was, fingerprint = without_unused(was, "--"), without_unused(fingerprint, "--")
-    diffs = []
-    for key in sorted(set(was) | set(fingerprint)):
-        old, new = was.get(key, "(not set)"), fingerprint.get(key, "(not set)")
-        if old != new:
-            what = key if key.startswith("--") else f"the {key}"
-            diffs.append(f"{what} {_show(old)} (now {_show(new)})")
-    if diffs:
-        raise UserError(f"{path} is a run with {', '.join(diffs)}: resume it with the same settings, or start "
-                        f"again with --overwrite")
 
 
 def load_checkpoint(path):
@@ -175,18 +188,60 @@ def _remove_stale_temporaries(save_path):
 def _remove_previous_run(save_path):
     """--overwrite: the previous run's outputs go, so that none of them can be mistaken for the new run's."""
     npy = os.path.join(save_path, "npy")
-    stale = [os.path.join(npy, f) for f in (os.listdir(npy) if os.path.isdir(npy) else []) if f.endswith(".npy")]
+    stale = [os.path.join(npy, f) for f in (os.listdir(npy) if os.path.isdir(npy) else [])
+             if f.endswith(".npy") or f == MANIFEST]
     logs = [os.path.join(save_path, f) for f in os.listdir(save_path) if re.fullmatch(r"log_seed_\d+\.txt", f)]
     for f in stale + logs + [os.path.join(save_path, f) for f in RUN_FILES]:
         if os.path.exists(f):
             os.remove(f)
 
 
-def begin_run(args, resuming, fingerprint):
-    """Phase 2, after every check passed: the folder, args.json and the log. Returns the Log."""
+class RunFolder:
+    """The run folder while this process writes it: `log`, `run_id`, the lock (rank 0), the state.
+    Use `with run:` around the training, and `run.end(result)` at its end: an exception records the
+    state "failed" (or "interrupted" for Ctrl-C and signals) and the lock is released either way."""
+
+    def __init__(self, args, log, lock, run_id):
+        self.args, self.log, self.lock, self.run_id = args, log, lock, run_id
+
+    def end(self, result):
+        if dist.is_main_process():
+            write_state(self.args.save_path, state="finished" if result.get("finished") else "stopped",
+                        completed_epochs=result.get("completed_epochs"), final_acc=result.get("final_acc"))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is not None and dist.is_main_process():
+            interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
+            try:
+                write_state(self.args.save_path, state="interrupted" if interrupted else "failed",
+                            error=f"{type(exc).__name__}: {exc}"[:500])
+            except OSError:   # a full or read-only disk: "running" with a free lock reads as interrupted
+                pass
+        if self.lock is not None:
+            self.lock.release()
+        return False
+
+
+def begin_run(args, resuming, fingerprint, run_id=None):
+    """Phase 2, after every check passed: the folder, its lock, args.json, folder.json and the log.
+    Returns the RunFolder. `run_id` names the run that the epochs belong to (a resumed run keeps its
+    own: the checkpoint's run_info has it)."""
+    lock, refused = None, None
+    run_id = run_id or new_run_id()
     if dist.is_main_process():
         ensure_writable_dir(args.save_path, "--save_path")
-        _remove_stale_temporaries(args.save_path)
+        try:
+            lock = FolderLock(args.save_path, "--save_path").acquire()
+        except UserError as e:
+            refused = str(e)
+    refused = dist.broadcast_object(refused)   # every rank stops, not only the one that tried
+    if refused:
+        raise UserError(refused)
+    if dist.is_main_process():
+        _remove_stale_temporaries(args.save_path)   # ours now: no live writer owns a temporary here
         if args.overwrite and (not resuming or resumes_elsewhere(args)):
             _remove_previous_run(args.save_path)
         try:
@@ -196,9 +251,11 @@ def begin_run(args, resuming, fingerprint):
             commit = ""
         save_json(os.path.join(args.save_path, "args.json"),
                   {"args": vars(args), "command": " ".join(sys.argv), "cwd": os.getcwd(),
-                   "git_commit": commit or None, "fingerprint": fingerprint})
+                   "git_commit": commit or None})
+        write_state(args.save_path, kind="train_subset" if hasattr(args, "subset_rate") else "train", run_id=run_id,
+                    fingerprint=fingerprint, state="running", completed_epochs=None, error=None)
     dist.barrier()
-    return Log(args.save_path, args.manualSeed, append=resuming)
+    return RunFolder(args, Log(args.save_path, args.manualSeed, append=resuming), lock, run_id)
 
 
 def training_cwd(run_folder):

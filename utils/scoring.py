@@ -13,10 +13,12 @@ torch is imported only when scores are computed, so bad input is reported in a f
 import os
 import re
 import sys
+import zlib
 
 import numpy as np
 
 from .errors import UserError
+from .folder import check_trajectory, read_manifest
 
 METHODS = ('tdds', 'random', 'el2n', 'forgetting', 'aum', 'entropy', 'dyn_unc')
 METHOD_FEATURE = {'tdds': 'contrib', 'random': None, 'el2n': 'el2n', 'forgetting': 'correct',
@@ -105,8 +107,9 @@ class _Npy:
     into a block buffer of at most _BLOCK_BYTES (no memory map: a map keeps every page it touched
     resident, so reading a whole trajectory through maps would make memory grow with the data)."""
 
-    def __init__(self, path):
+    def __init__(self, path, crc32=None):
         self.path = path
+        self.crc32, self._crc, self._at = crc32, 0, 0   # expected CRC of the data; running CRC up to byte _at
         try:
             mm = np.load(path, mmap_mode='r')   # reads the header; fails if the data is cut short
             self.shape, self.dtype, self.offset = mm.shape, mm.dtype, mm.offset
@@ -130,7 +133,21 @@ class _Npy:
                 view = buf[:min(step, hi - a)]
                 if f.readinto(view) != view.nbytes:
                     raise UserError(f"cannot read {self.path}: the file is truncated")
+                self._verify(a * self.row_bytes, view)
                 yield a, view
+
+    def _verify(self, start, view):
+        """Checksum the data as it streams by (each byte once, in file order, whatever the chunking):
+        the file must be the one the manifest recorded."""
+        if self.crc32 is None or start != self._at:
+            return
+        self._crc = zlib.crc32(view.data, self._crc)
+        self._at += view.nbytes
+        if self._at == self.shape[0] * self.row_bytes:
+            if self._crc != self.crc32:
+                raise UserError(f"{self.path} is not the file its run recorded in manifest.json (changed or replaced "
+                                f"since): record the dynamics again, or score a folder of one run")
+            self.crc32 = None   # verified
 
     def rows(self, lo, hi, out=None):
         """Rows lo..hi-1 (into `out`, converted to its dtype, when given)."""
@@ -191,6 +208,9 @@ class Dynamics:
             raise UserError(f"found {len(epochs)} recorded epochs (0..{epochs[-1]}) in {path}, "
                             f"--trajectory_len {T} needs {T}")
         self.trajectory_len = T
+        # which run wrote epochs 0..T-1 (None: published files, no manifest, origin not checkable)
+        self.manifest = read_manifest(path)
+        self.run_id, self._crcs = check_trajectory(self.manifest, range(T), path) if self.manifest else (None, {})
         self.n, self.num_classes = None, None
         self._files = {}   # (epoch, tag) -> _Npy, checked
         self._index = {}   # epoch -> None (rows in dataset order) or (N,) int32 Index of the file
@@ -209,6 +229,22 @@ class Dynamics:
             raise UserError(f"{self._first} has no samples")
         self.targets = self._load_targets()
 
+    def identity(self, T):
+        """A short text naming what epochs 0..T-1 are, for a scoring's record: the run that recorded them
+        and their checksums (manifest), else the files' names, sizes and modification times."""
+        import hashlib
+        import json
+        h = hashlib.sha256()
+        if self.manifest:
+            for e in range(T):
+                h.update(json.dumps(self.manifest['epochs'][str(e)], sort_keys=True).encode())
+            return f"run {self.run_id}, epochs 0..{T - 1} sha256 {h.hexdigest()[:16]}"
+        for (e, tag), p in sorted(self._found.items()):
+            if e < T:
+                st = os.stat(p)
+                h.update(f"{e}_{tag}:{st.st_size}:{st.st_mtime_ns};".encode())
+        return f"unverified files, epochs 0..{T - 1} sha256 {h.hexdigest()[:16]}"
+
     def file(self, e, tag):
         """The checked _Npy of <e>_<tag>.npy; a missing file is a UserError naming it."""
         if (e, tag) not in self._files:
@@ -216,7 +252,7 @@ class Dynamics:
                 raise UserError(f"missing {os.path.join(self.path, f'{e}_{tag}.npy')}: epochs "
                                 f"0..{self.trajectory_len - 1} are needed for --trajectory_len "
                                 f"{self.trajectory_len}")
-            f = _Npy(self._found[e, tag])
+            f = _Npy(self._found[e, tag], self._crcs.get(f'{e}_{tag}.npy'))
             if tag not in ('Output', 'Index'):   # a per-sample feature of the contrib layout
                 if f.shape != (self.n,) or f.dtype.kind not in 'fiub':
                     raise UserError(f"{f.path} holds {f.dtype} {f.shape}, expected ({self.n},) numbers")
