@@ -29,9 +29,10 @@ CHECKPOINT, BEST = "checkpoint.pth.tar", "model_best.pth.tar"
 # Flags that cannot change what a run computes: where it is, how it reports, how it is resumed.
 # --data_path is here because the training labels' content is fingerprinted instead (a data set may
 # move between machines); --mask_path/--score_path likewise (their content is); --ngpu because the
-# resolved device is; --stop_epoch because stopping early and resuming gives the uninterrupted run.
+# resolved device is; --stop_epoch and --save_every_steps because stopping (or checkpointing) early and
+# resuming gives the uninterrupted run.
 NOT_FINGERPRINTED = {"print_freq", "workers", "resume", "overwrite", "evaluate", "save_path", "start_epoch",
-                     "download", "data_path", "ngpu", "mask_path", "score_path", "stop_epoch"}
+                     "download", "data_path", "ngpu", "mask_path", "score_path", "stop_epoch", "save_every_steps"}
 RUN_FILES = (CHECKPOINT, BEST, "metrics.json", "subset_indices.npy", "train_labels.npy",
              "label_noise_mask.npy", "corrupted_mask.npy", "curve.png")
 
