@@ -1,0 +1,177 @@
+"""Preemption: SIGTERM/SIGUSR1 in the middle of an epoch end a run within seconds with a checkpoint of
+that step, and --resume continues there exactly (byte-identical dynamics, equal metrics); a SIGKILL
+loses only the steps since the last --save_every_steps checkpoint; scripts/slurm_array.sh forwards
+SLURM's SIGUSR1, waits for the checkpoint and requeues its task.
+
+digits (1,437 training images), resnet20, 2 epochs of 45 steps (batch 32). "Mid-epoch" is hit without
+sleeps: the signal is sent as soon as the first --save_every_steps checkpoint file appears."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, run_script
+
+STEPS_PER_EPOCH = 45                      # ceil(1437 / 32)
+EVERY = 10                                # --save_every_steps of the interrupted runs
+ENV = {"OMP_NUM_THREADS": "1"}
+SLURM = os.path.join(ROOT, "scripts", "slurm_array.sh")
+
+
+def train_cmd(save, *extra, script="train.py"):
+    return [sys.executable, os.path.join(ROOT, script), "--dataset", "digits", "--arch", "resnet20", "--epochs", "2",
+            "--batch-size", "32", "--ngpu", "0", "--save_path", str(save), *extra]
+
+
+def start(cmd):
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **ENV})
+
+
+def signal_at_first_checkpoint(proc, save, sig, timeout=300):
+    """Send `sig` to proc as soon as save/checkpoint.pth.tar appears (the first --save_every_steps one);
+    returns (seconds from the signal to the exit, stdout, stderr)."""
+    ck = os.path.join(save, "checkpoint.pth.tar")
+    deadline = time.time() + timeout
+    while not os.path.exists(ck) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before its first checkpoint"
+    t = time.time()
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=timeout)
+    return time.time() - t, out, err
+
+
+def checkpoint(save):
+    return torch.load(os.path.join(save, "checkpoint.pth.tar"), map_location="cpu", weights_only=True)
+
+
+def metrics(save):
+    with open(os.path.join(save, "metrics.json")) as f:
+        return json.load(f)
+
+
+def npy_bytes(save):
+    folder = os.path.join(save, "npy")
+    return {f: open(os.path.join(folder, f), "rb").read() for f in sorted(os.listdir(folder))}
+
+
+def assert_same_run(ref, cut, epochs=2, dynamics=True):
+    """cut's first `epochs` epochs are ref's: curves, accuracies and (with dynamics) every .npy byte."""
+    a, b = metrics(ref), metrics(cut)
+    assert b["completed_epochs"] == epochs and b["finished"] == (epochs == 2) and a["finished"]
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "samples", "steps"):
+        assert [h[key] for h in b["history"]] == [h[key] for h in a["history"]][:epochs], key
+    if epochs == 2:
+        assert (b["final_acc"], b["best_acc"]) == (a["final_acc"], a["best_acc"])
+    if dynamics:   # <e>_Output, <e>_Loss, <e>_Index and targets.npy, byte for byte
+        ref_files, cut_files = npy_bytes(ref), npy_bytes(cut)
+        expected = sorted(f for f in ref_files if f == "targets.npy" or int(f.split("_")[0]) < epochs)
+        assert sorted(cut_files) == expected and len(expected) == 1 + 3 * epochs
+        assert [f for f in expected if cut_files[f] != ref_files[f]] == []
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run (no --save_every_steps: checkpoints change nothing)."""
+    save = tmp_path_factory.mktemp("ref") / "run"
+    run_script(*train_cmd(save, "--dynamics"), env=ENV)
+    return save
+
+
+def test_sigkill_then_sigterm_mid_epoch_and_resume_equal_uninterrupted(reference, tmp_path):
+    """One run interrupted twice in epoch 0: a SIGKILL right after the first --save_every_steps
+    checkpoint (a machine that dies without a signal: only the steps since it are lost), then, in the
+    resumed run, a SIGTERM after the next one (it stops within seconds at the step it is in, with a
+    checkpoint of that step); the second resume ends with the uninterrupted run's bytes and metrics."""
+    save = tmp_path / "cut"
+    cmd = train_cmd(save, "--dynamics", "--save_every_steps", str(EVERY))
+    proc = start(cmd)
+    signal_at_first_checkpoint(proc, save, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    ck = checkpoint(save)
+    assert ck["global_step"] == ck["step"] == EVERY and ck["epoch"] == 0   # the periodic one, nothing later
+    assert os.listdir(save / "npy") == ["targets.npy"]          # epoch files appear only when complete
+
+    first = os.stat(save / "checkpoint.pth.tar").st_ino          # os.replace: a new checkpoint, a new inode
+    proc = start(cmd + ["--resume"])
+    deadline = time.time() + 300
+    while os.stat(save / "checkpoint.pth.tar").st_ino == first and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    t = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    seconds = time.time() - t
+    assert proc.returncode == 143, err[-2000:]
+    assert seconds < 20, seconds           # one step (~0.1 s) and one checkpoint, on a loaded machine
+    assert f"at epoch 0, step {EVERY}" in out                   # the SIGKILL cost steps EVERY+1.. only
+    ck = checkpoint(save)
+    assert 2 * EVERY <= ck["step"] < STEPS_PER_EPOCH and ck["epoch"] == 0
+    assert ck["global_step"] == ck["step"] and ck["global_step"] % STEPS_PER_EPOCH != 0
+    assert ck["scheduler"]["last_epoch"] == ck["global_step"]   # the optimizer steps really taken
+    assert int(ck["recorder"]["count"].sum()) == ck["partial"][0]["seen"] == 32 * ck["step"]
+    line = [l for l in out.splitlines() if l.startswith("SIGTERM")]
+    assert len(line) == 1 and f"step {ck['step']} of epoch 0" in line[0] and "--resume" in line[0]
+    assert not (save / "metrics.json").exists()                 # written at the end of an epoch only
+
+    p = run_script(*cmd, "--resume", env=ENV)
+    assert f"at epoch 0, step {ck['step']}" in p.stdout
+    assert_same_run(reference, save)
+
+
+def test_train_subset_score_weighted_sigusr1_and_resume(tmp_path):
+    import numpy as np
+    n = 1437
+    np.save(tmp_path / "mask.npy", np.random.default_rng(0).permutation(n))
+    np.save(tmp_path / "score.npy", np.sort(np.random.default_rng(1).random(n)).astype(np.float32))
+    flags = ("--subset_rate", "0.7", "--mask_path", str(tmp_path / "mask.npy"), "--score_path",
+             str(tmp_path / "score.npy"))
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    run_script(*train_cmd(ref, *flags, script="train_subset.py"), env=ENV)
+    proc = start(train_cmd(cut, *flags, "--save_every_steps", "4", script="train_subset.py"))
+    _, out, err = signal_at_first_checkpoint(proc, cut, signal.SIGUSR1)
+    assert proc.returncode == 138, err[-2000:]
+    ck = checkpoint(cut)
+    assert 0 < ck["step"] < 14 and ck["epoch"] == 0            # 432 kept samples: 14 steps an epoch
+    run_script(*train_cmd(cut, *flags, "--resume", script="train_subset.py"), env=ENV)
+    assert metrics(cut)["score_weighting"] is True
+    assert_same_run(ref, cut, dynamics=False)
+    assert metrics(cut)["history"][0]["steps"] == 14
+
+
+def test_slurm_array_forwards_sigusr1_waits_and_requeues(reference, tmp_path):
+    """SLURM with --signal=B:USR1@120 signals the batch shell only: the script forwards the signal to
+    the training run, waits for its checkpoint, calls `scontrol requeue 77_0` (a stub here); the
+    requeued task (the same script again) resumes and ends with the uninterrupted run's files."""
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/scontrol.log\n")
+    (stub / "scontrol").chmod(0o755)
+    save = tmp_path / "task0"
+    plan = tmp_path / "study.plan"
+    line = " ".join(train_cmd(save, "--dynamics", "--resume", "--save_every_steps", str(EVERY), "--stop_epoch", "1"))
+    plan.write_text(f"# stage 1\n# stage 2\n{line}\n# stage 3\n")
+    env = {**os.environ, **ENV, "PATH": f"{stub}:{os.environ['PATH']}", "SLURM_ARRAY_JOB_ID": "77",
+           "SLURM_ARRAY_TASK_ID": "0", "SLURM_JOB_ID": "78"}
+    job = subprocess.Popen(["bash", SLURM, str(plan), "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env=env)
+    _, out, err = signal_at_first_checkpoint(job, save, signal.SIGUSR1)
+    assert job.returncode == 138, err
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 77_0\n"
+    assert "SIGUSR1: checkpoint at step" in out and "requeueing 77_0" in err
+    assert checkpoint(save)["step"] > 0
+    again = subprocess.run(["bash", SLURM, str(plan), "2"], capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 77_0\n"     # no second requeue
+    assert_same_run(reference, save, epochs=1)
+
+
+def test_bench_checkpoint_runs():
+    p = run_script("benchmarks/bench_checkpoint.py", "--archs", "resnet20", "--n", "500", "--classes", "10",
+                   "--batch-size", "16", "--steps", "2", "--repeat", "1", "--threads", "1", timeout=120)
+    assert "resnet20 (0.27 M parameters): step" in p.stdout and "--save_every_steps costs N=100:" in p.stdout
