@@ -63,7 +63,7 @@ def main():
         recorder.start_epoch()
         half = torch.arange(args.n // 2)                     # the first half of an epoch recorded
         recorder.record(half, torch.randn(len(half), args.classes), torch.rand(len(half)))
-        aug = torch.Generator().manual_seed(0)
+        order, aug = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
         batches = make_batches(torch.arange(len(images)), args.batch_size)
         times = []
         sums = epoch_sums(cpu)
@@ -82,7 +82,7 @@ def main():
             t = time.perf_counter()
             save_torch(path, {"epoch": 0, "step": len(batches), "model": model.state_dict(),
                               "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                              "rng": rng_state(aug), "partial": [{k: v.cpu() if torch.is_tensor(v) else v
+                              "rng": rng_state(order, aug, (order.get_state(), aug.get_state())), "partial": [{k: v.cpu() if torch.is_tensor(v) else v
                                                                   for k, v in sums.items()}],
                               "recorder": recorder.state_dict(mid_epoch=True)})
             ck_times.append(time.perf_counter() - t)

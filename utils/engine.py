@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import dist
-from .data import make_batches
+from .data import FolderImages, make_batches
 from .errors import Preempted, UserError
 from .io import save_json, save_torch
 from .preemption import EXIT_STATUS, StopSignals
@@ -89,43 +89,40 @@ def seed_everything(seed):
 
 
 # --------------------------------------------------------------------------------------------------
-# Random streams: an epoch's data order (shared by all ranks) and augmentation (per rank) are pure
-# functions of (seed, epoch[, rank]), so a run resumed at any step regenerates them without replaying
-# anything; the global python/numpy/torch streams are carried in every checkpoint
+# Random streams: data order (shared by all ranks), augmentation (per rank), and the global ones
 # --------------------------------------------------------------------------------------------------
-def epoch_streams(seed, epoch, device):
-    """(order, augmentation) generators of `epoch`: the permutation of the data and this rank's
-    crops/flips (ImageFolder: its DataLoader's worker seeds)."""
-    order = torch.Generator().manual_seed(stream_seed(seed, ORDER, epoch))
-    augment = torch.Generator(device=device).manual_seed(stream_seed(seed, AUGMENT, dist.rank(), epoch))
-    return order, augment
-
-
-def rng_state(aug_gen):
+def rng_state(order_gen, aug_gen, epoch_start=None):
     """Every random generator's state, gathered from all ranks (a collective: call on every rank).
-    The augmentation stream's state matters only in the middle of an epoch (the next one reseeds)."""
+    In the middle of an epoch, `epoch_start` = (order, augmentation) states at the start of that
+    epoch: the order stream's, from which the epoch's batches are drawn again on resume (so "order"
+    always means the stream at the start of the checkpoint's epoch), and the augmentation stream's,
+    for data sets that draw from it once per epoch (ImageFolder: its DataLoader's worker seeds)."""
     np_state = np.random.get_state()
     local = {"augment": aug_gen.get_state(), "torch": torch.get_rng_state(),
              "cuda": torch.cuda.get_rng_state() if aug_gen.device.type == "cuda" else None}
-    return {"python": random.getstate(),
+    if epoch_start is not None:
+        local["augment_epoch_start"] = epoch_start[1]
+    return {"order": order_gen.get_state() if epoch_start is None else epoch_start[0], "python": random.getstate(),
             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
             "ranks": dist.all_gather_objects(local)}
 
 
-def set_rng_state(state, device, aug_gen=None):
-    """Restore the global streams, and `aug_gen` (the interrupted epoch's augmentation) if given."""
+def set_rng_state(state, order_gen, aug_gen, per_batch=True):
+    """Restore every stream. In the middle of an epoch, `per_batch`: the data draw augmentation batch by
+    batch (in-memory data: restore the stream at the step) or once per epoch (ImageFolder: restore it at
+    the epoch start, so that the epochs after this one draw exactly what they would have)."""
     if len(state["ranks"]) != dist.world_size():
         raise UserError(f"the checkpoint was written by {len(state['ranks'])} processes; resume it with "
                         f"the same number (now {dist.world_size()})")
+    order_gen.set_state(state["order"])
     random.setstate(state["python"])
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     local = state["ranks"][dist.rank()]
+    aug_gen.set_state(local["augment"] if per_batch else local.get("augment_epoch_start", local["augment"]))
     torch.set_rng_state(local["torch"])
-    if local["cuda"] is not None and device.type == "cuda":
+    if local["cuda"] is not None and aug_gen.device.type == "cuda":
         torch.cuda.set_rng_state(local["cuda"])
-    if aug_gen is not None:
-        aug_gen.set_state(local["augment"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -229,6 +226,8 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
     optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.decay, nesterov=args.momentum > 0)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    order_gen = torch.Generator().manual_seed(stream_seed(args.manualSeed, ORDER))             # data order
+    aug_gen = torch.Generator(device=device).manual_seed(stream_seed(args.manualSeed, AUGMENT, rank))  # crops/flips
     # step: optimizer steps taken in epoch `epoch` (0 at an epoch boundary)
     st = {"epoch": 0, "step": 0, "best_acc": 0.0, "history": [], "train_seconds": 0.0, "seconds": 0.0}
 
@@ -236,7 +235,7 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
-        set_rng_state(ck["rng"], device)
+        set_rng_state(ck["rng"], order_gen, aug_gen, per_batch=not isinstance(data.train, FolderImages))
         if recorder is not None:
             recorder.load_state_dict(ck["recorder"])
         st = {k: ck.get(k, v) for k, v in st.items()}   # checkpoints before (epoch, step) have no step
@@ -257,10 +256,10 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
                 "seconds": st["seconds"] + time.perf_counter() - wall_start,
                 "history": st["history"]}
 
-    def save_checkpoint(aug_gen, sums=None):
-        """checkpoint.pth.tar at (st["epoch"], st["step"]); `sums`: this rank's statistics of the
-        interrupted epoch (None at an epoch boundary). A collective: every rank calls it."""
-        rng = rng_state(aug_gen)
+    def save_checkpoint(epoch_start=None, sums=None):
+        """checkpoint.pth.tar at (st["epoch"], st["step"]); in the middle of an epoch, `epoch_start`
+        (rng_state) and `sums`, this rank's statistics of the epoch so far. A collective: every rank calls it."""
+        rng = rng_state(order_gen, aug_gen, epoch_start)
         partial = None if sums is None else dist.all_gather_objects(
             {k: v.cpu() if torch.is_tensor(v) else v for k, v in sums.items()})
         rec = recorder.state_dict(mid_epoch=sums is not None) if recorder is not None else {}
@@ -288,12 +287,11 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
     stop_at = min(n_epochs, stop_epoch or n_epochs)
     try:
         for epoch in range(st["epoch"], stop_at):
-            order_gen, aug_gen = epoch_streams(args.manualSeed, epoch, device)
+            epoch_start = (order_gen.get_state(), aug_gen.get_state())   # what a mid-epoch checkpoint needs
             batches = make_batches(train_indices, args.batch_size, order_gen, rank, world)
             batches = batches[:total_steps - epoch * iters_per_epoch]   # the last epoch of an iteration budget
             sums = None
-            if st["step"]:          # resumed in the middle of this epoch: its augmentation stream and statistics
-                set_rng_state(ck["rng"], device, aug_gen)
+            if st["step"]:          # resumed in the middle of this epoch: the statistics of its first steps
                 sums = {k: v.to(device) if torch.is_tensor(v) else v for k, v in ck["partial"][rank].items()}
             elif recorder is not None:
                 recorder.start_epoch()
@@ -303,7 +301,7 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
                 signum = signals.agreed()
                 if signum or (save_every and (epoch * iters_per_epoch + step) % save_every == 0
                               and step < len(batches)):   # the epoch's last step: its own checkpoint follows
-                    save_checkpoint(aug_gen, sums)
+                    save_checkpoint(epoch_start, sums)
                 if signum:
                     raise preempted(signum)
 
@@ -326,7 +324,7 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
                 log(f"epoch {epoch:3d}/{n_epochs} train loss {tr['train_loss']:.4f} acc {tr['train_acc']:6.2f} | "
                     f"test loss {ev['test_loss']:.4f} acc {ev['test_acc']:6.2f} (best {st['best_acc']:.2f}) | "
                     f"{tr['samples'] / tr['train_seconds']:.0f} img/s")
-            save_checkpoint(aug_gen)
+            save_checkpoint()
             if dist.is_main_process():
                 if is_best:
                     save_torch(os.path.join(args.save_path, BEST), {"model": model.state_dict(), "epoch": epoch + 1,
