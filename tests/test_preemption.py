@@ -175,3 +175,46 @@ def test_bench_checkpoint_runs():
     p = run_script("benchmarks/bench_checkpoint.py", "--archs", "resnet20", "--n", "500", "--classes", "10",
                    "--batch-size", "16", "--steps", "2", "--repeat", "1", "--threads", "1", timeout=120)
     assert "resnet20 (0.27 M parameters): step" in p.stdout and "--save_every_steps costs N=100:" in p.stdout
+
+
+def rank_pid(launcher_pid, rank):
+    """The pid of torchrun's worker `rank` (its children carry RANK in their environment)."""
+    for pid in open(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read().split():
+        env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        if f"RANK={rank}".encode() in env:
+            return int(pid)
+    raise AssertionError(f"no worker of rank {rank} under pid {launcher_pid}")
+
+
+@pytest.mark.slow
+def test_torchrun_signal_to_one_rank_then_resume_equals_uninterrupted(cifar10_dir, tmp_path):
+    """Two gloo processes record --dynamics_format contrib; SIGTERM reaches rank 1 only, in epoch 1
+    (after a --save_every_steps checkpoint): both ranks stop at the same step and exit 143, and the
+    resumed run writes the uninterrupted run's files (the merged per-rank buffers of the epoch so far
+    and the previous epoch's log p included)."""
+    def cmd(save, *extra):
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+                "--dataset", "cifar10", "--data_path", cifar10_dir, "--arch", "resnet20", "--epochs", "2",
+                "--batch-size", "16", "--ngpu", "0", "--dynamics", "--dynamics_format", "contrib",
+                "--save_path", str(save), *extra]
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    run_script(*cmd(ref), env=ENV)
+    proc = subprocess.Popen(cmd(cut, "--save_every_steps", "13"), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **ENV})
+    deadline = time.time() + 300      # 10 steps an epoch: global step 13 is step 3 of epoch 1
+    while proc.poll() is None and time.time() < deadline:
+        if os.path.exists(cut / "checkpoint.pth.tar") and checkpoint(cut)["global_step"] == 13:
+            break
+        time.sleep(0.01)
+    os.kill(rank_pid(proc.pid, 1), signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert err.count("exitcode  : 143") == 2, err[-3000:]        # torchrun's report: both ranks stopped
+    ck = checkpoint(cut)
+    assert ck["epoch"] == 1 and 3 < ck["step"] < 10 and ck["global_step"] == 10 + ck["step"]
+    assert len(ck["partial"]) == 2 and sum(p["seen"] for p in ck["partial"]) == 16 * ck["step"]
+    assert int(ck["recorder"]["count"].sum()) == 16 * ck["step"]   # both ranks' samples, merged
+    run_script(*cmd(cut, "--resume"), env=ENV)
+    assert_same_run(ref, cut, dynamics=False)
+    ref_files, cut_files = npy_bytes(ref), npy_bytes(cut)
+    assert sorted(cut_files) == sorted(ref_files) and "1_Contrib.npy" in ref_files
+    assert [f for f in ref_files if cut_files[f] != ref_files[f]] == []
