@@ -279,6 +279,7 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
         log(f"{name}: checkpoint at {where} (global step {st['epoch'] * iters_per_epoch + st['step']}) in "
             f"{os.path.join(args.save_path, CHECKPOINT)}; run the same command with --resume to continue "
             f"(exit status {status})")
+        signals.close()
         dist.cleanup()
         return Preempted(status)
 
@@ -333,7 +334,7 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
                 plot_curves(st["history"], os.path.join(args.save_path, "curve.png"),
                             title=f"{run_info.get('dataset')} {args.arch} ({run_info.get('num_train_samples')} samples)")
             dist.barrier()
-            signum = signals.agreed()    # a signal during evaluation: the checkpoint above is where we are
+            signum = signals.agreed(now=True)   # a signal during evaluation: the checkpoint above is where we are
             if signum and epoch + 1 < stop_at:
                 raise preempted(signum)
     finally:
