@@ -286,59 +286,57 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
     save_every = args.save_every_steps
     signals = StopSignals()
     stop_at = min(n_epochs, stop_epoch or n_epochs)
-    try:
-        for epoch in range(st["epoch"], stop_at):
-            epoch_start = (order_gen.get_state(), aug_gen.get_state())   # what a mid-epoch checkpoint needs
-            batches = make_batches(train_indices, args.batch_size, order_gen, rank, world)
-            batches = batches[:total_steps - epoch * iters_per_epoch]   # the last epoch of an iteration budget
-            sums = None
-            if st["step"]:          # resumed in the middle of this epoch: the statistics of its first steps
-                sums = {k: v.to(device) if torch.is_tensor(v) else v for k, v in ck["partial"][rank].items()}
-            elif recorder is not None:
-                recorder.start_epoch()
+    for epoch in range(st["epoch"], stop_at):
+        epoch_start = (order_gen.get_state(), aug_gen.get_state())   # what a mid-epoch checkpoint needs
+        batches = make_batches(train_indices, args.batch_size, order_gen, rank, world)
+        batches = batches[:total_steps - epoch * iters_per_epoch]   # the last epoch of an iteration budget
+        sums = None
+        if st["step"]:          # resumed in the middle of this epoch: the statistics of its first steps
+            sums = {k: v.to(device) if torch.is_tensor(v) else v for k, v in ck["partial"][rank].items()}
+        elif recorder is not None:
+            recorder.start_epoch()
 
-            def after_step(step, sums):
-                st["step"] = step
-                signum = signals.agreed()
-                if signum or (save_every and (epoch * iters_per_epoch + step) % save_every == 0
-                              and step < len(batches)):   # the epoch's last step: its own checkpoint follows
-                    save_checkpoint(epoch_start, sums)
-                if signum:
-                    raise preempted(signum)
-
-            tr = train_one_epoch(net, data, batches, optimizer, scheduler, aug_gen, amp=args.amp,
-                                 recorder=recorder, weights=weights, log=log, epoch=epoch,
-                                 print_freq=args.print_freq, start=st["step"], sums=sums, after_step=after_step)
-            if recorder is not None:
-                recorder.end_epoch(epoch, torch.cat(batches))   # written in the background...
-            dist.broadcast_buffers(model)                      # every rank evaluates rank 0's model...
-            ev = evaluate(model, data, amp=args.amp)          # ...unwrapped: no DDP collectives in eval
-            if recorder is not None:
-                recorder.wait()                                # ...and on disk before the checkpoint
-            row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "steps": len(batches), **tr, **ev}
-            st["history"].append(row)
-            st["train_seconds"] += tr["train_seconds"]
-            is_best = ev["test_acc"] > st["best_acc"]
-            st["best_acc"] = max(st["best_acc"], ev["test_acc"])
-            st["epoch"], st["step"] = epoch + 1, 0
-            if dist.is_main_process():
-                log(f"epoch {epoch:3d}/{n_epochs} train loss {tr['train_loss']:.4f} acc {tr['train_acc']:6.2f} | "
-                    f"test loss {ev['test_loss']:.4f} acc {ev['test_acc']:6.2f} (best {st['best_acc']:.2f}) | "
-                    f"{tr['samples'] / tr['train_seconds']:.0f} img/s")
-            save_checkpoint()
-            if dist.is_main_process():
-                if is_best:
-                    save_torch(os.path.join(args.save_path, BEST), {"model": model.state_dict(), "epoch": epoch + 1,
-                                                                    "best_acc": st["best_acc"], "arch": args.arch})
-                save_json(os.path.join(args.save_path, "metrics.json"), metrics(False))
-                plot_curves(st["history"], os.path.join(args.save_path, "curve.png"),
-                            title=f"{run_info.get('dataset')} {args.arch} ({run_info.get('num_train_samples')} samples)")
-            dist.barrier()
-            signum = signals.agreed(now=True)   # a signal during evaluation: the checkpoint above is where we are
-            if signum and epoch + 1 < stop_at:
+        def after_step(step, sums):
+            st["step"] = step
+            signum = signals.agreed()
+            if signum or (save_every and (epoch * iters_per_epoch + step) % save_every == 0
+                          and step < len(batches)):   # the epoch's last step: its own checkpoint follows
+                save_checkpoint(epoch_start, sums)
+            if signum:
                 raise preempted(signum)
-    finally:
-        signals.close()
+
+        tr = train_one_epoch(net, data, batches, optimizer, scheduler, aug_gen, amp=args.amp,
+                             recorder=recorder, weights=weights, log=log, epoch=epoch,
+                             print_freq=args.print_freq, start=st["step"], sums=sums, after_step=after_step)
+        if recorder is not None:
+            recorder.end_epoch(epoch, torch.cat(batches))   # written in the background...
+        dist.broadcast_buffers(model)                      # every rank evaluates rank 0's model...
+        ev = evaluate(model, data, amp=args.amp)          # ...unwrapped: no DDP collectives in eval
+        if recorder is not None:
+            recorder.wait()                                # ...and on disk before the checkpoint
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "steps": len(batches), **tr, **ev}
+        st["history"].append(row)
+        st["train_seconds"] += tr["train_seconds"]
+        is_best = ev["test_acc"] > st["best_acc"]
+        st["best_acc"] = max(st["best_acc"], ev["test_acc"])
+        st["epoch"], st["step"] = epoch + 1, 0
+        if dist.is_main_process():
+            log(f"epoch {epoch:3d}/{n_epochs} train loss {tr['train_loss']:.4f} acc {tr['train_acc']:6.2f} | "
+                f"test loss {ev['test_loss']:.4f} acc {ev['test_acc']:6.2f} (best {st['best_acc']:.2f}) | "
+                f"{tr['samples'] / tr['train_seconds']:.0f} img/s")
+        save_checkpoint()
+        if dist.is_main_process():
+            if is_best:
+                save_torch(os.path.join(args.save_path, BEST), {"model": model.state_dict(), "epoch": epoch + 1,
+                                                                "best_acc": st["best_acc"], "arch": args.arch})
+            save_json(os.path.join(args.save_path, "metrics.json"), metrics(False))
+            plot_curves(st["history"], os.path.join(args.save_path, "curve.png"),
+                        title=f"{run_info.get('dataset')} {args.arch} ({run_info.get('num_train_samples')} samples)")
+        dist.barrier()
+        signum = signals.agreed(now=True)   # a signal during evaluation: the checkpoint above is where we are
+        if signum and epoch + 1 < stop_at:
+            raise preempted(signum)
+    signals.close()   # (a crash leaves the handler, which only records a signal, until the process ends)
 
     done = st["epoch"] >= n_epochs
     final = metrics(done)
