@@ -1,12 +1,14 @@
 """Preemption: SIGTERM/SIGUSR1 in the middle of an epoch end a run within seconds with a checkpoint of
 that step, and --resume continues there exactly (byte-identical dynamics, equal metrics); a SIGKILL
 loses only the steps since the last --save_every_steps checkpoint; scripts/slurm_array.sh forwards
-SLURM's SIGUSR1, waits for the checkpoint and requeues its task.
+SLURM's SIGUSR1 to a train_subset.py run, waits for the checkpoint and requeues its task; under
+torchrun a signal to one rank stops both at the same step.
 
 digits (1,437 training images), resnet20, 2 epochs of 45 steps (batch 32). "Mid-epoch" is hit without
 sleeps: the signal is sent as soon as the first --save_every_steps checkpoint file appears."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -124,37 +126,26 @@ def test_sigkill_then_sigterm_mid_epoch_and_resume_equal_uninterrupted(reference
     assert_same_run(reference, save)
 
 
-def test_train_subset_score_weighted_sigusr1_and_resume(tmp_path):
+def test_slurm_array_requeues_a_score_weighted_train_subset_on_sigusr1(tmp_path):
+    """A stage-2 task (score-weighted train_subset.py) under scripts/slurm_array.sh. SLURM with
+    --signal=B:USR1@120 signals the batch shell only: the script forwards SIGUSR1 to the run, waits for
+    its checkpoint (exit 138) and calls `scontrol requeue 77_0` (a stub); the requeued task (the same
+    script again) resumes at that step and ends with the uninterrupted run's curves and metrics."""
     import numpy as np
     n = 1437
     np.save(tmp_path / "mask.npy", np.random.default_rng(0).permutation(n))
     np.save(tmp_path / "score.npy", np.sort(np.random.default_rng(1).random(n)).astype(np.float32))
     flags = ("--subset_rate", "0.7", "--mask_path", str(tmp_path / "mask.npy"), "--score_path",
              str(tmp_path / "score.npy"))
-    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    ref, save = tmp_path / "ref", tmp_path / "task0"
     run_script(*train_cmd(ref, *flags, script="train_subset.py"), env=ENV)
-    proc = start(train_cmd(cut, *flags, "--save_every_steps", "4", script="train_subset.py"))
-    _, out, err = signal_at_first_checkpoint(proc, cut, signal.SIGUSR1)
-    assert proc.returncode == 138, err[-2000:]
-    ck = checkpoint(cut)
-    assert 0 < ck["step"] < 14 and ck["epoch"] == 0            # 432 kept samples: 14 steps an epoch
-    run_script(*train_cmd(cut, *flags, "--resume", script="train_subset.py"), env=ENV)
-    assert metrics(cut)["score_weighting"] is True
-    assert_same_run(ref, cut, dynamics=False)
-    assert metrics(cut)["history"][0]["steps"] == 14
 
-
-def test_slurm_array_forwards_sigusr1_waits_and_requeues(reference, tmp_path):
-    """SLURM with --signal=B:USR1@120 signals the batch shell only: the script forwards the signal to
-    the training run, waits for its checkpoint, calls `scontrol requeue 77_0` (a stub here); the
-    requeued task (the same script again) resumes and ends with the uninterrupted run's files."""
     stub = tmp_path / "bin"
     stub.mkdir()
     (stub / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/scontrol.log\n")
     (stub / "scontrol").chmod(0o755)
-    save = tmp_path / "task0"
     plan = tmp_path / "study.plan"
-    line = " ".join(train_cmd(save, "--dynamics", "--resume", "--save_every_steps", str(EVERY), "--stop_epoch", "1"))
+    line = " ".join(train_cmd(save, *flags, "--resume", "--save_every_steps", "4", script="train_subset.py"))
     plan.write_text(f"# stage 1\n# stage 2\n{line}\n# stage 3\n")
     env = {**os.environ, **ENV, "PATH": f"{stub}:{os.environ['PATH']}", "SLURM_ARRAY_JOB_ID": "77",
            "SLURM_ARRAY_TASK_ID": "0", "SLURM_JOB_ID": "78"}
@@ -164,11 +155,16 @@ def test_slurm_array_forwards_sigusr1_waits_and_requeues(reference, tmp_path):
     assert job.returncode == 138, err
     assert (tmp_path / "scontrol.log").read_text() == "requeue 77_0\n"
     assert "SIGUSR1: checkpoint at step" in out and "requeueing 77_0" in err
-    assert checkpoint(save)["step"] > 0
+    ck = checkpoint(save)
+    assert 0 < ck["step"] < 14 and ck["epoch"] == 0            # 432 kept samples: 14 steps an epoch
+    assert ck["run_info"]["score_weighting"] is True
+
     again = subprocess.run(["bash", SLURM, str(plan), "2"], capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stderr
+    assert f"at epoch 0, step {ck['step']}" in again.stdout
     assert (tmp_path / "scontrol.log").read_text() == "requeue 77_0\n"     # no second requeue
-    assert_same_run(reference, save, epochs=1)
+    assert_same_run(ref, save, dynamics=False)
+    assert metrics(save)["history"][0]["steps"] == 14
 
 
 def test_bench_checkpoint_runs():
@@ -208,7 +204,10 @@ def test_torchrun_signal_to_one_rank_then_resume_equals_uninterrupted(cifar10_di
         time.sleep(0.01)
     os.kill(rank_pid(proc.pid, 1), signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
-    assert err.count("exitcode  : 143") == 2, err[-3000:]        # torchrun's report: both ranks stopped
+    # torchrun's report: a rank stopped with 143; once it has exited, torchrun sends SIGTERM to the other,
+    # which (past the checkpoint's barrier, in interpreter shutdown) may end by it: 143 or -15, nothing else
+    codes = re.findall(r"exitcode  : (-?\d+)", err)
+    assert len(codes) == 2 and "143" in codes and set(codes) <= {"143", "-15"}, err[-3000:]
     ck = checkpoint(cut)
     assert ck["epoch"] == 1 and 3 < ck["step"] < 10 and ck["global_step"] == 10 + ck["step"]
     assert len(ck["partial"]) == 2 and sum(p["seen"] for p in ck["partial"]) == 16 * ck["step"]

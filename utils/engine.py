@@ -279,7 +279,7 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
         log(f"{name}: checkpoint at {where} (global step {st['epoch'] * iters_per_epoch + st['step']}) in "
             f"{os.path.join(args.save_path, CHECKPOINT)}; run the same command with --resume to continue "
             f"(exit status {status})")
-        signals.close()
+        signals.finish()
         dist.cleanup()
         return Preempted(status)
 

@@ -63,6 +63,12 @@ class StopSignals:
         work.wait()
         return int(flag.item())
 
+    def finish(self):
+        """Complete the background all-reduce (before the process group is destroyed). The handlers stay:
+        a run that stops on a signal ignores further ones (torchrun's SIGTERM to the ranks that have not
+        exited yet) and exits with its own status."""
+        self._finish_pending()
+
     def close(self):
         self._finish_pending()
         for sig, handler in self._previous.items():
