@@ -58,14 +58,13 @@ def test_train_killed_and_resumed_equals_uninterrupted(cifar10_dir, tmp_path, fm
     a = json.loads((ref / "metrics.json").read_text())
     b = json.loads((cut / "metrics.json").read_text())
     assert b["finished"] and b["completed_epochs"] == epochs
-    assert a["final_acc"] == pytest.approx(b["final_acc"], abs=1e-9)
-    assert a["best_acc"] == pytest.approx(b["best_acc"], abs=1e-9)
-    assert [h["train_loss"] for h in a["history"]] == pytest.approx([h["train_loss"] for h in b["history"]], rel=1e-6)
+    assert (a["final_acc"], a["best_acc"]) == (b["final_acc"], b["best_acc"])
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):   # exactly, as the README says
+        assert [h[key] for h in a["history"]] == [h[key] for h in b["history"]], key
     files = sorted(f for f in os.listdir(ref / "npy") if f.endswith(".npy"))
-    assert files == sorted(f for f in os.listdir(cut / "npy") if f.endswith(".npy"))
-    for f in files:
-        np.testing.assert_allclose(np.load(cut / "npy" / f), np.load(ref / "npy" / f), rtol=1e-5, atol=1e-6,
-                                   err_msg=f)
+    assert files == sorted(f for f in os.listdir(cut / "npy") if f.endswith(".npy")) and len(files) > epochs
+    # bit-identical: on CPU the resumed run does the same float operations in the same order
+    assert [f for f in files if (cut / "npy" / f).read_bytes() != (ref / "npy" / f).read_bytes()] == []
     assert not [f for f in os.listdir(cut) if ".tmp" in f]
 
 
@@ -83,8 +82,9 @@ def test_train_subset_killed_and_resumed(cifar10_dir, tmp_path):
     run_script(*_train_cmd("train_subset.py", cifar10_dir, cut, 6, *flags, "--resume")[1:])
     a = json.loads((ref / "metrics.json").read_text())
     b = json.loads((cut / "metrics.json").read_text())
-    assert [h["test_acc"] for h in a["history"]] == [h["test_acc"] for h in b["history"]]
-    assert [h["train_loss"] for h in a["history"]] == pytest.approx([h["train_loss"] for h in b["history"]], rel=1e-6)
+    assert b["finished"] and b["completed_epochs"] == 6
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
+        assert [h[key] for h in a["history"]] == [h[key] for h in b["history"]], key
 
 
 def test_interrupted_write_keeps_old_file(tmp_path, monkeypatch):
@@ -104,19 +104,26 @@ def test_interrupted_write_keeps_old_file(tmp_path, monkeypatch):
 
 
 def test_sigkill_during_writes_leaves_complete_files(tmp_path):
-    """A writer killed at a random moment: every file present loads completely."""
-    code = ("import numpy as np, sys; sys.path.insert(0, %r)\n"
-            "from utils.io import save_npy\n"
-            "i = 0\n"
-            "while True:\n"
-            "    save_npy(%r + f'/{i %% 3}_Output.npy', np.full((500, 1000), i, dtype=np.float32)); i += 1\n"
-            % (ROOT, str(tmp_path)))
-    for delay in (0.3, 0.55, 0.8):
+    """A writer killed at a random moment: every file present loads completely (and one at least is
+    present: the kill comes after the first file is complete, so the check cannot pass vacuously)."""
+    for k, delay in enumerate((0.0, 0.05, 0.13)):
+        folder = tmp_path / str(k)   # a fresh folder each time: no file of an earlier writer counts
+        folder.mkdir()
+        code = ("import numpy as np, sys; sys.path.insert(0, %r)\n"
+                "from utils.io import save_npy\n"
+                "i = 0\n"
+                "while True:\n"
+                "    save_npy(%r + f'/{i %% 3}_Output.npy', np.full((500, 1000), i, dtype=np.float32)); i += 1\n"
+                % (ROOT, str(folder)))
         proc = subprocess.Popen([sys.executable, "-c", code])
-        time.sleep(delay + 0.5)
+        deadline = time.time() + 60   # the first file complete (the interpreter may start slowly) ...
+        while not (folder / "0_Output.npy").exists() and time.time() < deadline:
+            time.sleep(0.005)
+        time.sleep(delay)             # ... then a kill at some point of a later write
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        for f in os.listdir(tmp_path):
-            if f.endswith("_Output.npy") and not f.startswith("."):
-                a = np.load(tmp_path / f)
-                assert a.shape == (500, 1000) and (a == a.flat[0]).all()
+        complete = [f for f in os.listdir(folder) if f.endswith("_Output.npy") and not f.startswith(".")]
+        assert complete, "nothing was written before the kill: the test would check nothing"
+        for f in complete:
+            a = np.load(folder / f)
+            assert a.shape == (500, 1000) and (a == a.flat[0]).all(), f

@@ -106,6 +106,9 @@ def add_training_args(parser, default_save_path, default_batch_size):
     g.add_argument("--start_epoch", type=int, default=0, help="(published flag; --resume sets the epoch)")
     g.add_argument("--evaluate", action="store_true", help="only evaluate the (resumed) model on the test set")
     g.add_argument("--print_freq", type=int, default=200, help="log a progress line every N iterations")
+    g.add_argument("--save_every_steps", type=int, default=0, metavar="N",
+                   help="also write checkpoint.pth.tar every N optimizer steps, mid-epoch, for machines that die "
+                        "without a signal (0 = only after each epoch and on SIGTERM/SIGUSR1)")
 
     g = parser.add_argument_group("acceleration and randomness")
     g.add_argument("--ngpu", type=int, default=1, help="0 = CPU; >0 = CUDA when present (torchrun for several)")
@@ -122,6 +125,7 @@ def check_training_args(args):
     from .errors import UserError
     for flag, value, low in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
                              ("--print_freq", args.print_freq, 1), ("--workers", args.workers, 0),
+                             ("--save_every_steps", args.save_every_steps, 0),
                              ("--image_size", args.image_size, 8), ("--ngpu", args.ngpu, 0),
                              ("--manualSeed", args.manualSeed, 0), ("--noise_seed", args.noise_seed, 0),
                              ("--corrupt_seed", args.corrupt_seed, 0)):

@@ -113,12 +113,45 @@ class DynamicsRecorder:
             self._pending.result()
             self._pending = None
 
-    def state_dict(self):
+    def _epoch_buffers(self):
+        """{name: buffer} of what this epoch has recorded so far (zero where nothing was)."""
+        bufs = {"loss": self.loss, "count": self.count}
         if self.fmt == "logits":
-            return {}
-        return {"has_prev": self.has_prev, "prev_logp": self.prev_logp.cpu()}
+            bufs["out"] = self.out
+        else:
+            bufs.update({f"feat_{k}": v for k, v in self.feats.items()})
+        return bufs
+
+    @torch.no_grad()
+    def state_dict(self, mid_epoch=False):
+        """What a checkpoint needs. At an epoch boundary: the contrib format's previous log p. In the
+        middle of an epoch (a collective: call on every rank) also the samples recorded so far,
+        merged into rank 0, which is what a resumed run loads: afterwards this recorder holds exactly
+        that state (rank 0 everything, other ranks zeros), so continuing gives what resuming does."""
+        main = dist.is_main_process()
+        state = {} if self.fmt == "logits" else {"has_prev": self.has_prev}
+        if mid_epoch and self.fmt == "contrib" and dist.is_distributed():
+            # during an epoch a rank's prev_logp holds this epoch's log p for the samples it visited and
+            # the previous epoch's (the same on every rank) for the others: merged, every rank has both
+            mine = self.count > 0
+            visited = dist.all_reduce_sum(mine.to(torch.int32)) > 0
+            self.prev_logp[~mine & (visited | (not main))] = 0
+            dist.all_reduce_sum(self.prev_logp)
+        if self.fmt == "contrib" and main:
+            state["prev_logp"] = self.prev_logp.cpu()
+        if mid_epoch:
+            for name, buf in self._epoch_buffers().items():   # ranks visited disjoint samples: sum = merge
+                dist.reduce_sum_to_main(buf)
+                if main:
+                    state[name] = buf.cpu()
+                else:
+                    buf.zero_()
+        return state
 
     def load_state_dict(self, state):
         if self.fmt == "contrib":
             self.has_prev = state["has_prev"]
             self.prev_logp.copy_(state["prev_logp"])
+        if "count" in state and dist.is_main_process():   # a mid-epoch checkpoint: rank 0 holds the epoch so far
+            for name, buf in self._epoch_buffers().items():
+                buf.copy_(state[name])

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 
@@ -18,9 +19,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import dist
-from .data import make_batches
-from .errors import UserError
+from .data import FolderImages, make_batches
+from .errors import Preempted, UserError
 from .io import save_json, save_torch
+from .preemption import EXIT_STATUS, StopSignals
 from .run_folder import BEST, CHECKPOINT, array_sha256, find_resume, load_checkpoint
 
 EVAL_BATCH = 500
@@ -89,17 +91,26 @@ def seed_everything(seed):
 # --------------------------------------------------------------------------------------------------
 # Random streams: data order (shared by all ranks), augmentation (per rank), and the global ones
 # --------------------------------------------------------------------------------------------------
-def rng_state(order_gen, aug_gen):
-    """Every random generator's state, gathered from all ranks (a collective: call on every rank)."""
+def rng_state(order_gen, aug_gen, epoch_start=None):
+    """Every random generator's state, gathered from all ranks (a collective: call on every rank).
+    In the middle of an epoch, `epoch_start` = (order, augmentation) states at the start of that
+    epoch: the order stream's, from which the epoch's batches are drawn again on resume (so "order"
+    always means the stream at the start of the checkpoint's epoch), and the augmentation stream's,
+    for data sets that draw from it once per epoch (ImageFolder: its DataLoader's worker seeds)."""
     np_state = np.random.get_state()
     local = {"augment": aug_gen.get_state(), "torch": torch.get_rng_state(),
              "cuda": torch.cuda.get_rng_state() if aug_gen.device.type == "cuda" else None}
-    return {"order": order_gen.get_state(), "python": random.getstate(),
+    if epoch_start is not None:
+        local["augment_epoch_start"] = epoch_start[1]
+    return {"order": order_gen.get_state() if epoch_start is None else epoch_start[0], "python": random.getstate(),
             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
             "ranks": dist.all_gather_objects(local)}
 
 
-def set_rng_state(state, order_gen, aug_gen):
+def set_rng_state(state, order_gen, aug_gen, per_batch=True):
+    """Restore every stream. In the middle of an epoch, `per_batch`: the data draw augmentation batch by
+    batch (in-memory data: restore the stream at the step) or once per epoch (ImageFolder: restore it at
+    the epoch start, so that the epochs after this one draw exactly what they would have)."""
     if len(state["ranks"]) != dist.world_size():
         raise UserError(f"the checkpoint was written by {len(state['ranks'])} processes; resume it with "
                         f"the same number (now {dist.world_size()})")
@@ -108,7 +119,7 @@ def set_rng_state(state, order_gen, aug_gen):
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     local = state["ranks"][dist.rank()]
-    aug_gen.set_state(local["augment"])
+    aug_gen.set_state(local["augment"] if per_batch else local.get("augment_epoch_start", local["augment"]))
     torch.set_rng_state(local["torch"])
     if local["cuda"] is not None and aug_gen.device.type == "cuda":
         torch.cuda.set_rng_state(local["cuda"])
@@ -118,18 +129,19 @@ def set_rng_state(state, order_gen, aug_gen):
 # One epoch of training, one evaluation
 # --------------------------------------------------------------------------------------------------
 def train_one_epoch(model, data, batches, optimizer, scheduler, aug_gen, *, amp=False, recorder=None,
-                    weights=None, log=None, epoch=0, print_freq=200):
+                    weights=None, log=None, epoch=0, print_freq=200, start=0, sums=None, after_step=None):
     """One pass over this rank's `batches` (lists of dataset indices). `weights` (N,) scales each
-    batch's mean loss by sum(u[batch]) / batch_size (the published score weighting). Returns a dict."""
+    batch's mean loss by sum(u[batch]) / batch_size (the published score weighting).
+    A resumed epoch trains batches[start:], `sums` being the statistics of batches[:start]
+    (epoch_sums). after_step(steps_done, sums) runs after every optimizer step (fit's checkpoints
+    and signals; it raises to end the run there). Returns a dict."""
     model.train()
     device = next(model.parameters()).device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    seen = 0
-    bar = tqdm(total=len(batches), desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
+    sums = sums or epoch_sums(device)
+    bar = tqdm(total=len(batches), initial=start, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
                disable=not (dist.is_main_process() and sys.stderr.isatty()))
-    start = time.perf_counter()
-    for step, (x, y, idx) in enumerate(data.train.batches(batches, aug_gen)):
+    t0 = time.perf_counter() - sums["seconds"]
+    for step, (x, y, idx) in enumerate(data.train.batches(batches[start:], aug_gen), start):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
         logits = logits.float()                                    # (B, C)
@@ -143,21 +155,31 @@ def train_one_epoch(model, data, batches, optimizer, scheduler, aug_gen, *, amp=
         scheduler.step()                                           # cosine annealing per iteration
         if recorder is not None:
             recorder.record(idx, logits, losses)
-        loss_sum += losses.detach().sum()
-        correct += (logits.argmax(1) == y).sum()
-        seen += len(y)
+        sums["loss"] += losses.detach().sum()
+        sums["correct"] += (logits.argmax(1) == y).sum()
+        sums["seen"] += len(y)
         bar.update()
         if (step + 1) % print_freq == 0 and log is not None:
-            log(f"  epoch {epoch} [{step + 1}/{len(batches)}] loss {loss_sum.item() / seen:.4f} "
-                f"acc {100 * correct.item() / seen:.2f} lr {scheduler.get_last_lr()[0]:.5f}", echo=False)
+            log(f"  epoch {epoch} [{step + 1}/{len(batches)}] loss {sums['loss'].item() / sums['seen']:.4f} "
+                f"acc {100 * sums['correct'].item() / sums['seen']:.2f} lr {scheduler.get_last_lr()[0]:.5f}",
+                echo=False)
+        if after_step is not None:
+            sums["seconds"] = time.perf_counter() - t0
+            after_step(step + 1, sums)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - t0
     bar.close()
-    totals = dist.all_reduce_sum(torch.stack([loss_sum.double(), correct.double(),
-                                              torch.tensor(float(seen), device=device, dtype=torch.float64)]))
+    totals = dist.all_reduce_sum(torch.stack([sums["loss"].double(), sums["correct"].double(),
+                                              torch.tensor(float(sums["seen"]), device=device, dtype=torch.float64)]))
     return {"train_loss": (totals[0] / totals[2]).item(), "train_acc": (100 * totals[1] / totals[2]).item(),
             "train_seconds": seconds, "samples": int(totals[2].item())}
+
+
+def epoch_sums(device):
+    """This rank's running statistics of an epoch: summed loss, correct predictions, samples, seconds."""
+    return {"loss": torch.zeros((), device=device), "correct": torch.zeros((), device=device, dtype=torch.int64),
+            "seen": 0, "seconds": 0.0}
 
 
 @torch.no_grad()
@@ -189,7 +211,10 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
     stop_epoch: stop after this many epochs with a normal checkpoint (the schedule still spans the
       whole run, so resuming without it gives exactly the uninterrupted run).
     ck: the checkpoint dict to resume from (read from `resume_from`, already checked against
-      `fingerprint`, which every checkpoint stores). `run_info` is merged into metrics.json."""
+      `fingerprint`, which every checkpoint stores). `run_info` is merged into metrics.json.
+    The position of the run is (epoch, step): a checkpoint is written after every epoch, every
+    --save_every_steps optimizer steps, and when SIGTERM/SIGUSR1 arrives (then the run ends with
+    errors.Preempted); resuming continues at that step exactly (docs/PREEMPTION.md)."""
     from .plots import plot_curves
 
     wall_start = time.perf_counter()
@@ -203,17 +228,19 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     order_gen = torch.Generator().manual_seed(stream_seed(args.manualSeed, ORDER))             # data order
     aug_gen = torch.Generator(device=device).manual_seed(stream_seed(args.manualSeed, AUGMENT, rank))  # crops/flips
-    st = {"epoch": 0, "best_acc": 0.0, "history": [], "train_seconds": 0.0, "seconds": 0.0}
+    # step: optimizer steps taken in epoch `epoch` (0 at an epoch boundary)
+    st = {"epoch": 0, "step": 0, "best_acc": 0.0, "history": [], "train_seconds": 0.0, "seconds": 0.0}
 
     if ck is not None:
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
-        set_rng_state(ck["rng"], order_gen, aug_gen)
+        set_rng_state(ck["rng"], order_gen, aug_gen, per_batch=not isinstance(data.train, FolderImages))
         if recorder is not None:
             recorder.load_state_dict(ck["recorder"])
-        st = {k: ck[k] for k in st}
-        log(f"resumed from {resume_from} at epoch {st['epoch']} (best {st['best_acc']:.2f}%)")
+        st = {k: ck.get(k, v) for k, v in st.items()}   # checkpoints before (epoch, step) have no step
+        at = f"epoch {st['epoch']}" + (f", step {st['step']}" if st["step"] else "")
+        log(f"resumed from {resume_from} at {at} (best {st['best_acc']:.2f}%)")
 
     net = model
     if dist.is_distributed():
@@ -229,15 +256,58 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
                 "seconds": st["seconds"] + time.perf_counter() - wall_start,
                 "history": st["history"]}
 
+    def save_checkpoint(epoch_start=None, sums=None):
+        """checkpoint.pth.tar at (st["epoch"], st["step"]); in the middle of an epoch, `epoch_start`
+        (rng_state) and `sums`, this rank's statistics of the epoch so far. A collective: every rank calls it."""
+        rng = rng_state(order_gen, aug_gen, epoch_start)
+        partial = None if sums is None else dist.all_gather_objects(
+            {k: v.cpu() if torch.is_tensor(v) else v for k, v in sums.items()})
+        rec = recorder.state_dict(mid_epoch=sums is not None) if recorder is not None else {}
+        if dist.is_main_process():
+            save_torch(os.path.join(args.save_path, CHECKPOINT), {
+                **st, "global_step": st["epoch"] * iters_per_epoch + st["step"], "partial": partial,
+                "seconds": st["seconds"] + time.perf_counter() - wall_start, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
+                "recorder": rec, "run_info": run_info, "args": vars(args), "arch": args.arch,
+                "fingerprint": fingerprint})
+        dist.barrier()   # on disk before any rank goes on (or exits)
+
+    def preempted(signum):
+        name = signal.Signals(signum).name
+        status = EXIT_STATUS[signum]
+        where = f"step {st['step']} of epoch {st['epoch']}" if st["step"] else f"the start of epoch {st['epoch']}"
+        log(f"{name}: checkpoint at {where} (global step {st['epoch'] * iters_per_epoch + st['step']}) in "
+            f"{os.path.join(args.save_path, CHECKPOINT)}; run the same command with --resume to continue "
+            f"(exit status {status})")
+        signals.finish()
+        dist.cleanup()
+        return Preempted(status)
+
+    save_every = args.save_every_steps
+    signals = StopSignals()
     stop_at = min(n_epochs, stop_epoch or n_epochs)
     for epoch in range(st["epoch"], stop_at):
+        epoch_start = (order_gen.get_state(), aug_gen.get_state())   # what a mid-epoch checkpoint needs
         batches = make_batches(train_indices, args.batch_size, order_gen, rank, world)
         batches = batches[:total_steps - epoch * iters_per_epoch]   # the last epoch of an iteration budget
-        if recorder is not None:
+        sums = None
+        if st["step"]:          # resumed in the middle of this epoch: the statistics of its first steps
+            sums = {k: v.to(device) if torch.is_tensor(v) else v for k, v in ck["partial"][rank].items()}
+        elif recorder is not None:
             recorder.start_epoch()
+
+        def after_step(step, sums):
+            st["step"] = step
+            signum = signals.agreed()
+            if signum or (save_every and (epoch * iters_per_epoch + step) % save_every == 0
+                          and step < len(batches)):   # the epoch's last step: its own checkpoint follows
+                save_checkpoint(epoch_start, sums)
+            if signum:
+                raise preempted(signum)
+
         tr = train_one_epoch(net, data, batches, optimizer, scheduler, aug_gen, amp=args.amp,
                              recorder=recorder, weights=weights, log=log, epoch=epoch,
-                             print_freq=args.print_freq)
+                             print_freq=args.print_freq, start=st["step"], sums=sums, after_step=after_step)
         if recorder is not None:
             recorder.end_epoch(epoch, torch.cat(batches))   # written in the background...
         dist.broadcast_buffers(model)                      # every rank evaluates rank 0's model...
@@ -249,17 +319,13 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
         st["train_seconds"] += tr["train_seconds"]
         is_best = ev["test_acc"] > st["best_acc"]
         st["best_acc"] = max(st["best_acc"], ev["test_acc"])
-        st["epoch"] = epoch + 1
-        rng = rng_state(order_gen, aug_gen)                # collective, on every rank
+        st["epoch"], st["step"] = epoch + 1, 0
         if dist.is_main_process():
             log(f"epoch {epoch:3d}/{n_epochs} train loss {tr['train_loss']:.4f} acc {tr['train_acc']:6.2f} | "
                 f"test loss {ev['test_loss']:.4f} acc {ev['test_acc']:6.2f} (best {st['best_acc']:.2f}) | "
                 f"{tr['samples'] / tr['train_seconds']:.0f} img/s")
-            ck = {**st, "seconds": st["seconds"] + time.perf_counter() - wall_start, "model": model.state_dict(),
-                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
-                  "recorder": recorder.state_dict() if recorder is not None else {},
-                  "run_info": run_info, "args": vars(args), "arch": args.arch, "fingerprint": fingerprint}
-            save_torch(os.path.join(args.save_path, CHECKPOINT), ck)
+        save_checkpoint()
+        if dist.is_main_process():
             if is_best:
                 save_torch(os.path.join(args.save_path, BEST), {"model": model.state_dict(), "epoch": epoch + 1,
                                                                 "best_acc": st["best_acc"], "arch": args.arch})
@@ -267,6 +333,10 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
             plot_curves(st["history"], os.path.join(args.save_path, "curve.png"),
                         title=f"{run_info.get('dataset')} {args.arch} ({run_info.get('num_train_samples')} samples)")
         dist.barrier()
+        signum = signals.agreed(now=True)   # a signal during evaluation: the checkpoint above is where we are
+        if signum and epoch + 1 < stop_at:
+            raise preempted(signum)
+    signals.close()   # (a crash leaves the handler, which only records a signal, until the process ends)
 
     done = st["epoch"] >= n_epochs
     final = metrics(done)

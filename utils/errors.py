@@ -12,6 +12,15 @@ class UserError(Exception):
     """A mistake in the user's input (a flag, a file, a folder): reported in one line, no traceback."""
 
 
+class Preempted(Exception):
+    """A signal stopped the run after its checkpoint was written (utils/preemption.py); the engine has
+    printed where and how to resume. Ends the process with `status` (143 SIGTERM, 138 SIGUSR1)."""
+
+    def __init__(self, status):
+        super().__init__(status)
+        self.status = status
+
+
 def run(main):
     """Call main(); a UserError becomes `error: <message>` on stderr and exit status 2."""
     try:
@@ -19,6 +28,8 @@ def run(main):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Preempted as e:
+        sys.exit(e.status)
     except OSError as e:
         if e.errno not in DISK_ERRORS:
             raise

@@ -39,9 +39,10 @@ from .io import save_json
 # Flags that cannot change what a run computes: where it is, how it reports, how it is resumed.
 # --data_path is here because the training labels' content is fingerprinted instead (a data set may
 # move between machines); --mask_path/--score_path likewise (their content is); --ngpu because the
-# resolved device is; --stop_epoch because stopping early and resuming gives the uninterrupted run.
+# resolved device is; --stop_epoch and --save_every_steps because stopping (or checkpointing) early and
+# resuming gives the uninterrupted run.
 NOT_FINGERPRINTED = {"print_freq", "workers", "resume", "overwrite", "evaluate", "save_path", "start_epoch",
-                     "download", "data_path", "ngpu", "mask_path", "score_path", "stop_epoch"}
+                     "download", "data_path", "ngpu", "mask_path", "score_path", "stop_epoch", "save_every_steps"}
 LOCK, STATE, MANIFEST = ".lock", "folder.json", "manifest.json"
 HEARTBEAT_S = 30          # how often a writer rewrites its lock's heartbeat
 STALE_S = 300             # a lock on another host without a heartbeat for this long is taken over

@@ -21,7 +21,7 @@ import sys
 from tqdm import tqdm
 
 from . import dist
-from .errors import UserError
+from .errors import Preempted, UserError
 from .folder import (LOCK, MANIFEST, STATE, FolderLock, array_sha256, check_fingerprint,  # noqa: F401 (re-exported)
                      check_unlocked, file_sha256, fingerprint_diffs, new_run_id, read_state, run_fingerprint,
                      write_state, NOT_FINGERPRINTED)
@@ -214,7 +214,7 @@ class RunFolder:
 
     def __exit__(self, kind, exc, tb):
         if exc is not None and dist.is_main_process():
-            interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
+            interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit, Preempted))
             try:
                 write_state(self.args.save_path, state="interrupted" if interrupted else "failed",
                             error=f"{type(exc).__name__}: {exc}"[:500])
