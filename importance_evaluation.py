@@ -6,14 +6,19 @@ setting for pruning rate 0.3:
     python importance_evaluation.py --dynamics_path ./checkpoint/all-dataset/npy/ \
         --mask_path ./checkpoint/generated_mask/ --trajectory_len 90 --window_size 10 --decay 0.9
 
-A baseline on the same files (el2n, forgetting, aum, dyn_unc need labels: a folder written by this
+A baseline on the same files (el2n, forgetting, aum, dyn_unc, dual need labels: a folder written by this
 project's train.py holds targets.npy; for files of the published train.py name the data set):
 
     python importance_evaluation.py --dynamics_path ./checkpoint/all-dataset/npy/ --method el2n \
         --trajectory_len 20 --data_path ./data --dataset cifar100
 
+DUAL (Cho et al., ICML 2025) from the first epochs only, for train_subset.py --selection beta:
+
+    python importance_evaluation.py --method dual --trajectory_len 30 --window_size 10
+
 Several values of --trajectory_len, --window_size, --decay score every valid combination while reading
-each epoch file once (the same files as one call per combination), plus sensitivity_<method>.md/.png:
+each epoch file once (the same files as one call per combination), plus sensitivity_<method>.md/.png
+and one figure of every combination's histogram, score_hist_<method>_grid.png:
 
     python importance_evaluation.py --trajectory_len 10 20 30 --window_size 5 10 --decay 0.9 0.8
 
@@ -21,8 +26,10 @@ Writes into --mask_path: data_mask_<tag>.npy (dataset indices by ascending score
 published file train_subset.py reads), score_<tag>.npy (the score sorted ascending, float32),
 dataset_score_<tag>.npy (the score in dataset order) and score_hist_<tag>.png, where <tag> is
 win<K>_ep<T> for TDDS and <method>_ep<T> for a baseline (_decay<beta> appended when one call scores
-several decays, _win<K> for dyn_unc with several window sizes), and info_<tag>.json (what was
-scored, from which run, the seconds and device it took). Higher score = more important = kept.
+several decays, _win<K> for dyn_unc and dual with several window sizes), and info_<tag>.json (what
+was scored, from which run, the seconds and device it took). dual also writes mean_p_<tag>.npy, each
+sample's mean true-label probability over the same epochs (dataset order), which --selection beta
+evaluates. Higher score = more important = kept.
 """
 import json
 import os
@@ -34,11 +41,12 @@ import numpy as np  # noqa: E402
 
 from utils.args import DATASETS, Parser  # noqa: E402
 from utils.errors import UserError, run  # noqa: E402
-from utils.io import ensure_writable_dir, save_figure, save_json, save_npy  # noqa: E402
+from utils.io import atomic_write, ensure_writable_dir, save_figure, save_json, save_npy  # noqa: E402
 from utils.folder import FolderLock, array_sha256, check_unlocked, file_sha256  # noqa: E402
 from utils.run_folder import check_writable  # noqa: E402
-from utils.scoring import (LABEL_METHODS, METHODS, Dynamics, check_args, check_targets,  # noqa: E402
-                           combinations, compute_scores, method_labels, output_names, output_tag)
+from utils.scoring import (LABEL_METHODS, MEAN_P_METHODS, METHODS, Dynamics, check_args,  # noqa: E402
+                           check_targets, combinations, compute_scores, mean_p_name, method_labels,
+                           output_names, output_tag)
 
 # the training run's settings copied into info_<tag>.json (from its args.json, when present)
 RUN_SETTINGS = ("dataset", "data_path", "arch", "label_noise", "noise_type", "noise_seed", "corrupt_ratio",
@@ -64,14 +72,14 @@ def parse_args(argv=None):
     score.add_argument('--trajectory_len', type=int, nargs='+', default=[10], metavar='T',
                        help='T: use epochs 0..T-1')
     score.add_argument('--window_size', type=int, nargs='+', default=[10], metavar='K',
-                       help='K: epochs per window (tdds: K >= 3; dyn_unc: K >= 2)')
+                       help='K: epochs per window (tdds: K >= 3; dyn_unc, dual: K >= 2; dual calls it J)')
     score.add_argument('--decay', type=float, nargs='+', default=[0.9], metavar='BETA',
                        help="TDDS's beta, the weight of the exponential window average (NOT the weight decay "
                             "of the training scripts); several values add _decay<beta> to the file names")
     score.add_argument('--manualSeed', type=int, default=42, help='seed of --method random')
     score.add_argument('--sensitivity_rates', type=float, nargs='+', default=[0.3, 0.5, 0.7, 0.9], metavar='R',
                        help='pruning rates of the kept-set overlaps in sensitivity_<method>.md (several combinations)')
-    labels = parser.add_argument_group('labels (for el2n, forgetting, aum, dyn_unc when the folder has no targets.npy)')
+    labels = parser.add_argument_group('labels (for el2n, forgetting, aum, dyn_unc, dual when the folder has no targets.npy)')
     labels.add_argument('--data_path', type=str, default=None, help='data set root, as for train.py')
     labels.add_argument('--dataset', type=str, default=None, choices=DATASETS, help='data set name, as for train.py')
     compute = parser.add_argument_group('compute')
@@ -134,7 +142,7 @@ def commit(args, written, start):
     seconds = time.time() - start
     for tag, (paths, info) in written.items():
         save_json(paths['info'], {**info, 'seconds': seconds,
-                                  'sha256': {k: file_sha256(paths[k]) for k in ARRAYS}})
+                                  'sha256': {k: file_sha256(paths[k]) for k in ARRAYS + ('mean_p',) if k in paths}})
         print(f"wrote {paths['info']}: what was scored, from which run, in how many seconds")
     return seconds
 
@@ -204,12 +212,36 @@ def training_run(dynamics_path):
 
 def describe(method, T, K, beta, seed):
     return {'tdds': f'TDDS (T={T}, K={K}, decay={beta})', 'random': f'random (seed {seed})',
-            'dyn_unc': f'dyn_unc (T={T}, K={K})'}.get(method, f'{method} (T={T})')
+            'dyn_unc': f'dyn_unc (T={T}, K={K})', 'dual': f'DUAL (T={T}, J={K})'}.get(method, f'{method} (T={T})')
 
 
-def write_score(args, score, out, what):
-    """The mask, score and dataset_score files of one score (N,) (+ histogram) at the paths `out`
-    ({kind: path}); its info_<tag>.json comes last (commit)."""
+def plot_grid(path, scores, method):
+    """One figure, one panel per combination. Drawing a dozen separate figures took as long as the scoring
+    itself; one figure whose panels share the y axis (log10 counts on a linear axis: log-scale tick
+    machinery is what is slow in matplotlib) costs less than one histogram did."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    cols = min(4, len(scores))
+    rows = -(-len(scores) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False, sharey=True)
+    for ax, (tag, score) in zip(axes.flat, scores.items()):
+        counts, edges = np.histogram(score, bins=100)
+        ax.stairs(np.log10(np.maximum(counts, 1)), edges, fill=True)   # empty bins drawn at 0 (one sample)
+        ax.set_title(tag, fontsize=8)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(scores):]:
+        ax.axis('off')
+    fig.supxlabel('score (higher = kept)')
+    fig.supylabel('log10 samples per bin')
+    fig.suptitle(f'{method}: {len(scores)} combinations, N={len(next(iter(scores.values())))}')
+    atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=100))
+    plt.close(fig)
+
+
+def write_score(args, score, out, what, plot=True):
+    """The mask, score and dataset_score files of one score (N,) (+ histogram unless plot=False: a grid
+    draws one figure for all) at the paths `out` ({kind: path}); its info_<tag>.json comes last (commit)."""
     uncommit(out)
     n = len(score)
     mask = np.argsort(score, kind='stable').astype(np.int64)               # ascending: kept = the tail
@@ -220,7 +252,7 @@ def write_score(args, score, out, what):
           f"min {score[mask[0]]:.4g} median {np.median(score):.4g} max {score[mask[-1]]:.4g}")
     save_npy(out['dataset_score'], score)
     print(f"wrote {out['dataset_score']}: ({n},) float32 score in dataset order")
-    if not args.no_plot:
+    if plot and not args.no_plot:
         plot_histogram(out['hist'], score, f"{what}, N={n}")
         print(f"wrote {out['hist']}: histogram of the score (log counts)")
 
@@ -335,30 +367,41 @@ def main(argv=None):
     if not todo:
         return
 
-    scores = compute_scores(dyn, args.method, combos, targets=targets, seed=args.manualSeed,
-                            chunk_size=args.chunk_size, device=device)   # each (N,) in dataset order
+    scores = compute_scores(dyn, args.method, combos, targets=targets, seed=args.manualSeed, chunk_size=args.chunk_size,
+                            device=device, mean_p=args.method in MEAN_P_METHODS)   # each (N,) in dataset order
+    scores, mean_ps = scores if args.method in MEAN_P_METHODS else (scores, [None] * len(combos))
 
     ensure_writable_dir(args.mask_path, '--mask_path')                   # the first write
     lock = FolderLock(args.mask_path, '--mask_path').acquire()
     try:
         run_folder, run_args = training_run(args.dynamics_path)
         by_tag, written = {}, {}
-        for (T, K, beta), score in zip(combos, scores):
+        for (T, K, beta), score, mean_p in zip(combos, scores, mean_ps):
             tag = output_tag(args.method, T, K, beta, **several)
             by_tag[tag] = score
             if tag not in todo:
                 continue
             paths, scoring = todo[tag]
+            uncommit(paths)
+            if mean_p is not None:   # what --selection beta evaluates, beside the score it belongs to
+                paths['mean_p'] = os.path.join(args.mask_path, mean_p_name(tag))
+                save_npy(paths['mean_p'], mean_p)
+                print(f"wrote {paths['mean_p']}: ({dyn.n},) float32 mean p_y over epochs 0..{T - 1}, dataset order "
+                      f"(for train_subset.py --selection beta)")
             info = {'method': args.method, 'tag': tag, 'trajectory_len': T, 'window_size': K, 'decay': beta,
                     'seed': scoring['seed'], 'scoring': scoring,
-                    'files': {k: os.path.basename(paths[k]) for k in ARRAYS},
+                    'files': {k: os.path.basename(paths[k]) for k in ARRAYS + ('mean_p',) if k in paths},
                     'num_samples': dyn.n, 'num_classes': dyn.num_classes, 'epochs_recorded': dyn.epochs_recorded,
                     'dynamics_path': os.path.abspath(args.dynamics_path), 'dynamics_run': run_folder,
                     'dynamics_run_id': dyn.run_id, **{k: run_args.get(k) for k in RUN_SETTINGS},
                     'combinations': len(combos), 'device': str(device),
                     'what': describe(args.method, T, K, beta, args.manualSeed)}
-            write_score(args, score, paths, info['what'])
+            write_score(args, score, paths, info['what'], plot=len(combos) == 1)
             written[tag] = (paths, info)
+        if len(combos) > 1 and not args.no_plot:
+            hist = os.path.join(args.mask_path, f'score_hist_{args.method}_grid.png')
+            plot_grid(hist, by_tag, args.method)
+            print(f"wrote {hist}: histogram of each combination's score (log counts), one panel each")
         if len(combos) > 1:
             from utils.agreement import write_agreement
             md, png = (os.path.join(args.mask_path, f'sensitivity_{args.method}.{ext}') for ext in ('md', 'png'))

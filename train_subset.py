@@ -7,12 +7,20 @@
     python train_subset.py ... --subset_rate 0.7 --selection ccs --mis_ratio 0.1     # coverage-centric
     python train_subset.py ... --subset_rate 0.7 --selection random                  # the fair baseline
     python train_subset.py ... --subset_rate 0.7 --budget iterations                 # as many steps as the full data
+    python train_subset.py ... --subset_rate 0.9 --selection beta \
+        --mask_path ./checkpoint/generated_mask/data_mask_dual_ep30.npy ...           # DUAL's Beta sampling
+    python train_subset.py ... --subset_rate 0.9 --selection random \
+        --teacher ./checkpoint/all-dataset/model_best.pth.tar --kd_alpha 1.0           # distillation
     torchrun --nproc_per_node=4 train_subset.py ...
 
 --subset_rate is the fraction PRUNED: the kept set is mask[int(rate * N):], N - floor(rate * N)
 samples (every strategy keeps that many). As published, each batch's mean loss is multiplied by the
 batch's mean min-max-normalised score (see README, "Loss weighting"); --no_score_weighting turns it off.
+--selection beta draws the kept set with DUAL's pruning-rate-adaptive Beta weights, from any score and
+the mean_p_<tag>.npy that importance_evaluation.py --method dual writes; --teacher adds distillation
+from the full-data model (docs/AGGRESSIVE_PRUNING.md).
 """
+import argparse
 import json
 import os
 import re
@@ -23,12 +31,14 @@ import torch
 from utils import dist
 from utils.args import DATA_SETTINGS, Parser, add_training_args, check_training_args, without_unused
 from utils.data import make_batches
+from utils.distill import check_kd_args, load_teacher
 from utils.engine import build_model, evaluate_only, fit, run_facts, setup
 from utils.errors import UserError, run
 from utils.io import save_npy
 from utils.run_folder import (already_done, begin_run, file_sha256, run_fingerprint, settle, training_set_info,
                               write_training_set_files)
-from utils.selection import STRATEGIES, file_tag, load_mask_and_score, loss_weights, select
+from utils.scoring import mean_p_name
+from utils.selection import BETA_C, STRATEGIES, file_tag, load_mask_and_score, loss_weights, select
 
 BUDGETS = ("epochs", "iterations")
 
@@ -41,15 +51,29 @@ def parse_args(argv=None):
     g.add_argument("--mask_path", type=str, default="", help="data_mask_*.npy from importance_evaluation.py")
     g.add_argument("--score_path", type=str, default="", help="score_*.npy belonging to that mask")
     g.add_argument("--selection", choices=STRATEGIES, default="top",
-                   help="top: highest scores (published); ccs: coverage-centric; random: uniform baseline")
+                   help="top: highest scores (published); ccs: coverage-centric; random: uniform baseline; "
+                        "beta: DUAL's Beta sampling (score x Beta pdf of the mean p_y, drawn from --manualSeed)")
     g.add_argument("--mis_ratio", type=float, default=0.0, help="ccs: fraction of hardest samples dropped first")
     g.add_argument("--strata", type=int, default=50, help="ccs: number of equal-width score strata")
+    g.add_argument("--beta_c", type=float, default=BETA_C,
+                   help="beta: the exponent c in beta = 15 (1 - mu)(1 - rate^c); 4 was tuned on CIFAR by DUAL's "
+                        "authors, not on other data sets")
+    g.add_argument("--mean_p_path", type=str, default="",
+                   help="beta: each sample's mean p_y (N,) (default: mean_p_<tag>.npy beside --mask_path, written "
+                        "by --method dual; another score, e.g. TDDS, needs a dual run's file here)")
     g.add_argument("--class_balanced", action="store_true", help="select within each class, budgets by class size")
     g.add_argument("--no_score_weighting", action="store_true",
                    help="plain mean loss instead of the published score-weighted loss")
     g.add_argument("--budget", choices=BUDGETS, default="epochs",
                    help="epochs: --epochs passes over the subset (published); iterations: as many optimizer "
                         "steps as --epochs over the full data at this batch size (CCS, DUAL, D2, ELFS)")
+    g = parser.add_argument_group("distillation (Ben-Baruch et al. 2024: learn from the full-data model too)")
+    g.add_argument("--teacher", type=str, default=None, metavar="PATH",
+                   help="model_best.pth.tar (or checkpoint.pth.tar) of train.py on this same training set")
+    g.add_argument("--kd_alpha", type=float, default=None,
+                   help="weight of the distillation term, 0..1 (required with --teacher; larger at higher "
+                        "pruning rates, e.g. 0.5 up to 50%% pruned, 1.0 at 90%%; untuned here)")
+    g.add_argument("--kd_temperature", type=float, default=4.0, help="softmax temperature tau of both models")
     return parser.parse_args(argv)
 
 
@@ -111,11 +135,41 @@ def check_subset_args(args):
         raise UserError(f"--subset_rate is the fraction pruned and must lie in [0, 1), got {args.subset_rate}")
     if args.selection != "random" and not args.mask_path:
         raise UserError(f"--selection {args.selection} needs --mask_path (a data_mask_*.npy from importance_evaluation.py)")
-    if args.selection == "ccs" and not args.score_path:
-        raise UserError("--selection ccs needs --score_path (the score_*.npy of the mask)")
+    if args.selection in ("ccs", "beta") and not args.score_path:
+        raise UserError(f"--selection {args.selection} needs --score_path (the score_*.npy of the mask)")
+    if args.mean_p_path and args.selection != "beta":
+        raise UserError(f"--mean_p_path is read by --selection beta only (this run has --selection {args.selection})")
     if args.selection != "random" and not args.score_path and not args.no_score_weighting:
         raise UserError("the published score-weighted loss needs --score_path (the score_*.npy of the mask); "
                         "pass it, or --no_score_weighting to train with the plain mean loss")
+    check_kd_args(args)
+
+
+def mean_p_file(args):
+    """--mean_p_path, else mean_p_<tag>.npy beside data_mask_<tag>.npy."""
+    if args.mean_p_path:
+        return args.mean_p_path
+    tag = file_tag(args.mask_path, "data_mask_")
+    if tag is None:
+        raise UserError(f"--selection beta: cannot name the mean p_y file of {args.mask_path} (not data_mask_<tag>.npy): "
+                        f"pass --mean_p_path")
+    return os.path.join(os.path.dirname(args.mask_path), mean_p_name(tag))
+
+
+def load_mean_p(path, n):
+    """(N,) float64 mean p_y in dataset order; a missing or wrong file is one line naming it."""
+    if not os.path.isfile(path):
+        raise UserError(f"--selection beta needs each sample's mean p_y: no {path} (importance_evaluation.py "
+                        f"--method dual writes mean_p_<tag>.npy; for another score pass a dual run's file as --mean_p_path)")
+    try:
+        a = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise UserError(f"cannot read {path}: not a .npy array ({type(e).__name__})") from None
+    if a.shape != (n,) or a.dtype.kind != "f":
+        raise UserError(f"{path} holds {a.dtype} {a.shape}, expected ({n},) floats: the mean p_y of this training set")
+    if not (np.isfinite(a).all() and (a >= 0).all() and (a <= 1).all()):
+        raise UserError(f"{path} holds values outside [0, 1]: not probabilities")
+    return a.astype(np.float64)
 
 
 def main(argv=None):
@@ -136,14 +190,26 @@ def main(argv=None):
             print(f"note: no info_<tag>.json beside {args.mask_path} (published or renamed files): the data set it was "
                   f"scored on cannot be checked{ambiguous}{noisy}")
         order, score = load_mask_and_score(args.mask_path, args.score_path or None, n, data.name)
+    mean_p_path = mean_p_file(args) if args.selection == "beta" else ""
+    mean_p = load_mean_p(mean_p_path, n) if mean_p_path else None
     kept = select(order, score, args.subset_rate, args.selection, seed=args.manualSeed,
                   mis_ratio=args.mis_ratio, strata=args.strata, class_balanced=args.class_balanced,
-                  targets=data.targets, n=n)
+                  targets=data.targets, n=n, mean_p=mean_p, beta_c=args.beta_c)
+    distill, teacher = load_teacher(args, data, device)          # (None, {}) without --teacher
     weighted = score is not None and not args.no_score_weighting and args.selection != "random"
     files = {f"content of {flag}": file_sha256(path) if path and args.selection != "random" else None
              for flag, path in (("--mask_path", args.mask_path), ("--score_path", args.score_path))}
     check_scoring_committed(args, info, files)
-    fingerprint = run_fingerprint(args, **run_facts(args, data, device), **files)
+    if mean_p_path:
+        files["content of --mean_p_path"] = file_sha256(mean_p_path)
+    if teacher:
+        files["content of --teacher"] = teacher["teacher_sha256"]
+    # the paths are not fingerprinted (their content is), so the files may move; flags that act only with
+    # beta or a teacher are left out without them, so the runs of earlier versions still resume
+    unused = {"mean_p_path", "teacher"} | ({"beta_c"} if args.selection != "beta" else set()) | \
+        ({"kd_alpha", "kd_temperature"} if args.teacher is None else set())
+    where = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in unused})
+    fingerprint = run_fingerprint(where, **run_facts(args, data, device), **files)
     ck, done = settle(args, fingerprint, resume_from) if not args.evaluate else (None, None)
     if done is not None:
         return already_done(args, done)
@@ -167,7 +233,12 @@ def main(argv=None):
         weights = torch.from_numpy(loss_weights(score)).to(device)
         mean_u = weights[torch.from_numpy(kept).to(device)].mean().item()
         log(f"score-weighted loss (published): mean weight u of the kept set {mean_u:.3f}, so the effective "
-            f"learning rate is scaled by about {mean_u:.3f}; --no_score_weighting turns it off")
+            f"learning rate is scaled by about {mean_u:.3f}{' (the distillation loss too)' if distill else ''}; "
+            f"--no_score_weighting turns it off")
+    if distill is not None:
+        log(f"distillation from {args.teacher} ({teacher['teacher_arch']}, epoch {teacher['teacher_epoch']}, "
+            f"best {teacher['teacher_best_acc']}%): loss (1 - {args.kd_alpha}) CE + {args.kd_alpha} "
+            f"x {args.kd_temperature}^2 KL")
     total_steps = None
     if args.budget == "iterations":   # the full data's steps at this batch size
         total_steps = args.epochs * len(make_batches(torch.arange(n), args.batch_size, None, 0, dist.world_size()))
@@ -175,12 +246,15 @@ def main(argv=None):
                 "subset_rate": args.subset_rate, "selection": args.selection,
                 "class_balanced": args.class_balanced, "score_weighting": weighted, "mean_weight": mean_u,
                 "mask_path": args.mask_path, "score_path": args.score_path, "budget": args.budget,
+                "batch_size": args.batch_size, "beta_c": args.beta_c if args.selection == "beta" else None,
+                "mean_p_path": mean_p_path or None, **teacher,
                 "scored_arch": info.get("arch"), "score_info": info or None,
                 "num_train_samples": int(len(kept)), "full_train_samples": n, "run_id": folder.run_id,
                 **training_set_info(data), **kept_flagged(kept, data, log)}
     with folder:                                  # an exception marks the folder failed, the lock goes
         result = fit(args, model, data, torch.from_numpy(kept), device, run_info=run_info, fingerprint=fingerprint,
-                     ck=ck, resume_from=resume_from, weights=weights, total_steps=total_steps, log=log)
+                     ck=ck, resume_from=resume_from, weights=weights, total_steps=total_steps, log=log,
+                     distill=distill)
         folder.end(result)
     dist.cleanup()
     return result

@@ -15,8 +15,9 @@
   there are noisy or corrupted samples.
 
 A run's label is its method ("random" when the selection was random), plus "-ccs" (coverage-centric
-selection), "-cb" (class-balanced), "-unweighted" (--no_score_weighting), "-iters" (--budget
-iterations), and "[A→B]" when the scores came from architecture A's dynamics and the subset trained
+selection), "-beta" (DUAL's Beta sampling), "-cb" (class-balanced), "-unweighted" (--no_score_weighting),
+"-iters" (--budget iterations), "-kd" (distilled from a --teacher), "(batch 50%: 128, 90%: 32)" when the
+subset runs differ in batch size, and "[A→B]" when the scores came from architecture A's dynamics and the subset trained
 architecture B, so variants never share a cell. Runs that share a label and a rate are averaged as
 seeds only when nothing else differs: where their data set, architectures, schedule (epochs, optimizer
 steps) or scores (the score tag) differ, the label names the difference, e.g. "tdds (epochs=4)".
@@ -26,7 +27,8 @@ and of scoring (importance_evaluation.py's info_<tag>.json), as a fraction of ON
 of the same schedule (the full run's seconds per epoch x its --epochs):
   dynamics = the epochs the full-data run recorded (after --stop_epoch), for methods that need them
   scoring  = the importance_evaluation.py call that wrote the scores
-  subset   = the subset run itself
+  subset   = the subset run itself (with a --teacher, its forward passes included)
+  teacher  = the --teacher's own training, when it is not the run whose dynamics are charged above
 """
 import csv
 import io
@@ -42,9 +44,10 @@ from utils.errors import UserError, run  # noqa: E402
 from utils.io import save_figure, save_text  # noqa: E402
 
 CSV_COLUMNS = ["run", "label", "method", "selection", "class_balanced", "score_weighting", "budget", "subset_rate",
-               "seed", "final_acc", "best_acc", "epochs", "steps", "completed_epochs", "finished",
-               "num_train_samples", "mean_weight", "train_seconds", "seconds", "dataset", "arch", "scored_arch",
-               "cost_dynamics", "cost_scoring", "cost_subset", "cost_total",
+               "seed", "final_acc", "best_acc", "epochs", "steps", "completed_epochs", "finished", "batch_size",
+               "num_train_samples", "mean_weight", "beta_c", "kd_alpha", "kd_temperature", "teacher",
+               "train_seconds", "teacher_forward_seconds", "seconds", "dataset", "arch", "scored_arch",
+               "cost_dynamics", "cost_scoring", "cost_subset", "cost_teacher", "cost_total",
                "kept_mislabeled_fraction", "mislabeled_kept_fraction", "kept_corrupted_fraction",
                "corrupted_kept_fraction"]
 FULL = "full"  # label of the full-data run(s)
@@ -56,14 +59,16 @@ def run_label(m):
     if m.get("subset_rate", 0.0) == 0.0 and m.get("method", FULL) == FULL:
         return FULL
     label = "random" if m.get("selection") == "random" else m.get("method", "unknown")
-    if m.get("selection") == "ccs":
-        label += "-ccs"
+    if m.get("selection") in ("ccs", "beta"):
+        label += "-" + m["selection"]
     if m.get("class_balanced"):
         label += "-cb"
     if m.get("score_weighting") is False and m.get("selection") != "random":
         label += "-unweighted"
     if m.get("budget") == "iterations":
         label += "-iters"
+    if m.get("teacher"):
+        label += "-kd"
     scored = m.get("scored_arch")
     if scored and m.get("selection") != "random" and scored != m.get("arch"):
         label += f" [{scored}→{m.get('arch')}]"
@@ -128,8 +133,24 @@ def _epoch_seconds(m):
 
 
 def add_costs(runs):
-    """Add cost_dynamics, cost_scoring, cost_subset, cost_total (fractions of one full-data training)
-    to every subset run whose full-data run (same data set, the scored architecture) is among `runs`."""
+    """Add cost_dynamics, cost_scoring, cost_subset, cost_teacher, cost_total (fractions of one full-data
+    training) to every subset run whose full-data run (same data set, the scored architecture) is among
+    `runs`. cost_teacher is the --teacher's own training, unless that run is the one whose dynamics are
+    already charged; the teacher's forward passes are part of the subset's train_seconds (and are
+    shown as teacher_forward_seconds). Where subset runs differ in batch size (sweep.sh RATE_FLAGS),
+    each label names its runs' batch size per rate."""
+    batch = {}   # label -> {rate: batch sizes}
+    for m in runs:
+        if m["label"] != FULL and m.get("batch_size"):
+            batch.setdefault(m["label"], {}).setdefault(m["subset_rate"], set()).add(m["batch_size"])
+        if m.get("teacher"):
+            m["teacher_forward_seconds"] = sum(h.get("teacher_seconds", 0.0) for h in m.get("history", []))
+    if len({b for rates in batch.values() for sizes in rates.values() for b in sizes}) > 1:
+        names = {label: ", ".join(f"{100 * r:g}%: {'/'.join(map(str, sorted(b)))}" for r, b in sorted(rates.items()))
+                 for label, rates in batch.items()}
+        for m in runs:
+            if m["label"] in names:
+                m["label"] += f" (batch {names[m['label']]})"
     fulls, by_path = {}, {}
     for m in runs:
         if m["label"] == FULL and _epoch_seconds(m):
@@ -152,7 +173,10 @@ def add_costs(runs):
         m["cost_dynamics"] = full.get("train_seconds", 0.0) / one_training if needs_dynamics else 0.0
         m["cost_scoring"] = (info.get("seconds") or 0.0) / one_training if needs_dynamics else 0.0
         m["cost_subset"] = m.get("train_seconds", 0.0) / one_training
-        m["cost_total"] = m["cost_dynamics"] + m["cost_scoring"] + m["cost_subset"]
+        charged = needs_dynamics and m.get("teacher_run") == full["path"]   # the teacher recorded the dynamics
+        m["cost_teacher"] = (m.get("teacher_train_seconds") or 0.0) / one_training if m.get("teacher") and not charged \
+            else 0.0
+        m["cost_total"] = m["cost_dynamics"] + m["cost_scoring"] + m["cost_subset"] + m["cost_teacher"]
 
 
 # ------------------------------------------------------------------------------------------------ tables

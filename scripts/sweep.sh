@@ -9,8 +9,8 @@
 #            one pass over the files; the line is skipped when its info_<tag>.json files exist)
 #   stage 2  one subset run per (method, selection, pruning rate, architecture, seed), into
 #            $OUT/<name>[/<arch>]/r<rate>/s<seed>; <name> is the method, "random" for random
-#            selection, with -<selection> for ccs and -iters for BUDGET=iterations; /<arch> only
-#            when SUBSET_ARCHS is not just ARCH
+#            selection, with -<selection> for ccs and beta, -iters for BUDGET=iterations and -kd
+#            for KD=1; /<arch> only when SUBSET_ARCHS is not just ARCH
 #   stage 3  scripts/summarize.py $OUT (tables, plots, cost ledger), scripts/report.py $OUT/masks
 # Lines of stages 1 and 3 run one after the other; the lines of stage 2 are independent.
 # Everything in the plan follows from the variables below (T per rate from the reported table or
@@ -34,10 +34,18 @@
 #   DATASET DATA_PATH ARCH EPOCHS   as for the scripts [cifar100 ./data resnet18 200]
 #   FULL_BATCH   batch size of the full-data run (the published train.py's)              [100]
 #   BATCH        batch size of the subset runs (the published train_subset.py's)          [128]
+#   RATE_FLAGS   extra train_subset.py flags of one pruning rate, "RATE:FLAGS RATE:FLAGS ..."; the
+#                default applies the authors' advice (a smaller batch at high rates) with DUAL's
+#                numbers; RATE_FLAGS= (empty) trains every rate at BATCH
+#                                             [0.8:--batch-size 64 0.9:--batch-size 32]
 #   RATES        pruning rates (fraction removed)                                         [0.3 0.5 0.7 0.8 0.9]
-#   METHODS      tdds el2n forgetting aum entropy dyn_unc moderate random                 [all but moderate]
+#   METHODS      tdds el2n forgetting aum entropy dyn_unc dual moderate random    [all but dual, moderate]
 #                (moderate scores the full-data model, so the full-data run then trains to the end)
-#   SELECTIONS   top ccs random (ccs takes --mis_ratio/--strata from SUBSET_FLAGS)        [top]
+#   SELECTIONS   top ccs beta random (ccs takes --mis_ratio/--strata from SUBSET_FLAGS;   [top]
+#                beta is DUAL's Beta sampling: dual is then scored too, for its mean p_y)
+#   KD           1: distillation: the full-data run trains to the end and its model_best.pth.tar
+#                is the --teacher of every subset run (folders <name>-kd)                 [0]
+#   KD_ALPHA     --kd_alpha with KD=1: one value, or one per rate "0.5:0.5 0.9:1.0"        []
 #   SEEDS        subset-run seeds; the first also seeds the full-data run                 [42]
 #   SUBSET_ARCHS architectures trained on the subsets (scores come from ARCH's dynamics)  [ARCH]
 #   BUDGET       epochs (published) or iterations (as many steps as the full data)         [epochs]
@@ -62,6 +70,9 @@
 #   # a CPU-sized version (minutes), two jobs at once
 #   DATASET=digits ARCH=resnet20 EPOCHS=6 TRAJ=6 WIN=3 RATES="0.5 0.8" JOBS=2 \
 #       METHODS="tdds el2n random" OUT=./checkpoint/sweep_digits bash scripts/sweep.sh
+#   # aggressive pruning: DUAL + Beta sampling, and random subsets distilled from the full-data model
+#   METHODS="tdds dual random" SELECTIONS="top beta" RATES="0.5 0.9" bash scripts/sweep.sh
+#   KD=1 KD_ALPHA="0.5:0.5 0.9:1.0" METHODS=random RATES="0.5 0.9" bash scripts/sweep.sh
 #   # the same study as a plan for a cluster (see scripts/slurm_array.sh)
 #   PLAN=$PWD/study.plan DATASET=cifar100 bash scripts/sweep.sh
 set -euo pipefail
@@ -82,6 +93,9 @@ SEEDS=$(words "${SEEDS:-42}")
 SUBSET_ARCHS=$(words "${SUBSET_ARCHS:-$ARCH}")
 BUDGET=${BUDGET:-epochs}
 FULL_ACC=${FULL_ACC:-0}
+KD=${KD:-0}
+KD_ALPHA=${KD_ALPHA:-}
+RATE_FLAGS=${RATE_FLAGS-"0.8:--batch-size 64 0.9:--batch-size 32"}   # set but empty: none
 DYNAMICS=${DYNAMICS:-}
 OUT=${OUT:-./checkpoint/sweep}
 if [[ -z ${NGPU:-} ]]; then   # a plan runs elsewhere: --ngpu 1 uses CUDA where it runs, if any, else the CPU
@@ -106,11 +120,11 @@ MASKS=$OUT/masks
 # (all of them, before anything is written or trained)
 is_count() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
 for m in $METHODS; do
-    [[ $m =~ ^(tdds|el2n|forgetting|aum|entropy|dyn_unc|moderate|random)$ ]] || die "METHODS: unknown method '$m'"
+    [[ $m =~ ^(tdds|el2n|forgetting|aum|entropy|dyn_unc|dual|moderate|random)$ ]] || die "METHODS: unknown method '$m'"
 done
 [[ -n $METHODS ]] || die "METHODS is empty"
 for s in $SELECTIONS; do
-    [[ $s =~ ^(top|ccs|random)$ ]] || die "SELECTIONS: unknown selection '$s' (top, ccs, random)"
+    [[ $s =~ ^(top|ccs|beta|random)$ ]] || die "SELECTIONS: unknown selection '$s' (top, ccs, beta, random)"
 done
 [[ -n $SELECTIONS ]] || die "SELECTIONS is empty"
 for s in $SEEDS; do [[ $s =~ ^[0-9]+$ ]] || die "SEEDS: '$s' is not a non-negative integer"; done
@@ -118,6 +132,9 @@ for s in $SEEDS; do [[ $s =~ ^[0-9]+$ ]] || die "SEEDS: '$s' is not a non-negati
 [[ -n $SUBSET_ARCHS ]] || die "SUBSET_ARCHS is empty"
 [[ $BUDGET =~ ^(epochs|iterations)$ ]] || die "BUDGET: '$BUDGET' is not epochs or iterations"
 [[ $FULL_ACC =~ ^[01]$ ]] || die "FULL_ACC: '$FULL_ACC' is not 0 or 1"
+[[ $KD =~ ^[01]$ ]] || die "KD: '$KD' is not 0 or 1"
+[[ -z $KD_ALPHA || $KD == 1 ]] || die "KD_ALPHA is set but KD=0: set KD=1 to distil from the full-data model"
+[[ -n $KD_ALPHA || $KD == 0 ]] || die "KD=1 needs KD_ALPHA (e.g. 1.0, or per rate \"0.5:0.5 0.9:1.0\"; untuned here)"
 for v in EPOCHS FULL_BATCH BATCH JOBS; do is_count "${!v}" || die "$v: '${!v}' is not a positive integer"; done
 [[ $NGPU =~ ^[0-9]+$ ]] || die "NGPU: '$NGPU' is not a non-negative integer"
 [[ -z ${GPUS:-} ]] || ((NGPU > 0)) || die "GPUS is set but NGPU=0 (no nvidia-smi here): set NGPU=1 to train on GPUs"
@@ -128,10 +145,15 @@ if [[ -n $PLAN ]]; then
 fi
 first_seed=${SEEDS%% *}
 
-# does the study score anything from the dynamics / from the full-data model?
-needs_dynamics=0 needs_model=0
-for m in $METHODS; do
-    case $m in random) ;; moderate) needs_model=1 ;; *) needs_dynamics=1 ;; esac
+# the methods scored in stage 1: METHODS, and dual when beta sampling needs its mean p_y for another score
+SCORED=$METHODS
+if [[ " $SELECTIONS " == *" beta "* ]] && [[ -n $(tr ' ' '\n' <<< "$METHODS" | grep -vxE 'random|dual') ]]; then
+    SCORED=$(words "$METHODS dual")
+fi
+# does the study score anything from the dynamics / need the trained full-data model?
+needs_dynamics=0 needs_model=$KD scores=0
+for m in $SCORED; do
+    case $m in random) ;; moderate) needs_model=1 scores=1 ;; *) needs_dynamics=1 scores=1 ;; esac
 done
 
 if [[ -n $DYNAMICS ]]; then   # an existing recording: epochs 0 .. recorded-1 are all there
@@ -140,12 +162,40 @@ if [[ -n $DYNAMICS ]]; then   # an existing recording: epochs 0 .. recorded-1 ar
     ((recorded > 0)) || die "DYNAMICS: no dynamics in $DYNAMICS: expected 0_Output.npy, 1_Output.npy, ..."
     limit=$recorded what="recorded epochs"
     moderate_checkpoint=$(dirname "$DYNAMICS")/checkpoint.pth.tar   # the run that recorded them
-    ((needs_model == 0)) || [[ -f $moderate_checkpoint ]] || \
+    teacher=$(dirname "$DYNAMICS")/model_best.pth.tar
+    [[ " $METHODS " != *" moderate "* ]] || [[ -f $moderate_checkpoint ]] || \
         die "METHODS: moderate needs the model of the run that recorded DYNAMICS: no $moderate_checkpoint"
+    ((KD == 0)) || [[ -f $teacher ]] || die "KD=1 needs the model of the run that recorded DYNAMICS: no $teacher"
 else
     limit=$EPOCHS what="epochs of the full-data run"
     moderate_checkpoint=$OUT/full/checkpoint.pth.tar
+    teacher=$OUT/full/model_best.pth.tar
 fi
+
+# RATE_FLAGS "0.8:--batch-size 64 0.9:--batch-size 32" -> rate_flags[0.8]="--batch-size 64", ...
+declare -A rate_flags=()
+key=""
+for w in $RATE_FLAGS; do
+    if [[ $w =~ ^([0-9.]+):(.*)$ ]]; then
+        key=$(LC_ALL=C printf '%g' "${BASH_REMATCH[1]}" 2>/dev/null) || die "RATE_FLAGS: '${BASH_REMATCH[1]}' is not a rate"
+        [[ -z ${rate_flags[$key]+x} ]] || die "RATE_FLAGS: rate $key is given twice"
+        rate_flags[$key]=${BASH_REMATCH[2]:+ ${BASH_REMATCH[2]}}
+    else
+        [[ -n $key ]] || die "RATE_FLAGS: '$w' does not follow a RATE: (e.g. \"0.9:--batch-size 32\")"
+        rate_flags[$key]+=" $w"
+    fi
+done
+# KD_ALPHA "1.0" (every rate) or "0.5:0.5 0.9:1.0" (per rate)
+declare -A kd_alpha=()
+for w in $KD_ALPHA; do
+    if [[ $w =~ ^([0-9.]+):([0-9.]+)$ ]]; then
+        kd_alpha[$(LC_ALL=C printf '%g' "${BASH_REMATCH[1]}")]=${BASH_REMATCH[2]}
+    elif [[ $w =~ ^[0-9.]+$ && $(wc -w <<< "$KD_ALPHA") == 1 ]]; then
+        kd_alpha[all]=$w
+    else
+        die "KD_ALPHA: '$w' is neither one value nor RATE:ALPHA (e.g. \"0.5:0.5 0.9:1.0\")"
+    fi
+done
 
 # set T, K to the reported (T, K) of pruning rate $1; TRAJ / WIN override
 tk_for_rate() {
@@ -173,8 +223,17 @@ for r in $(words "$RATES"); do
         if [[ " $METHODS " == *" tdds "* ]] && ((K < 3)); then
             die "WIN: rate $r: K=$K leaves at most one contribution per window (TDDS needs K >= 3)"
         fi
+        if [[ " $SCORED " == *" dual "* ]] && ((K < 2)); then
+            die "WIN: rate $r: K=$K: DUAL's windows need K >= 2 (a sample standard deviation)"
+        fi
+    fi
+    if ((KD)) && [[ -z ${kd_alpha[all]:-} && -z ${kd_alpha[$r]:-} ]]; then
+        die "KD_ALPHA: no distillation weight for pruning rate $r (KD_ALPHA='$KD_ALPHA')"
     fi
     rates+=("$r") Ts+=("${T:-0}") Ks+=("${K:-0}")
+done
+for r in "${rates[@]}"; do   # what each rate's subset runs add, said once
+    [[ -z ${rate_flags[$r]+x} ]] || echo "rate $r: subset runs add${rate_flags[$r]} (RATE_FLAGS; BATCH=$BATCH elsewhere)"
 done
 ((${#rates[@]})) || die "RATES is empty"
 all_T=$(words "${Ts[*]}")
@@ -194,6 +253,8 @@ if [[ -z $DYNAMICS ]] && ((needs_dynamics || needs_model || FULL_ACC)); then
     stop=()
     if ((FULL_ACC)); then
         echo "dynamics: all $EPOCHS epochs (FULL_ACC=1: the full-data run trains to the end)"
+    elif ((KD)); then
+        echo "dynamics: all $EPOCHS epochs (KD=1: the trained full-data model is the teacher)"
     elif ((needs_model)); then
         echo "dynamics: all $EPOCHS epochs (moderate scores the trained full-data model)"
     elif ((T_max >= EPOCHS)); then
@@ -213,13 +274,13 @@ tag_of() {
     case $1 in
         tdds) echo "win${3}_ep${2}" ;;
         moderate) echo "moderate" ;;
-        dyn_unc) if ((n_K > 1)); then echo "dyn_unc_ep${2}_win${3}"; else echo "dyn_unc_ep${2}"; fi ;;
+        dyn_unc|dual) if ((n_K > 1)); then echo "${1}_ep${2}_win${3}"; else echo "${1}_ep${2}"; fi ;;
         *) echo "${1}_ep${2}" ;;
     esac
 }
 read -r -a ts <<< "$all_T"
 read -r -a ks <<< "$all_K"
-for m in $METHODS; do
+for m in $SCORED; do
     [[ $m == random ]] && continue
     guard=""   # the line is skipped when every info file this call writes exists
     for i in "${!rates[@]}"; do
@@ -231,7 +292,7 @@ for m in $METHODS; do
                    --data_path "$DATA_PATH" --dataset "$DATASET" --mask_path "$MASKS" "${eval_flags[@]}")
     else
         shape=(--trajectory_len "${ts[@]}")                          # the methods with windows take K,
-        [[ $m =~ ^(tdds|dyn_unc)$ ]] && shape+=(--window_size "${ks[@]}")   # TDDS also beta
+        [[ $m =~ ^(tdds|dyn_unc|dual)$ ]] && shape+=(--window_size "${ks[@]}")   # TDDS also beta
         [[ $m == tdds ]] && shape+=(--decay 0.9)
         cmd=$(line "$PYTHON" "$ROOT/importance_evaluation.py" --dynamics_path "$DYNAMICS" --mask_path "$MASKS" \
                    --method "$m" "${shape[@]}" "${eval_flags[@]}")
@@ -243,6 +304,15 @@ budget=()
 [[ $BUDGET == iterations ]] && budget=(--budget iterations)
 for i in "${!rates[@]}"; do
     rate=${rates[$i]} T=${Ts[$i]} K=${Ks[$i]}
+    # this rate's RATE_FLAGS; a --batch-size among them replaces BATCH (one --batch-size per line)
+    read -r -a words_r <<< "${rate_flags[$rate]:-}"
+    bs=$BATCH extra=()
+    for ((j = 0; j < ${#words_r[@]}; j++)); do
+        if [[ ${words_r[$j]} == --batch-size ]]; then
+            bs=${words_r[$((j + 1))]:-}; j=$((j + 1))
+            is_count "$bs" || die "RATE_FLAGS: rate $rate: --batch-size '$bs' is not a positive integer"
+        else extra+=("${words_r[$j]}"); fi
+    done
     seen=""  # run names done at this rate
     for method in $METHODS; do
         for sel in $SELECTIONS; do
@@ -250,6 +320,7 @@ for i in "${!rates[@]}"; do
             elif [[ $sel == top ]]; then name=$method
             else name=$method-$sel; fi
             [[ $BUDGET == iterations ]] && name+=-iters
+            ((KD)) && name+=-kd
             [[ " $seen " == *" $name "* ]] && continue  # e.g. "random" reached from several methods
             seen+=" $name"
             for arch in $SUBSET_ARCHS; do
@@ -257,15 +328,18 @@ for i in "${!rates[@]}"; do
                 [[ $SUBSET_ARCHS != "$ARCH" ]] && folder+=/$arch   # keep architectures apart
                 for seed in $SEEDS; do
                     save=$folder/r$rate/s$seed
-                    run=("$PYTHON" "$ROOT/train_subset.py" "${common[@]}" --arch "$arch" --batch-size "$BATCH"
+                    run=("$PYTHON" "$ROOT/train_subset.py" "${common[@]}" --arch "$arch" --batch-size "$bs"
                          --save_path "$save" --resume --subset_rate "$rate" --manualSeed "$seed" "${budget[@]}")
                     if [[ $name == random* ]]; then
                         run+=(--selection random)
                     else
                         tag=$(tag_of "$method" "$T" "$K")
                         run+=(--mask_path "$MASKS/data_mask_$tag.npy" --score_path "$MASKS/score_$tag.npy" --selection "$sel")
+                        # beta reads mean_p_<tag>.npy beside a dual mask; another score takes dual's
+                        [[ $sel == beta && $method != dual ]] && run+=(--mean_p_path "$MASKS/mean_p_$(tag_of dual "$T" "$K").npy")
                     fi
-                    stage2+=("$(line "${run[@]}" "${train_flags[@]}" "${subset_flags[@]}")")
+                    ((KD)) && run+=(--teacher "$teacher" --kd_alpha "${kd_alpha[$rate]:-${kd_alpha[all]:-}}")
+                    stage2+=("$(line "${run[@]}" "${train_flags[@]}" "${subset_flags[@]}" "${extra[@]}")")
                     save2+=("$save")
                 done
             done
@@ -273,7 +347,7 @@ for i in "${!rates[@]}"; do
     done
 done
 stage3+=("$(line "$PYTHON" "$ROOT/scripts/summarize.py" "$OUT")")
-if [[ -f $ROOT/scripts/report.py ]] && ((needs_dynamics || needs_model)); then
+if [[ -f $ROOT/scripts/report.py ]] && ((scores)); then
     stage3+=("$(line "$PYTHON" "$ROOT/scripts/report.py" "$MASKS")")
 fi
 
@@ -281,7 +355,8 @@ write_plan() {
     { echo "# TDDS pruning study, written by scripts/sweep.sh: run the stages in order; the lines of"
       echo "# stage 2 are independent (scripts/slurm_array.sh PLAN 2: array task i runs line i, 0-based)."
       echo "# DATASET=$DATASET ARCH=$ARCH EPOCHS=$EPOCHS RATES='${rates[*]}' METHODS='$METHODS'" \
-           "SELECTIONS='$SELECTIONS' SEEDS='$SEEDS' SUBSET_ARCHS='$SUBSET_ARCHS' BUDGET=$BUDGET"
+           "SELECTIONS='$SELECTIONS' SEEDS='$SEEDS' SUBSET_ARCHS='$SUBSET_ARCHS' BUDGET=$BUDGET" \
+           "KD=$KD KD_ALPHA='$KD_ALPHA' RATE_FLAGS='$RATE_FLAGS'"
       echo "# stage 1"; ((${#stage1[@]} == 0)) || printf '%s\n' "${stage1[@]}"
       echo "# stage 2"; printf '%s\n' "${stage2[@]}"
       echo "# stage 3"; printf '%s\n' "${stage3[@]}"; } > "$1.tmp"

@@ -62,8 +62,10 @@ def test_paper_plan(tmp_path):
     runs = [flags(l) for l in st[2]]
     saves = [r["--save_path"] for r in runs]
     assert len(saves) == len(set(saves)) == 4 * 5 * 2                          # names x rates x seeds
-    for r in runs:
-        assert r["script"] == "train_subset.py" and r["--batch-size"] == "128" and r["--resume"] is True
+    for r in runs:   # the default RATE_FLAGS: a smaller batch at 0.8 and 0.9 only
+        assert r["script"] == "train_subset.py" and r["--resume"] is True
+        assert r["--batch-size"] == {"0.8": "64", "0.9": "32"}.get(r["--subset_rate"], "128")
+        assert not {"--teacher", "--kd_alpha", "--mean_p_path"} & set(r)          # only where asked
         name, rate, seed = r["--save_path"][len(str(out)) + 1:].split("/")
         assert rate == f"r{r['--subset_rate']}" and seed == f"s{r['--manualSeed']}"
         T, K = REPORTED[float(r["--subset_rate"])]
@@ -108,6 +110,47 @@ def test_plan_variables(tmp_path):
     assert 1 not in st and [flags(l)["--selection"] for l in st[2]] == ["random"]
 
 
+def test_plan_aggressive_pruning(tmp_path):
+    """dual, beta, the teacher and the per-rate flags appear in the plan where asked, and only there."""
+    out = tmp_path / "out"
+    p, st = plan(tmp_path, METHODS="tdds dual random", SELECTIONS="top beta", RATES="0.5 0.9")
+    assert p.returncode == 0, p.stderr
+    assert "rate 0.9: subset runs add --batch-size 32 (RATE_FLAGS; BATCH=128 elsewhere)" in p.stdout
+    scoring = {flags(l)["--method"]: flags(l) for l in st[1][1:]}
+    assert set(scoring) == {"tdds", "dual"} and scoring["dual"]["--window_size"] == ["10", "5"]
+    assert "--decay" not in scoring["dual"]
+    runs = {r["--save_path"][len(str(out)) + 1:]: r for r in map(flags, st[2])}
+    assert set(runs) == {f"{n}/r{r}/s42" for n in ("tdds", "tdds-beta", "dual", "dual-beta", "random")
+                         for r in ("0.5", "0.9")}
+    for name, r in runs.items():
+        T, K = REPORTED[float(r["--subset_rate"])]
+        assert r["--batch-size"] == ("32" if "r0.9" in name else "128") and "--teacher" not in r
+        assert r["--selection"] == ("beta" if "-beta/" in name else "random" if name.startswith("random") else "top")
+        # beta on TDDS takes dual's mean p_y of the same T; dual's own sits beside its mask
+        assert r.get("--mean_p_path") == (f"{out}/masks/mean_p_dual_ep{T}_win{K}.npy" if "tdds-beta" in name else None)
+        if name.startswith("dual"):
+            assert r["--mask_path"] == f"{out}/masks/data_mask_dual_ep{T}_win{K}.npy"
+    # beta with another score: dual is scored for its mean p_y, but no dual subset runs are trained
+    p, st = plan(tmp_path, METHODS="tdds", SELECTIONS="beta", RATES="0.9", RATE_FLAGS="")
+    assert p.returncode == 0 and "RATE_FLAGS" not in p.stdout
+    assert [flags(l)["--method"] for l in st[1][1:]] == ["tdds", "dual"]
+    (r,) = map(flags, st[2])
+    assert r["--batch-size"] == "128" and r["--mean_p_path"] == f"{out}/masks/mean_p_dual_ep10.npy"
+    # KD=1: the full-data run to the end; its best model teaches every subset run, alpha per rate
+    p, st = plan(tmp_path, KD="1", KD_ALPHA="0.5:0.5 0.9:1.0", METHODS="random tdds", RATES="0.5 0.9",
+                 RATE_FLAGS="0.9:--batch-size 16 --no_score_weighting")
+    assert p.returncode == 0, p.stderr
+    assert "--stop_epoch" not in flags(st[1][0]) and "KD=1" in p.stdout
+    runs = {r["--save_path"][len(str(out)) + 1:]: r for r in map(flags, st[2])}
+    assert set(runs) == {f"{n}-kd/r{r}/s42" for n in ("random", "tdds") for r in ("0.5", "0.9")}
+    for name, r in runs.items():
+        assert r["--teacher"] == f"{out}/full/model_best.pth.tar"
+        assert r["--kd_alpha"] == ("1.0" if "r0.9" in name else "0.5")
+        assert r["--batch-size"] == ("16" if "r0.9" in name else "128")
+        assert ("--no_score_weighting" in r) == ("r0.9" in name)
+    assert st[2][0].count("--batch-size") == 1
+
+
 def test_plan_does_not_depend_on_files(tmp_path):
     """The plan follows from the variables alone: the same before and after the files exist."""
     env = dict(RATES="0.5 0.9", METHODS="tdds el2n random", SEEDS="3")
@@ -136,6 +179,12 @@ def test_plan_does_not_depend_on_files(tmp_path):
     (dict(TRAJ="-3"), "TRAJ"),
     (dict(GPUS="0 1"), "NGPU=1"),
     (dict(METHODS="moderate", DYNAMICS="/nonexistent/npy"), "DYNAMICS"),
+    (dict(KD="1"), "KD_ALPHA"),
+    (dict(KD_ALPHA="0.5"), "KD=1"),
+    (dict(KD="1", KD_ALPHA="0.5:0.5", RATES="0.5 0.9"), "pruning rate 0.9"),
+    (dict(RATE_FLAGS="--batch-size 32"), "RATE_FLAGS"),
+    (dict(RATE_FLAGS="0.9:--batch-size x"), "RATE_FLAGS"),
+    (dict(METHODS="dual", RATES="0.5", TRAJ="6", WIN="1"), "K >= 2"),
 ])
 def test_plan_rejects_bad_settings(tmp_path, env, message):
     p, _ = plan(tmp_path, **env)

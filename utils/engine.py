@@ -129,7 +129,8 @@ def set_rng_state(state, order_gen, aug_gen, per_batch=True):
 # One epoch of training, one evaluation
 # --------------------------------------------------------------------------------------------------
 def train_one_epoch(model, data, batches, optimizer, scheduler, aug_gen, *, amp=False, recorder=None,
-                    weights=None, log=None, epoch=0, print_freq=200, start=0, sums=None, after_step=None):
+                    weights=None, log=None, epoch=0, print_freq=200, start=0, sums=None, after_step=None,
+                    distill=None):
     """One pass over this rank's `batches` (lists of dataset indices). `weights` (N,) scales each
     batch's mean loss by sum(u[batch]) / batch_size (the published score weighting).
     A resumed epoch trains batches[start:], `sums` being the statistics of batches[:start]
@@ -146,7 +147,7 @@ def train_one_epoch(model, data, batches, optimizer, scheduler, aug_gen, *, amp=
             logits = model(x)
         logits = logits.float()                                    # (B, C)
         losses = F.cross_entropy(logits, y, reduction="none")      # (B,) per-sample, for the dynamics
-        loss = losses.mean()
+        loss = losses.mean() if distill is None else distill.loss(x, logits, losses)   # utils/distill.py
         if weights is not None:
             loss = loss * weights[idx].sum() / len(idx)
         optimizer.zero_grad(set_to_none=True)
@@ -173,7 +174,8 @@ def train_one_epoch(model, data, batches, optimizer, scheduler, aug_gen, *, amp=
     totals = dist.all_reduce_sum(torch.stack([sums["loss"].double(), sums["correct"].double(),
                                               torch.tensor(float(sums["seen"]), device=device, dtype=torch.float64)]))
     return {"train_loss": (totals[0] / totals[2]).item(), "train_acc": (100 * totals[1] / totals[2]).item(),
-            "train_seconds": seconds, "samples": int(totals[2].item())}
+            "train_seconds": seconds, "samples": int(totals[2].item()),
+            **({"teacher_seconds": distill.seconds()} if distill is not None else {})}
 
 
 def epoch_sums(device):
@@ -202,7 +204,7 @@ def evaluate(model, data, *, amp=False):
 # The whole run
 # --------------------------------------------------------------------------------------------------
 def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=None, resume_from=None,
-        recorder=None, weights=None, total_steps=None, stop_epoch=None, log):
+        recorder=None, weights=None, total_steps=None, stop_epoch=None, log, distill=None):
     """Train `model` on `train_indices`, evaluating every epoch; write checkpoint.pth.tar,
     model_best.pth.tar, metrics.json and curve.png into args.save_path.
 
@@ -307,7 +309,8 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
 
         tr = train_one_epoch(net, data, batches, optimizer, scheduler, aug_gen, amp=args.amp,
                              recorder=recorder, weights=weights, log=log, epoch=epoch,
-                             print_freq=args.print_freq, start=st["step"], sums=sums, after_step=after_step)
+                             print_freq=args.print_freq, start=st["step"], sums=sums, after_step=after_step,
+                             distill=distill)
         if recorder is not None:
             recorder.end_epoch(epoch, torch.cat(batches))   # written in the background...
         dist.broadcast_buffers(model)                      # every rank evaluates rank 0's model...

@@ -20,11 +20,12 @@ import numpy as np
 from .errors import UserError
 from .folder import check_trajectory, read_manifest
 
-METHODS = ('tdds', 'random', 'el2n', 'forgetting', 'aum', 'entropy', 'dyn_unc')
+METHODS = ('tdds', 'random', 'el2n', 'forgetting', 'aum', 'entropy', 'dyn_unc', 'dual')
 METHOD_FEATURE = {'tdds': 'contrib', 'random': None, 'el2n': 'el2n', 'forgetting': 'correct',
-                  'aum': 'margin', 'entropy': 'entropy', 'dyn_unc': 'target_prob'}
-LABEL_METHODS = ('el2n', 'forgetting', 'aum', 'dyn_unc')   # need y when computed from logits
-WINDOW_METHODS = ('tdds', 'dyn_unc')                        # use --window_size
+                  'aum': 'margin', 'entropy': 'entropy', 'dyn_unc': 'target_prob', 'dual': 'target_prob'}
+LABEL_METHODS = ('el2n', 'forgetting', 'aum', 'dyn_unc', 'dual')   # need y when computed from logits
+WINDOW_METHODS = ('tdds', 'dyn_unc', 'dual')                        # use --window_size
+MEAN_P_METHODS = ('dual',)   # also write mean_p_<tag>.npy, the mean p_y that --selection beta evaluates
 
 _EPOCH_FILE = re.compile(r'^(\d+)_([A-Za-z][A-Za-z0-9]*)\.npy$')      # <e>_<Tag>.npy
 _BLOCK_BYTES = 32 << 20   # rows are read in blocks of at most this size (see _Npy)
@@ -32,7 +33,7 @@ _BLOCK_BYTES = 32 << 20   # rows are read in blocks of at most this size (see _N
 
 def output_tag(method, trajectory_len, window_size=None, decay=None, name_window=False, name_decay=False):
     """The <tag> of a score's files: win{K}_ep{T} for TDDS (the published name), {method}_ep{T} for a
-    baseline. When one call scores several decays (several window sizes for dyn_unc), _decay{beta}
+    baseline. When one call scores several decays (several window sizes for dyn_unc, dual), _decay{beta}
     (_win{K}) is appended so that no two results share a file."""
     if method == 'tdds':
         tag = f'win{window_size}_ep{trajectory_len}'
@@ -40,7 +41,7 @@ def output_tag(method, trajectory_len, window_size=None, decay=None, name_window
         return 'moderate'
     else:
         tag = f'{method}_ep{trajectory_len}'
-        if method == 'dyn_unc' and name_window:
+        if method in ('dyn_unc', 'dual') and name_window:
             tag += f'_win{window_size}'
     if method == 'tdds' and name_decay:
         tag += f'_decay{decay:g}'
@@ -55,6 +56,12 @@ def output_names(method, trajectory_len, window_size, decay=None, name_window=Fa
             'dataset_score': f'dataset_score_{tag}.npy',  # score in dataset order, float32
             'hist': f'score_hist_{tag}.png',              # histogram of the score
             'info': f'info_{tag}.json'}                   # what was scored, how long it took
+
+
+def mean_p_name(tag):
+    """The file beside a DUAL score holding each sample's mean p_y over epochs 0..T-1 (dataset order,
+    float32); train_subset.py --selection beta finds it by the tag of data_mask_<tag>.npy."""
+    return f'mean_p_{tag}.npy'
 
 
 def combinations(method, trajectory_lens, window_sizes, decays):
@@ -337,11 +344,17 @@ def compute_score(dyn, method, trajectory_len, window_size, decay, targets=None,
                           device, progress)[0]
 
 
-def compute_scores(dyn, method, combos, targets=None, seed=42, chunk_size=None, device='cpu', progress=True):
+def compute_scores(dyn, method, combos, targets=None, seed=42, chunk_size=None, device='cpu', progress=True,
+                   mean_p=False):
     """[(N,) float32 score] for each (T, K, beta) of `combos`, in one pass over the files: each
     epoch is read and its per-sample feature (TDDS: the contribution c_t) computed once, for the
     largest T; every combination then reduces the first T epochs of it. Each result has the same
-    bits as a call with that combination alone."""
+    bits as a call with that combination alone.
+
+    mean_p=True (methods of MEAN_P_METHODS): returns (scores, mean_ps), mean_ps[i] the (N,) float32
+    mean of p_y over epochs 0..T-1 of combination i, from the same pass."""
+    if mean_p and method not in MEAN_P_METHODS:
+        raise ValueError(f"mean_p is computed for {MEAN_P_METHODS}, not {method}")
     for T, K, beta in combos:
         check_args(method, T, K if K is not None else 2, beta if beta is not None else 0.9, chunk_size)
     T_max = max(T for T, _, _ in combos)
@@ -370,6 +383,7 @@ def compute_scores(dyn, method, combos, targets=None, seed=42, chunk_size=None, 
 
     n = dyn.n
     scores = [np.empty(n, np.float32) for _ in combos]
+    mean_ps = [np.empty(n, np.float32) for _ in combos] if mean_p else None
     nonfinite = [0] * len(epochs)   # samples with NaN/inf inputs, per epoch
     bar = tqdm(total=len(epochs), unit='epoch', desc=f'{method} scores',
                disable=not (progress and sys.stderr.isatty()),
@@ -413,6 +427,8 @@ def compute_scores(dyn, method, combos, targets=None, seed=42, chunk_size=None, 
             else:
                 mine = feats[:T - 1] if method == 'tdds' else feats[:T]
             out[a:b] = _reduce(method, mine, T, K, beta).cpu().numpy()
+        for out, (T, _, _) in zip(mean_ps or (), combos):
+            out[a:b] = (_sum0(feats[:T]) / T).cpu().numpy()           # (B,) mean p_y, epochs 0..T-1
     bar.close()
 
     bad = [(e, k) for e, k in zip(epochs, nonfinite) if k]
@@ -421,7 +437,7 @@ def compute_scores(dyn, method, combos, targets=None, seed=42, chunk_size=None, 
         more = f" (and {len(bad) - 1} more epochs)" if len(bad) > 1 else ''
         raise UserError(f"{dyn.file(e, tag).path}: epoch {e} has NaN/inf "
                         f"{'logits' if dyn.fmt == 'logits' else 'values'} for {k} samples{more}")
-    return scores
+    return (scores, mean_ps) if mean_p else scores
 
 
 def _native(a):
@@ -464,4 +480,12 @@ def _reduce(method, x, T, K, decay):
             win = x[k:k + K]                                       # (K, B) p_y at e = k..k+K-1
             std += (_sum0((win - _sum0(win) / K).square_()) / K).sqrt_()   # population std
         return std / (T - K + 1)
+    if method == 'dual':         # x = p_y; DUAL (Cho et al. 2025): per window 10 * std_ddof1 * (1 - mean)
+        acc = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+        for k in range(T - K + 1):
+            win = x[k:k + K].double()                              # (K, B) p_y at e = k..k+K-1
+            mean = _sum0(win) / K
+            std = (_sum0((win - mean).square_()) / (K - 1)).sqrt_()   # sample std (ddof 1), as published
+            acc += 10 * std * (1 - mean)                           # the product inside each window
+        return (acc / (T - K + 1)).float()
     raise ValueError(method)

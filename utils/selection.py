@@ -7,13 +7,17 @@ Conventions (docs/METHODS.md, "Selection"):
   published slice mask[int(rate * N):], so strategies are compared at equal subset size.
 Pure numpy: this module is also used by tests and summaries that never import torch.
 """
+import math
 import os
 
 import numpy as np
 
 from .errors import UserError
 
-STRATEGIES = ("top", "ccs", "random")
+STRATEGIES = ("top", "ccs", "random", "beta")
+BETA_C = 4.0      # --beta_c default: DUAL's value for CIFAR (tuned there, not on other data sets)
+BETA_SCALE = 15   # DUAL's C: beta = C (1 - mu)(1 - r^c), alpha = C + 1 - beta
+BETA_TOP = 10     # mu is the mean p_y of this many highest-scored samples
 
 
 def kept_count(n, rate):
@@ -158,6 +162,31 @@ def _select_ccs(ranked, score_by_index, budget, mis_ratio, strata, rng, where=""
     return np.concatenate(picks)
 
 
+def beta_weights(score, mean_p, rate, c=BETA_C):
+    """DUAL's pruning-rate-adaptive sampling weights (N,) float64: w_i = BetaPDF(mean_p_i; a, b) * score_i
+    with mu = mean of mean_p over the BETA_TOP highest scores (stable order), b = 15 (1 - mu)(1 - rate^c),
+    a = 16 - b, mean_p clipped to [1e-12, 1 - 1e-12]; the pdf is evaluated in log space (math.lgamma),
+    so extreme parameters do not overflow. As rate -> 1, b -> 0 and the weight moves to easy samples."""
+    score = np.asarray(score, dtype=np.float64)
+    p = np.clip(np.asarray(mean_p, dtype=np.float64), 1e-12, 1 - 1e-12)
+    mu = float(p[np.argsort(score, kind="stable")[-BETA_TOP:]].mean())
+    b = BETA_SCALE * (1 - mu) * (1 - rate ** c)   # > 0: mu <= 1 - 1e-12 and rate < 1
+    a = BETA_SCALE + 1 - b
+    log_norm = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+    return np.exp(log_norm + (a - 1) * np.log(p) + (b - 1) * np.log1p(-p)) * score
+
+
+def _select_beta(idx, weights, b, rng, where=""):
+    """b of the dataset indices idx drawn without replacement, with probability proportional to weights[idx]."""
+    w = weights[idx]
+    positive = int((w > 0).sum())
+    if positive < b:
+        raise UserError(f"--selection beta: only {positive} samples{where} have a positive weight "
+                        f"(Beta pdf x score), {b} are to be kept; the score must be positive where it matters "
+                        f"(use a score where higher = kept and > 0, e.g. dual or tdds)")
+    return rng.choice(idx, size=b, replace=False, p=w / w.sum())
+
+
 def _class_budgets(counts, total):
     """Largest-remainder split of `total` proportional to `counts` (ties: lower class first)."""
     counts = np.asarray(counts, dtype=np.int64)
@@ -170,14 +199,16 @@ def _class_budgets(counts, total):
 
 
 def select(order, score_by_index, rate, strategy="top", seed=42, mis_ratio=0.0, strata=50,
-           class_balanced=False, targets=None, n=None):
+           class_balanced=False, targets=None, n=None, mean_p=None, beta_c=BETA_C):
     """Kept dataset indices, (K,) int64 sorted ascending, with K = kept_count(N, rate).
 
     order: (N,) the mask (dataset indices by ascending score); score_by_index: (N,) scores in
     dataset order. 'top' needs order, 'ccs' needs score_by_index (order, if given, breaks ties when
-    dropping the mis_ratio part), 'random' needs neither. N is len(order), else len(score_by_index),
-    else len(targets), else the `n` argument. targets: (N,) labels, needed for class_balanced.
-    Randomness (ccs, random) comes only from np.random.default_rng(seed).
+    dropping the mis_ratio part), 'beta' needs score_by_index and mean_p (N,) (each sample's mean
+    p_y, dataset order; DUAL's sampler, beta_weights), 'random' neither. N is len(order), else
+    len(score_by_index), else len(targets), else the `n` argument. targets: (N,) labels, needed for
+    class_balanced (beta: mu and the weights are computed once over all samples, then drawn per class).
+    Randomness (ccs, random, beta) comes only from np.random.default_rng(seed).
     """
     if strategy not in STRATEGIES:
         raise UserError(f"unknown selection strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
@@ -187,12 +218,19 @@ def select(order, score_by_index, rate, strategy="top", seed=42, mis_ratio=0.0, 
         raise UserError(f"--strata must be a positive integer, got {strata}")
     if strategy == "top" and order is None:
         raise UserError("strategy 'top' needs the mask file")
-    if strategy == "ccs" and score_by_index is None:
-        raise UserError("strategy 'ccs' needs the score file that belongs to the mask")
+    if strategy in ("ccs", "beta") and score_by_index is None:
+        raise UserError(f"strategy '{strategy}' needs the score file that belongs to the mask")
+    if strategy == "beta" and mean_p is None:
+        raise UserError("strategy 'beta' needs each sample's mean p_y (mean_p_<tag>.npy of --method dual)")
+    if strategy == "beta" and not beta_c > 0:
+        raise UserError(f"--beta_c must be positive, got {beta_c}")
+    if strategy == "beta" and np.min(score_by_index) < 0:   # the scores are sampling weights
+        raise UserError(f"--selection beta samples in proportion to the score, which must be >= 0 (this one "
+                        f"reaches {np.min(score_by_index):.4g}): use a score such as dual or tdds")
     if class_balanced and targets is None:
         raise UserError("--class_balanced needs the training labels")
 
-    lengths = [len(a) for a in (order, score_by_index, targets) if a is not None] + ([n] if n is not None else [])
+    lengths = [len(a) for a in (order, score_by_index, targets, mean_p) if a is not None] + ([n] if n is not None else [])
     if not lengths:
         raise ValueError("select() needs order, score_by_index, targets or n to know the data set size")
     if len(set(lengths)) != 1:
@@ -202,13 +240,16 @@ def select(order, score_by_index, rate, strategy="top", seed=42, mis_ratio=0.0, 
     if order is None and score_by_index is not None:
         order = np.argsort(score_by_index, kind="stable")
     rng = np.random.default_rng(seed)
+    weights = beta_weights(score_by_index, mean_p, rate, beta_c) if strategy == "beta" else None
 
     def pick(idx, b, where=""):
-        """Keep b of the group idx (dataset indices: mask order for top/ccs, ascending for random)."""
+        """Keep b of the group idx (dataset indices: mask order for top/ccs/beta, ascending for random)."""
         if strategy == "top":
             return idx[len(idx) - b:]
         if strategy == "random":
             return rng.choice(idx, size=b, replace=False)
+        if strategy == "beta":
+            return _select_beta(idx, weights, b, rng, where)
         return _select_ccs(idx, score_by_index, b, mis_ratio, int(strata), rng, where)
 
     # random ignores the mask entirely, so the baseline is the same whichever scores were computed

@@ -1,0 +1,108 @@
+"""Distillation from the full-data model (train_subset.py --teacher): the loss is the formula, --kd_alpha 0
+is exactly the run without a teacher, a teacher of another training set is refused before anything is
+written, and the cost ledger charges the teacher."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import train
+import train_subset
+from utils.distill import kd_loss
+from utils.errors import UserError
+
+COMMON = ["--dataset", "digits", "--arch", "resnet20", "--ngpu", "0"]
+
+
+def test_loss_is_the_formula():
+    g = torch.Generator().manual_seed(0)
+    zs, zt = torch.randn(6, 5, generator=g, dtype=torch.float64), 3 * torch.randn(6, 5, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    s, t, yy = zs.numpy(), zt.numpy(), y.numpy()
+    for alpha, tau in ((0.0, 4.0), (0.5, 4.0), (1.0, 2.0)):
+        def softmax(a):
+            e = np.exp(a - a.max(1, keepdims=True))
+            return e / e.sum(1, keepdims=True)
+        ce = -np.log(softmax(s)[np.arange(6), yy]).mean()
+        ps, pt = softmax(s / tau), softmax(t / tau)
+        kl = (pt * (np.log(pt) - np.log(ps))).sum(1).mean()   # KL(teacher || student), batch mean
+        losses = torch.nn.functional.cross_entropy(zs, y, reduction="none")
+        got = kd_loss(zs, zt, losses, alpha, tau).item()
+        assert got == pytest.approx((1 - alpha) * ce + alpha * tau ** 2 * kl, rel=1e-12)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A full-data digits run of one epoch: its model_best.pth.tar is the teacher."""
+    save = str(tmp_path_factory.mktemp("kd") / "full")
+    train.main([*COMMON, "--epochs", "1", "--batch-size", "128", "--save_path", save])
+    return os.path.join(save, "model_best.pth.tar")
+
+
+def subset(save, *extra):
+    return train_subset.main([*COMMON, "--epochs", "2", "--batch-size", "32", "--subset_rate", "0.9",
+                              "--selection", "random", "--save_path", str(save), *extra])
+
+
+def test_alpha_zero_is_the_run_without_teacher(teacher, tmp_path):
+    plain = subset(tmp_path / "plain")
+    zero = subset(tmp_path / "zero", "--teacher", teacher, "--kd_alpha", "0")
+    key = ("train_loss", "train_acc", "test_loss", "test_acc")
+    assert [[h[k] for k in key] for h in plain["history"]] == [[h[k] for k in key] for h in zero["history"]]
+    a, b = (torch.load(tmp_path / d / "checkpoint.pth.tar", weights_only=True)["model"] for d in ("plain", "zero"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # ... and the teacher is used: alpha 1 trains another model; metrics.json records the teacher's costs
+    one = subset(tmp_path / "one", "--teacher", teacher, "--kd_alpha", "1")
+    assert [h["train_loss"] for h in one["history"]] != [h["train_loss"] for h in plain["history"]]
+    m = json.load(open(tmp_path / "one" / "metrics.json"))
+    full = json.load(open(os.path.join(os.path.dirname(teacher), "metrics.json")))
+    assert m["teacher_train_seconds"] == full["train_seconds"] > 0 and m["kd_alpha"] == 1.0
+    assert all(0 < h["teacher_seconds"] < h["train_seconds"] for h in m["history"])
+    ck = torch.load(tmp_path / "one" / "checkpoint.pth.tar", weights_only=True)
+    assert ck["fingerprint"]["content of --teacher"] == m["teacher_sha256"]
+    assert "--teacher" not in ck["fingerprint"]                              # the path may move, its content may not
+
+
+def test_foreign_teacher_refused(teacher, tmp_path):
+    ck = torch.load(teacher, weights_only=True)
+    ck["fingerprint"] = dict(json.load(open(os.path.join(os.path.dirname(teacher), "args.json")))["fingerprint"])
+    cases = {"labels": {"training labels": "0" * 64}, "dataset": {"--dataset": "cifar10"},
+             "noise": {"--label_noise": 0.2}}
+    for what, change in cases.items():
+        path = tmp_path / f"{what}.pth.tar"
+        torch.save({**ck, "fingerprint": {**ck["fingerprint"], **change}}, path)
+        with pytest.raises(UserError, match={"labels": "other training labels", "dataset": "cifar10",
+                                             "noise": "--label_noise 0.2"}[what]):
+            subset(tmp_path / what, "--teacher", str(path), "--kd_alpha", "1")
+        assert not (tmp_path / what).exists()
+    from models import create_model   # the right fingerprint, the wrong number of classes
+    torch.save({**ck, "model": create_model("resnet20", 7).state_dict()}, tmp_path / "classes.pth.tar")
+    with pytest.raises(UserError, match="do not fit 10 classes"):
+        subset(tmp_path / "classes", "--teacher", str(tmp_path / "classes.pth.tar"), "--kd_alpha", "1")
+    for extra, message in ((["--teacher", teacher], "needs --kd_alpha"), (["--kd_alpha", "0.5"], "needs --teacher"),
+                           (["--teacher", teacher, "--kd_alpha", "1.5"], r"\[0, 1\]"),
+                           (["--teacher", str(tmp_path), "--kd_alpha", "1"], "no such file")):
+        with pytest.raises(UserError, match=message):
+            subset(tmp_path / "flags", *extra)
+    assert not (tmp_path / "flags").exists()
+
+
+def test_ledger_charges_the_teacher(tmp_path):
+    """summarize: the teacher's own training is charged (unless it is the run whose dynamics were scored
+    and already charged); its forward passes are inside the subset's train_seconds."""
+    from scripts.summarize import add_costs, run_label
+    full = {"label": "full", "path": "/r/full", "train_seconds": 100.0, "completed_epochs": 10, "epochs": 10,
+            "dataset": "digits", "arch": "resnet20"}
+    kd = {"selection": "random", "method": "random", "subset_rate": 0.9, "teacher": "/r/full/model_best.pth.tar",
+          "teacher_run": "/r/full", "teacher_train_seconds": 100.0, "train_seconds": 30.0, "path": "/r/kd",
+          "dataset": "digits", "arch": "resnet20", "history": [{"teacher_seconds": 4.0}, {"teacher_seconds": 6.0}]}
+    tdds_kd = {**kd, "selection": "top", "method": "tdds", "path": "/r/tk", "score_info": {"dynamics_run": "/r/full"}}
+    for m in (kd, tdds_kd):
+        m["label"] = run_label(m)
+    add_costs([full, kd, tdds_kd])
+    assert kd["label"] == "random-kd" and tdds_kd["label"] == "tdds-kd"
+    assert kd["cost_teacher"] == pytest.approx(1.0) and kd["cost_total"] == pytest.approx(1.3)
+    assert kd["teacher_forward_seconds"] == pytest.approx(10.0)
+    assert tdds_kd["cost_teacher"] == 0.0 and tdds_kd["cost_total"] == pytest.approx(1.0 + 0.3)
