@@ -65,9 +65,9 @@ def test_contrib_layout(runs):
     files = set(os.listdir(runs["contrib"]))
     tags = ("Loss", "Index", "El2n", "Correct", "Margin", "Entropy", "TargetProb")
     expected = {f"{e}_{t}.npy" for e in range(EPOCHS) for t in tags} | \
-               {f"{e}_Contrib.npy" for e in range(1, EPOCHS)} | {"targets.npy"}
+               {f"{e}_Contrib.npy" for e in range(1, EPOCHS)} | {"targets.npy", "manifest.json"}
     assert files == expected
-    for name in files - {"targets.npy"}:
+    for name in files - {"targets.npy", "manifest.json"}:
         a = np.load(os.path.join(runs["contrib"], name))
         assert a.shape == (N_TRAIN,) and a.dtype == (np.int64 if "Index" in name else np.float32), name
     np.testing.assert_array_equal(np.load(f"{runs['contrib']}/targets.npy"), np.load(f"{runs['logits']}/targets.npy"))

@@ -170,7 +170,7 @@ def test_torchrun_layout_and_every_sample_once(one_proc, two_proc):
     assert sorted(os.listdir(two)) == sorted(os.listdir(one))                    # same files as 1 process
     assert sorted(os.listdir(f"{two}/npy")) == sorted(os.listdir(f"{one}/npy"))
     assert sorted(os.listdir(f"{two}/npy")) == sorted(
-        [f"{e}_{t}.npy" for e in range(EPOCHS) for t in ("Output", "Loss", "Index")] + ["targets.npy"])
+        [f"{e}_{t}.npy" for e in range(EPOCHS) for t in ("Output", "Loss", "Index")] + ["targets.npy", "manifest.json"])
 
     # only rank 0 printed and wrote: each epoch line once on stdout and once in the one log
     with open(f"{two}/log_seed_42.txt") as f:

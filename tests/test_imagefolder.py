@@ -50,7 +50,8 @@ def test_imagefolder_dynamics(folder, tmp_path):
     run_script(*train_cmd(folder, save, "--arch", "resnet20", "--image_size", "32", "--epochs", "2", "--dynamics"),
                env={"OMP_NUM_THREADS": "1"})
     files = sorted(os.listdir(f"{save}/npy"))
-    assert files == sorted([f"{e}_{t}.npy" for e in range(2) for t in ("Output", "Loss", "Index")] + ["targets.npy"])
+    assert files == sorted([f"{e}_{t}.npy" for e in range(2) for t in ("Output", "Loss", "Index")] +
+                           ["targets.npy", "manifest.json"])
 
     y = np.load(f"{save}/npy/targets.npy")
     expected = torchvision.datasets.ImageFolder(os.path.join(folder, "train")).targets

@@ -112,9 +112,10 @@ def load_teacher(args, data, device):
         raise UserError(f"--teacher {path} is not a checkpoint of train.py (no 'model')")
     folder = os.path.dirname(os.path.abspath(path))
     # model_best.pth.tar holds the weights only: the run's fingerprint is in its checkpoint / args.json
-    fp = ck.get("fingerprint") or _recorded(folder, "args.json").get("fingerprint") or _checkpoint_fingerprint(folder, path)
+    fp = ck.get("fingerprint") or _recorded(folder, "folder.json").get("fingerprint") or \
+        _recorded(folder, "args.json").get("fingerprint") or _checkpoint_fingerprint(folder, path)
     if not fp:
-        raise UserError(f"--teacher {path}: no run fingerprint in it or beside it (checkpoint.pth.tar, args.json), "
+        raise UserError(f"--teacher {path}: no run fingerprint in it or beside it (checkpoint.pth.tar, folder.json), "
                         f"so that it was trained on this training set cannot be checked")
     where = f"--teacher {path} was trained on"
     if fp.get("--dataset") != args.dataset:
