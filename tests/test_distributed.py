@@ -77,6 +77,9 @@ def kill_after_epochs(cmd, save, k, timeout=300):
             try:
                 if metrics(save)["completed_epochs"] >= k:
                     os.killpg(proc.pid, signal.SIGKILL)
+                    # torchrun's workers may live in sessions of their own: without this they would go on
+                    # writing the folder (the resumed run then meets their lock, or a finished run)
+                    subprocess.run(["pkill", "-KILL", "-f", f"save_path {save}( |$)"])
                     killed = True
                     break
             except (FileNotFoundError, json.JSONDecodeError, KeyError):

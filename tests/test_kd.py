@@ -67,7 +67,7 @@ def test_alpha_zero_is_the_run_without_teacher(teacher, tmp_path):
 
 def test_foreign_teacher_refused(teacher, tmp_path):
     ck = torch.load(teacher, weights_only=True)
-    ck["fingerprint"] = dict(json.load(open(os.path.join(os.path.dirname(teacher), "args.json")))["fingerprint"])
+    ck["fingerprint"] = dict(json.load(open(os.path.join(os.path.dirname(teacher), "folder.json")))["fingerprint"])
     cases = {"labels": {"training labels": "0" * 64}, "dataset": {"--dataset": "cifar10"},
              "noise": {"--label_noise": 0.2}}
     for what, change in cases.items():
