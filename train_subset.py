@@ -15,7 +15,7 @@
 
 --subset_rate is the fraction PRUNED: the kept set is mask[int(rate * N):], N - floor(rate * N)
 samples (every strategy keeps that many). As published, each batch's mean loss is multiplied by the
-batch's mean min-max-normalised score (see README, "Loss weighting"); --no_score_weighting turns it off.
+batch's mean min-max-normalised score (docs/METHODS.md, "The published loss weighting"); --no_score_weighting turns it off.
 --selection beta draws the kept set with DUAL's pruning-rate-adaptive Beta weights, from any score and
 the mean_p_<tag>.npy that importance_evaluation.py --method dual writes; --teacher adds distillation
 from the full-data model (docs/AGGRESSIVE_PRUNING.md).

@@ -59,7 +59,7 @@ What the numbers say
 - The paper's claim is about high pruning rates on CIFAR-100 with 200 epochs; ten epochs on 1,437
   digits (144 kept at rate 0.9) only show the mechanics, and one run is one sample: the figures vary
   between machines and runs.
-Read more: README.md ("Loss weighting") and docs/METHODS.md.
+Read more: docs/METHODS.md ("The published loss weighting").
 Look at:
   $OUT/results.md, accuracy_vs_pruning.png   the table above and its plot
   $OUT/full/curve.png                        training curves of the full-data run

@@ -10,8 +10,8 @@
 # the i-th command line of the stage, comments and blank lines not counted), so submit it with
 # --array=0-(n-1); `%k` after the range (--array=0-49%8) caps how many run at once. Stages 1 (the
 # dynamics run, then the scores) and 3 (summary, report) run their lines one after the other in one
-# job, stopping at the first failure. Chain the three with --dependency=afterok (README, "Sweeps at
-# cluster scale"). Every line resumes from its own checkpoint, so a preempted or failed task is
+# job, stopping at the first failure. Chain the three with --dependency=afterok (docs/STUDIES.md, "Plans and
+# executors"). Every line resumes from its own checkpoint, so a preempted or failed task is
 # simply run again, and resubmitting a whole stage redoes only what is unfinished.
 #
 # Preemption and time limits (docs/PREEMPTION.md): 120 s before the time limit SLURM sends SIGUSR1

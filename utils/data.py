@@ -104,7 +104,7 @@ def _image_folder(root, split):
     path = os.path.join(root, split)
     if not os.path.isdir(path):
         raise UserError(f"imagefolder: {path} not found; expected {root}/train/<class>/*.png|jpg and "
-                        f"{root}/val/<class>/* (ImageNet: see README, section ImageNet)")
+                        f"{root}/val/<class>/* (ImageNet: see docs/SCALE.md, 'ImageNet')")
     try:
         return torchvision.datasets.ImageFolder(path)
     except (FileNotFoundError, RuntimeError) as e:
