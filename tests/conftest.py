@@ -1,4 +1,5 @@
 """Small data sets in the real on-disk formats, built once per test session."""
+import hashlib
 import os
 import pickle
 import subprocess
@@ -73,3 +74,13 @@ def assert_user_error(p, *fragments):
     assert len(lines) == 1 and lines[0].startswith("error:"), p.stderr
     for frag in fragments:
         assert frag in lines[0], (frag, lines[0])
+
+
+def folder_digest(path):
+    """{relative file: sha256} of everything under `path` (a refused command must not change it)."""
+    out = {}
+    for root, _, files in os.walk(path):
+        for f in files:
+            p = os.path.join(root, f)
+            out[os.path.relpath(p, path)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+    return out

@@ -1,5 +1,4 @@
 """A folder knows what it holds (utils/folder.py): one writer, idempotent commands, dynamics of one run."""
-import hashlib
 import os
 import signal
 import subprocess
@@ -9,22 +8,12 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, assert_user_error, run_script
+from conftest import ROOT, assert_user_error, folder_digest, run_script
 from utils.errors import UserError
 from utils.folder import FolderLock, check_trajectory, check_unlocked, record_epoch
 from utils.scoring import Dynamics, compute_score
 
 DIGITS = ("--dataset", "digits", "--arch", "resnet20", "--ngpu", "0", "--batch-size", "256")
-
-
-def digest(folder):
-    """{relative path: sha256} of every file under `folder` (the lock file included)."""
-    out = {}
-    for d, _, files in os.walk(folder):
-        for f in files:
-            p = os.path.join(d, f)
-            out[os.path.relpath(p, folder)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
-    return out
 
 
 def hold_lock(folder):
@@ -96,23 +85,23 @@ def finished(tmp_path_factory):
 
 def test_deleted_checkpoint_same_command_is_done_other_command_refused(finished, tmp_path):
     os.remove(finished / "checkpoint.pth.tar")                 # to save disk
-    before = digest(finished)
+    before = folder_digest(finished)
     p = run_script("train.py", *DIGITS, "--epochs", "3", "--dynamics", "--save_path", str(finished), "--resume")
     assert "already finished" in p.stdout and "nothing rewritten" in p.stdout
-    assert digest(finished) == before
+    assert folder_digest(finished) == before
     p = run_script("train.py", *DIGITS, "--epochs", "2", "--dynamics", "--save_path", str(finished), "--resume",
                    check=False)
     assert_user_error(p, "finished run", "--epochs 3 (now 2)", "--overwrite")
-    assert digest(finished) == before
+    assert folder_digest(finished) == before
     # scoring the run twice: the second call rewrites nothing; other settings into its files are refused
     masks = tmp_path / "masks"
     cmd = ("importance_evaluation.py", "--dynamics_path", str(finished / "npy"), "--mask_path", str(masks),
            "--trajectory_len", "3", "--window_size", "3")
     run_script(*cmd)
-    scored = digest(masks)
-    assert "already scored" in run_script(*cmd).stdout and digest(masks) == scored
+    scored = folder_digest(masks)
+    assert "already scored" in run_script(*cmd).stdout and folder_digest(masks) == scored
     assert_user_error(run_script(*cmd, "--decay", "0.5", check=False), "decay 0.9 (now 0.5)", "--overwrite")
-    assert digest(masks) == scored
+    assert folder_digest(masks) == scored
     # --no_plot with --overwrite leaves no histogram of the older scoring
     run_script(*cmd, "--decay", "0.5", "--overwrite", "--no_plot")
     assert not (masks / "score_hist_win3_ep3.png").exists()
@@ -122,11 +111,11 @@ def test_run_files_without_checkpoint_are_refused(tmp_path):
     save = tmp_path / "run"
     (save / "npy").mkdir(parents=True)
     np.save(save / "npy" / "2_Output.npy", np.zeros((3, 3), np.float32))
-    before = digest(save)
+    before = folder_digest(save)
     p = run_script("train.py", *DIGITS, "--epochs", "2", "--dynamics", "--save_path", str(save), "--resume",
                    check=False)
     assert_user_error(p, "no checkpoint.pth.tar to resume it from", "--overwrite")
-    assert digest(save) == before
+    assert folder_digest(save) == before
 
 
 def test_full_disk_is_one_line_and_resume_finishes(tmp_path):

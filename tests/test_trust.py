@@ -1,7 +1,6 @@
 """No silent mix-ups: a resumed run has exactly the settings it started with, a refused command
 leaves its folder byte-identical, the scripts' defaults are the published ones, and the random
 streams are the published model initialisation plus independent spawned streams."""
-import hashlib
 import json
 import math
 import os
@@ -13,21 +12,11 @@ import torch
 import importance_evaluation
 import train
 import train_subset
-from conftest import assert_user_error, run_script
+from conftest import assert_user_error, folder_digest, run_script
 from utils.errors import UserError
 
 N = 160  # training samples of the cifar10 fixture
 COMMON = ["--dataset", "cifar10", "--arch", "resnet20", "--epochs", "1", "--batch-size", "32", "--ngpu", "0"]
-
-
-def folder_digest(path):
-    """{relative file: sha256} of everything under `path` (a refused command must not change it)."""
-    out = {}
-    for root, _, files in os.walk(path):
-        for f in files:
-            p = os.path.join(root, f)
-            out[os.path.relpath(p, path)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
-    return out
 
 
 @pytest.fixture(scope="module")
