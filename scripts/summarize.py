@@ -18,9 +18,16 @@ A run's label is its method ("random" when the selection was random), plus "-ccs
 selection), "-beta" (DUAL's Beta sampling), "-cb" (class-balanced), "-unweighted" (--no_score_weighting),
 "-iters" (--budget iterations), "-kd" (distilled from a --teacher), "(batch 50%: 128, 90%: 32)" when the
 subset runs differ in batch size, and "[A→B]" when the scores came from architecture A's dynamics and the subset trained
-architecture B, so variants never share a cell. Runs that share a label and a rate are averaged as
-seeds only when nothing else differs: where their data set, architectures, schedule (epochs, optimizer
-steps) or scores (the score tag) differ, the label names the difference, e.g. "tdds (epochs=4)".
+architecture B, so variants never share a cell. Runs are averaged as seeds only when their run
+fingerprints (folder.json: every setting that can change a result, and the content of the data, mask
+and score files) differ in --manualSeed alone. Where runs of one label and rate differ in anything else,
+the labels of that method name every differing setting, e.g. "random (decay=0.001)", "tdds (scores=win5_ep10)".
+
+Only finished runs enter the tables. A run that stopped before its last epoch (interrupted, failed,
+running now, or --stop_epoch) is listed under "Unfinished runs" with its epoch, never averaged; the
+full-data run stopped at T for its dynamics is the one exception, shown as such in the reference
+line. When OUT/plan.txt (written by scripts/sweep.sh) names runs that have no results, results.md
+lists them first, under "Missing runs".
 
 Cost ledger: seconds of training compute (train_seconds: the training loops, without evaluation)
 and of scoring (importance_evaluation.py's info_<tag>.json), as a fraction of ONE full-data training
@@ -34,16 +41,19 @@ import csv
 import io
 import json
 import os
+import shlex
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: utils
 from utils.args import Parser  # noqa: E402
+from utils.args import without_unused  # noqa: E402
 from utils.errors import UserError, run  # noqa: E402
+from utils.folder import read_state  # noqa: E402
 from utils.io import save_figure, save_text  # noqa: E402
 
-CSV_COLUMNS = ["run", "label", "method", "selection", "class_balanced", "score_weighting", "budget", "subset_rate",
+CSV_COLUMNS = ["run", "label", "state", "method", "selection", "class_balanced", "score_weighting", "budget", "subset_rate",
                "seed", "final_acc", "best_acc", "epochs", "steps", "completed_epochs", "finished", "batch_size",
                "num_train_samples", "mean_weight", "beta_c", "kd_alpha", "kd_temperature", "teacher",
                "train_seconds", "teacher_forward_seconds", "seconds", "dataset", "arch", "scored_arch",
@@ -51,6 +61,7 @@ CSV_COLUMNS = ["run", "label", "method", "selection", "class_balanced", "score_w
                "kept_mislabeled_fraction", "mislabeled_kept_fraction", "kept_corrupted_fraction",
                "corrupted_kept_fraction"]
 FULL = "full"  # label of the full-data run(s)
+SEED = "--manualSeed"   # the one setting in which runs averaged as seeds may differ
 FLAGGED = {"mislabeled": "kept_mislabeled_fraction", "corrupted": "kept_corrupted_fraction"}
 
 
@@ -90,18 +101,36 @@ def collect_runs(out):
             raise UserError(f"cannot read {path}: {e}") from None
         if not isinstance(m, dict) or "final_acc" not in m:
             raise UserError(f"{path} has no final_acc: expected the metrics.json of a training run")
-        if m["final_acc"] is None:
-            continue   # started, no epoch finished yet
         m["subset_rate"] = float(m.get("subset_rate", 0.0))
-        m["final_acc"] = float(m["final_acc"])
+        m["final_acc"] = float(m["final_acc"]) if m["final_acc"] is not None else None
         m["run"] = os.path.relpath(folder, out)
         m["path"] = os.path.abspath(folder)
         m["label"] = run_label(m)
+        m["is_full"] = m["label"] == FULL
+        m["fingerprint"] = fingerprint(m)
+        m["state"] = run_state(m)
         runs.append(m)
-    name_differences(runs)
-    runs.sort(key=lambda m: (m["label"] != FULL, m["label"], m["subset_rate"], str(m.get("seed")), m["run"]))
+    name_differences([m for m in runs if counts(m)])
+    runs.sort(key=lambda m: (not m["is_full"], m["label"], m["subset_rate"], str(m.get("seed")), m["run"]))
     add_costs(runs)
     return runs
+
+
+def run_state(m):
+    """finished, stopped (--stop_epoch), running (its writer holds the lock now), interrupted or failed:
+    folder.json's state where there is one, else what metrics.json says."""
+    state = read_state(m["path"]).get("state")
+    if state in ("running", "interrupted", "failed") or m["final_acc"] is None:
+        return state if state in ("running", "failed") else "interrupted"
+    if m.get("finished", True):   # metrics.json of older versions has no "finished": they wrote it at the end
+        return "finished"
+    return "stopped" if m.get("stopped") or state == "stopped" else "interrupted"
+
+
+def counts(m):
+    """Does the run enter the tables? Finished runs do; of the others only the full-data run that
+    stopped at T (--stop_epoch) to record the dynamics, as the reference line that says so."""
+    return m["state"] == "finished" or (m["is_full"] and m["state"] == "stopped")
 
 
 def _setting(m, key):
@@ -110,20 +139,58 @@ def _setting(m, key):
     return m.get(key)
 
 
-SEED_INVARIANT = ("dataset", "arch", "scored_arch", "epochs", "steps", "score")   # steps: the batch size too
+# what decides a result, for runs of versions that wrote no fingerprint (steps: the batch size too)
+SEED_INVARIANT = ("dataset", "arch", "scored_arch", "epochs", "steps", "score")
+
+
+def fingerprint(m):
+    """{setting: value} that decides the run's result: the run fingerprint of folder.json (args.json in
+    older versions), without settings that have no effect; for a bare metrics.json, what it records."""
+    for name in ("folder.json", "args.json"):
+        try:
+            with open(os.path.join(m["path"], name)) as f:
+                fp = json.load(f).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            fp = None
+        if isinstance(fp, dict):
+            return without_unused(fp, "--")
+    return {**{k: _setting(m, k) for k in SEED_INVARIANT}, SEED: m.get("seed")}
+
+
+def _shown(m, key):
+    """"name=value" of one setting in a label: flags without their dashes, file contents by the score's
+    tag (or a short hash), other hashes shortened."""
+    value = m["fingerprint"].get(key)
+    if key in ("content of --mask_path", "content of --score_path", "content of --mean_p_path"):
+        tag = (m.get("score_info") or {}).get("tag")
+        return f"scores={tag or str(value)[:8]}"
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        value = value[:8]
+    name = key[2:] if key.startswith("--") else key.replace("content of --", "")
+    return f"{name}={value}"
 
 
 def name_differences(runs):
-    """Runs of one (label, rate) that differ in more than the seed get the differing settings in their
-    label, so that the tables never average unrelated runs as if they were seeds."""
-    groups = {}
+    """Runs are seeds of one experiment only when their fingerprints differ in --manualSeed alone. Where
+    runs of one label and rate differ in more, every run of that label gets the differing settings in
+    its label (at every rate, so that its rows stay whole), and the tables never average them."""
+    by_label = {}
     for m in runs:
-        if m["label"] != FULL:   # the reference line
-            groups.setdefault((m["label"], m["subset_rate"]), []).append(m)
-    for group in groups.values():
-        differing = [k for k in SEED_INVARIANT if len({json.dumps(_setting(m, k)) for m in group}) > 1]
-        for m in group if differing else ():
-            m["label"] += " (" + ", ".join(f"{k}={_setting(m, k)}" for k in differing) + ")"
+        by_label.setdefault(m["label"], []).append(m)
+    for label, ms in by_label.items():
+        experiments = {}   # rate -> {fingerprint without the seed: one of its runs}
+        for m in ms:
+            key = json.dumps({k: v for k, v in m["fingerprint"].items() if k != SEED}, sort_keys=True, default=str)
+            experiments.setdefault(m["subset_rate"], {}).setdefault(key, m["fingerprint"])
+        differing = set()
+        for fps in experiments.values():
+            fps = list(fps.values())
+            for k in set().union(*fps) - {SEED} if len(fps) > 1 else ():
+                if len({json.dumps(fp.get(k), sort_keys=True, default=str) for fp in fps}) > 1:
+                    differing.add(k)
+        if differing:
+            for m in ms:
+                m["label"] += " (" + ", ".join(dict.fromkeys(_shown(m, k) for k in sorted(differing))) + ")"
 
 
 # ------------------------------------------------------------------------------------------------ cost
@@ -141,7 +208,7 @@ def add_costs(runs):
     each label names its runs' batch size per rate."""
     batch = {}   # label -> {rate: batch sizes}
     for m in runs:
-        if m["label"] != FULL and m.get("batch_size"):
+        if not m["is_full"] and m.get("batch_size"):
             batch.setdefault(m["label"], {}).setdefault(m["subset_rate"], set()).add(m["batch_size"])
         if m.get("teacher"):
             m["teacher_forward_seconds"] = sum(h.get("teacher_seconds", 0.0) for h in m.get("history", []))
@@ -153,11 +220,11 @@ def add_costs(runs):
                 m["label"] += f" (batch {names[m['label']]})"
     fulls, by_path = {}, {}
     for m in runs:
-        if m["label"] == FULL and _epoch_seconds(m):
+        if m["is_full"] and _epoch_seconds(m):
             fulls.setdefault((m.get("dataset"), m.get("arch")), m)
             by_path[m["path"]] = m
     for m in runs:
-        is_full = m["label"] == FULL
+        is_full = m["is_full"]
         arch = m.get("arch") if is_full else (m.get("scored_arch") or m.get("arch"))
         scored_run = (m.get("score_info") or {}).get("dynamics_run")
         # the run whose dynamics were scored, when it is in this folder; else one of the same data set and architecture
@@ -185,7 +252,7 @@ def aggregate(runs, key="final_acc"):
     (ddof=1), 0 for one run."""
     values = {}
     for m in runs:
-        if m.get(key) is not None:
+        if m.get(key) is not None and counts(m):
             values.setdefault((m["label"], m["subset_rate"]), []).append(float(m[key]))
     return {k: (float(np.mean(a)), float(np.std(a, ddof=1)) if len(a) > 1 else 0.0, len(a))
             for k, a in values.items()}
@@ -205,8 +272,8 @@ def csv_text(runs):
 
 def table(stats, title, fmt="{:.2f}"):
     """A method x pruning-rate markdown table of `stats` (from aggregate), the full data excluded."""
-    labels = sorted({label for label, _ in stats if label != FULL})
-    rates = sorted({rate for label, rate in stats if label != FULL})
+    labels = sorted({label for label, rate in stats if rate > 0})   # the full data (rate 0) is the reference line
+    rates = sorted({rate for label, rate in stats if rate > 0})
     if not labels:
         return []
     lines = [f"## {title}", "", "| method | " + " | ".join(f"{100 * r:g}%" for r in rates) + " |",
@@ -217,30 +284,73 @@ def table(stats, title, fmt="{:.2f}"):
     return lines + [""]
 
 
-def markdown(runs):
-    """results.md: accuracy tables (final, best), the cost ledger, the kept noisy/corrupted fractions."""
+def missing_runs(out, runs):
+    """The run folders (relative to out) that OUT/plan.txt names and that have no results yet."""
+    try:
+        with open(os.path.join(out, "plan.txt")) as f:
+            plan = f.read().splitlines()
+    except OSError:
+        return []
+    have = {m["path"] for m in runs if m["final_acc"] is not None}
+    missing = []
+    for line in plan:
+        words = line.split()
+        if line.startswith("#") or "--save_path" not in words or words.index("--save_path") + 1 >= len(words):
+            continue
+        path = os.path.abspath(shlex.split(line)[shlex.split(line).index("--save_path") + 1])
+        if path not in have:
+            missing.append(os.path.relpath(path, out))
+    return missing
+
+
+def reference_lines(runs):
+    """One line per full-data experiment: its accuracy, epochs, and whether it stopped at T."""
+    lines = []
+    for label in sorted({m["label"] for m in runs if m["is_full"] and counts(m)}):
+        ms = [m for m in runs if m["label"] == label and counts(m)]
+        final, best = aggregate(ms)[label, 0.0], aggregate(ms, "best_acc").get((label, 0.0))
+        text = f"final {format_cell(*final)}" + (f", best {format_cell(*best)}" if best else "")
+        m = ms[0]
+        if m["state"] == "stopped":
+            text += (f" after {m.get('completed_epochs')} of {m.get('epochs')} epochs (stopped at T by --stop_epoch "
+                     f"to record the dynamics: not a fully trained model)")
+        else:
+            text += f" after all {m.get('epochs')} epochs (finished)"
+        differs = label[len(FULL) + 2:-1]   # "full (epochs=4)" -> "epochs=4"
+        lines.append(f"Full data (reference{', ' + differs if differs else ''}): {text}")
+    return lines
+
+
+def markdown(runs, missing=()):
+    """results.md: missing and unfinished runs, accuracy tables (final, best), the cost ledger, the kept
+    noisy/corrupted fractions."""
     datasets = sorted({str(m.get("dataset", "?")) for m in runs})
     archs = sorted({str(m.get("arch", "?")) for m in runs})
-    n_full = sum(m["label"] == FULL for m in runs)
     lines = [f"# Results: {', '.join(datasets)} / {', '.join(archs)}", ""]
-    fulls = [m for m in runs if m["label"] == FULL]
-    if fulls:
-        final, best = aggregate(fulls), aggregate(fulls, "best_acc")
-        text = f"final {format_cell(*next(iter(final.values())))}"
-        if best:
-            text += f", best {format_cell(*next(iter(best.values())))}"
-        if not all(m.get("finished", True) for m in fulls):
-            text += (f" after {fulls[0].get('completed_epochs')} of {fulls[0].get('epochs')} epochs "
-                     f"(stopped early: the dynamics run)")
-        lines.append(f"Full data (reference): {text}")
-    lines.append(f"{len(runs) - n_full} subset runs" + (f" (+ {n_full} full-data run)" if n_full else "") +
-                 "; cells are mean ± sample std over seeds when n > 1; columns are pruning rates "
-                 "(fraction of the data removed).")
+    if missing:
+        lines += ["## Missing runs", "", f"{len(missing)} run(s) of plan.txt have no results yet (failed, refused "
+                  f"or not run): the tables below do not contain them.", ""]
+        lines += [f"- {run}" for run in missing] + [""]
+    unfinished = [m for m in runs if not counts(m)]
+    if unfinished:
+        lines += ["## Unfinished runs", "", "Never averaged: they stopped before their last epoch (or run now).", "",
+                  "| run | label | state | epochs done | final acc so far |", "|---|---|---|---|---|"]
+        for m in unfinished:
+            acc = f"{m['final_acc']:.2f}" if m["final_acc"] is not None else "–"
+            lines.append(f"| {m['run']} | {m['label']} | {m['state']} | {m.get('completed_epochs') or 0} of "
+                         f"{m.get('epochs', '?')} | {acc} |")
+        lines.append("")
+    lines += reference_lines(runs)
+    n_full = sum(m["is_full"] and counts(m) for m in runs)
+    n_sub = sum(not m["is_full"] and counts(m) for m in runs)
+    lines.append(f"{n_sub} finished subset runs" + (f" (+ {n_full} full-data run)" if n_full else "") +
+                 "; cells are mean ± sample std over seeds (runs whose settings differ in the seed alone) when "
+                 "n > 1; columns are pruning rates (fraction of the data removed).")
     lines.append("")
     lines += table(aggregate(runs), "Final test accuracy (%) — the last epoch")
     lines += table(aggregate(runs, "best_acc"), "Best test accuracy (%) over epochs — what the published logs report")
     cost = aggregate(runs, "cost_total")
-    if any(label != FULL for label, _ in cost):
+    if any(rate > 0 for _, rate in cost):
         lines += table(cost, "Compute, as a fraction of one full-data training (dynamics + scoring + subset)",
                        fmt="{:.3f}")
         lines += ledger_rows(runs)
@@ -253,7 +363,7 @@ def markdown(runs):
 
 def ledger_rows(runs):
     """The parts of each run's cost, one row per run."""
-    rows = [m for m in runs if m["label"] != FULL and m.get("cost_total") is not None]
+    rows = [m for m in runs if not m["is_full"] and m.get("cost_total") is not None and counts(m)]
     lines = ["| run | dynamics | scoring | subset | total |", "|---|---|---|---|---|"]
     for m in rows:
         lines.append(f"| {m['run']} | {m['cost_dynamics']:.3f} | {m['cost_scoring']:.4f} | {m['cost_subset']:.3f} | "
@@ -263,7 +373,7 @@ def ledger_rows(runs):
 
 # ------------------------------------------------------------------------------------------------ plots
 def _lines(ax, stats, x_of=None):
-    for label in sorted({label for label, _ in stats if label != FULL}):
+    for label in sorted({label for label, rate in stats if rate > 0}):
         rates = sorted(r for lab, r in stats if lab == label)
         mean, std, _ = np.array([stats[label, r] for r in rates]).T  # (3, R)
         x = 100 * np.array(rates) if x_of is None else np.array([x_of(label, r) for r in rates])
@@ -273,7 +383,8 @@ def _lines(ax, stats, x_of=None):
 def _save(fig, ax, runs, path, legend_loc="best"):
     ax.grid(alpha=0.3)
     ax.set_title(" / ".join(", ".join(sorted({str(m.get(k, "?")) for m in runs})) for k in ("dataset", "arch")))
-    ax.legend(fontsize=8, loc=legend_loc)
+    if ax.get_legend_handles_labels()[0]:   # no finished run: an empty plot, no legend
+        ax.legend(fontsize=8, loc=legend_loc)
     save_figure(path, fig)
     import matplotlib.pyplot as plt
     plt.close(fig)
@@ -288,7 +399,7 @@ def plot(runs, path):
     stats = aggregate(runs)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     _lines(ax, stats)
-    full = [v for (label, _), v in stats.items() if label == FULL]
+    full = [v for (_, rate), v in stats.items() if rate == 0]
     if full:
         ax.axhline(full[0][0], color="k", linestyle="--", linewidth=1, label=f"full data ({full[0][0]:.2f})")
     ax.set_xlabel("pruning rate (%)")
@@ -304,10 +415,10 @@ def plot_cost(runs, path):
     import matplotlib.pyplot as plt
 
     stats, cost = aggregate(runs), aggregate(runs, "cost_total")
-    stats = {k: v for k, v in stats.items() if k in cost and k[0] != FULL}
+    stats = {k: v for k, v in stats.items() if k in cost and k[1] > 0}
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     _lines(ax, stats, x_of=lambda label, r: cost[label, r][0])
-    full = [v for (label, _), v in aggregate(runs).items() if label == FULL]
+    full = [v for (_, rate), v in aggregate(runs).items() if rate == 0]
     if full:
         ax.plot([1.0], [full[0][0]], "k*", markersize=12, label=f"full-data training ({full[0][0]:.2f})")
     ax.set_xlabel("compute: dynamics + scoring + subset training (x one full-data training)")
@@ -340,11 +451,11 @@ def summarize(out):
     runs = collect_runs(out)
     if not runs:
         raise UserError(f"no metrics.json under {out}: run scripts/sweep.sh (or train.py / train_subset.py) first")
-    text = markdown(runs)
+    text = markdown(runs, missing_runs(out, runs))
     save_text(os.path.join(out, "results.csv"), csv_text(runs))
     save_text(os.path.join(out, "results.md"), text)
     plot(runs, os.path.join(out, "accuracy_vs_pruning.png"))
-    if any(m.get("cost_total") is not None and m["label"] != FULL for m in runs):
+    if any(m.get("cost_total") is not None and not m["is_full"] for m in runs):
         plot_cost(runs, os.path.join(out, "accuracy_vs_cost.png"))
     if any(m.get(key) is not None for m in runs for key in FLAGGED.values()):
         plot_flagged(runs, os.path.join(out, "kept_flagged_vs_pruning.png"))

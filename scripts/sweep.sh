@@ -6,7 +6,7 @@
 #   stage 1  the full-data run with --dynamics into $OUT/full (recording only the epochs the
 #            largest T needs, via --stop_epoch, unless FULL_ACC=1 or moderate is scored), then one
 #            importance_evaluation.py call per method into $OUT/masks (every (T, K) of the study in
-#            one pass over the files; the line is skipped when its info_<tag>.json files exist)
+#            one pass over the files)
 #   stage 2  one subset run per (method, selection, pruning rate, architecture, seed), into
 #            $OUT/<name>[/<arch>]/r<rate>/s<seed>; <name> is the method, "random" for random
 #            selection, with -<selection> for ccs and beta, -iters for BUDGET=iterations and -kd
@@ -21,10 +21,15 @@
 # scripts/slurm_array.sh FILE STAGE (a SLURM job array: stage-2 task i runs line i, 0-based).
 # Without PLAN the same plan is written to $OUT/plan.txt and run here by the local executor:
 # stages 1 and 3 in order (stage 1 stops the sweep at its first failure); stage 2 with up to JOBS
-# commands at once, each job's output in <save folder>.log, finished runs skipped. With JOBS > 1
-# each job gets cores/JOBS threads (OMP_NUM_THREADS, MKL_NUM_THREADS) and, on GPUs, one device
-# (CUDA_VISIBLE_DEVICES, round-robin over GPUS). A failed subset run does not stop the others: the
-# sweep ends with status 1 and lists the failed commands with their logs.
+# commands at once, each job's output appended to <save folder>.log. With JOBS > 1 each job gets
+# cores/JOBS threads (OMP_NUM_THREADS, MKL_NUM_THREADS) and, on GPUs, one device
+# (CUDA_VISIBLE_DEVICES, round-robin over GPUS).
+# The sweep has no skip logic of its own: it runs every command, and each script decides from what
+# its folder holds (docs/RUNS.md): work done with the same settings and inputs is reported
+# ("already finished", "already scored") and nothing is rewritten; an interrupted run resumes; work
+# of OTHER settings in a folder is refused (exit status 2) unless OVERWRITE=1. A failed or refused
+# subset run does not stop the others; the summary still runs (naming the missing runs), and the
+# sweep ends with status 1, listing each failed or refused command and how to go on.
 #
 # (T, K) per pruning rate for TDDS, as reported for CIFAR-100 / ResNet-18 (docs/METHODS.md):
 #   0.3 -> (90, 10)   0.5 -> (70, 10)   0.7 -> (60, 20)   0.8 -> (20, 10)   0.9 -> (10, 5)
@@ -59,6 +64,8 @@
 #   SUBSET_FLAGS extra flags for train_subset.py (e.g. "--no_score_weighting")              []
 #   EVAL_FLAGS   extra flags for importance_evaluation.py (e.g. "--chunk_size 4096")        []
 #   OUT          the study's folder                                          [./checkpoint/sweep]
+#   OVERWRITE    1: --overwrite on every command: work of other settings in OUT is replaced (work of
+#                the same settings is still never redone)                                  [0]
 #   PYTHON       interpreter running the scripts                                             [python]
 #   PLAN         write the plan to this file instead of running it                           []
 #
@@ -93,6 +100,7 @@ SEEDS=$(words "${SEEDS:-42}")
 SUBSET_ARCHS=$(words "${SUBSET_ARCHS:-$ARCH}")
 BUDGET=${BUDGET:-epochs}
 FULL_ACC=${FULL_ACC:-0}
+OVERWRITE=${OVERWRITE:-0}
 KD=${KD:-0}
 KD_ALPHA=${KD_ALPHA:-}
 RATE_FLAGS=${RATE_FLAGS-"0.8:--batch-size 64 0.9:--batch-size 32"}   # set but empty: none
@@ -132,6 +140,7 @@ for s in $SEEDS; do [[ $s =~ ^[0-9]+$ ]] || die "SEEDS: '$s' is not a non-negati
 [[ -n $SUBSET_ARCHS ]] || die "SUBSET_ARCHS is empty"
 [[ $BUDGET =~ ^(epochs|iterations)$ ]] || die "BUDGET: '$BUDGET' is not epochs or iterations"
 [[ $FULL_ACC =~ ^[01]$ ]] || die "FULL_ACC: '$FULL_ACC' is not 0 or 1"
+[[ $OVERWRITE =~ ^[01]$ ]] || die "OVERWRITE: '$OVERWRITE' is not 0 or 1"
 [[ $KD =~ ^[01]$ ]] || die "KD: '$KD' is not 0 or 1"
 [[ -z $KD_ALPHA || $KD == 1 ]] || die "KD_ALPHA is set but KD=0: set KD=1 to distil from the full-data model"
 [[ -n $KD_ALPHA || $KD == 0 ]] || die "KD=1 needs KD_ALPHA (e.g. 1.0, or per rate \"0.5:0.5 0.9:1.0\"; untuned here)"
@@ -246,6 +255,8 @@ n_K=$(wc -w <<< "$all_K")
 stage1=() stage2=() stage3=() save2=()
 line() { printf '%q ' "$@" | sed 's/ $//'; }   # one shell-quoted command line
 common=(--data_path "$DATA_PATH" --dataset "$DATASET" --epochs "$EPOCHS" --learning_rate 0.1 --ngpu "$NGPU")
+overwrite=()
+((OVERWRITE)) && overwrite=(--overwrite)
 
 # the full-data run: recorded up to the largest T, or to the end when its accuracy or model is wanted
 full_stop=""
@@ -265,39 +276,37 @@ if [[ -z $DYNAMICS ]] && ((needs_dynamics || needs_model || FULL_ACC)); then
              "of the full-data training saved; FULL_ACC=1 trains to the end)"
     fi
     stage1+=("$(line "$PYTHON" "$ROOT/train.py" "${common[@]}" --arch "$ARCH" --batch-size "$FULL_BATCH" --dynamics \
-                 --save_path "$OUT/full" --resume --manualSeed "$first_seed" "${stop[@]}" "${train_flags[@]}")")
+                 --save_path "$OUT/full" --resume --manualSeed "$first_seed" "${stop[@]}" "${overwrite[@]}" "${train_flags[@]}")")
     DYNAMICS=$OUT/full/npy
 fi
 
-# the files importance_evaluation.py writes for METHOD T K (one call per method scores every (T, K))
+# the <tag> of the files importance_evaluation.py writes for METHOD T K, from its own code (one call
+# per method scores every (T, K); with several K, dyn_unc and dual add _win<K> to their names)
+declare -A tags=()
 tag_of() {
-    case $1 in
-        tdds) echo "win${3}_ep${2}" ;;
-        moderate) echo "moderate" ;;
-        dyn_unc|dual) if ((n_K > 1)); then echo "${1}_ep${2}_win${3}"; else echo "${1}_ep${2}"; fi ;;
-        *) echo "${1}_ep${2}" ;;
-    esac
+    local key="$1 $2 $3"
+    if [[ -z ${tags[$key]:-} ]]; then
+        tags[$key]=$("$PYTHON" -c 'import sys; sys.path.insert(0, sys.argv[1]); from utils.scoring import output_tag
+print(output_tag(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), name_window=sys.argv[5] == "1"))' \
+                     "$ROOT" "$1" "$2" "$3" "$((n_K > 1))") || die "cannot name the score files with $PYTHON"
+    fi
+    tag=${tags[$key]}
 }
 read -r -a ts <<< "$all_T"
 read -r -a ks <<< "$all_K"
 for m in $SCORED; do
     [[ $m == random ]] && continue
-    guard=""   # the line is skipped when every info file this call writes exists
-    for i in "${!rates[@]}"; do
-        f="$MASKS/info_$(tag_of "$m" "${Ts[$i]}" "${Ks[$i]}").json"
-        [[ $guard == *"$(printf '%q' "$f")"* ]] || guard+="[ -f $(printf '%q' "$f") ] && "
-    done
     if [[ $m == moderate ]]; then
         cmd=$(line "$PYTHON" "$ROOT/importance_evaluation.py" --method moderate --checkpoint "$moderate_checkpoint" \
-                   --data_path "$DATA_PATH" --dataset "$DATASET" --mask_path "$MASKS" "${eval_flags[@]}")
+                   --data_path "$DATA_PATH" --dataset "$DATASET" --mask_path "$MASKS" "${overwrite[@]}" "${eval_flags[@]}")
     else
         shape=(--trajectory_len "${ts[@]}")                          # the methods with windows take K,
         [[ $m =~ ^(tdds|dyn_unc|dual)$ ]] && shape+=(--window_size "${ks[@]}")   # TDDS also beta
         [[ $m == tdds ]] && shape+=(--decay 0.9)
         cmd=$(line "$PYTHON" "$ROOT/importance_evaluation.py" --dynamics_path "$DYNAMICS" --mask_path "$MASKS" \
-                   --method "$m" "${shape[@]}" "${eval_flags[@]}")
+                   --method "$m" "${shape[@]}" "${overwrite[@]}" "${eval_flags[@]}")
     fi
-    stage1+=("${guard% && } || $cmd")
+    stage1+=("$cmd")
 done
 
 budget=()
@@ -333,12 +342,16 @@ for i in "${!rates[@]}"; do
                     if [[ $name == random* ]]; then
                         run+=(--selection random)
                     else
-                        tag=$(tag_of "$method" "$T" "$K")
+                        tag_of "$method" "$T" "$K"
                         run+=(--mask_path "$MASKS/data_mask_$tag.npy" --score_path "$MASKS/score_$tag.npy" --selection "$sel")
                         # beta reads mean_p_<tag>.npy beside a dual mask; another score takes dual's
-                        [[ $sel == beta && $method != dual ]] && run+=(--mean_p_path "$MASKS/mean_p_$(tag_of dual "$T" "$K").npy")
+                        if [[ $sel == beta && $method != dual ]]; then
+                            tag_of dual "$T" "$K"
+                            run+=(--mean_p_path "$MASKS/mean_p_$tag.npy")
+                        fi
                     fi
                     ((KD)) && run+=(--teacher "$teacher" --kd_alpha "${kd_alpha[$rate]:-${kd_alpha[all]:-}}")
+                    run+=("${overwrite[@]}")
                     stage2+=("$(line "${run[@]}" "${train_flags[@]}" "${subset_flags[@]}" "${extra[@]}")")
                     save2+=("$save")
                 done
@@ -356,7 +369,7 @@ write_plan() {
       echo "# stage 2 are independent (scripts/slurm_array.sh PLAN 2: array task i runs line i, 0-based)."
       echo "# DATASET=$DATASET ARCH=$ARCH EPOCHS=$EPOCHS RATES='${rates[*]}' METHODS='$METHODS'" \
            "SELECTIONS='$SELECTIONS' SEEDS='$SEEDS' SUBSET_ARCHS='$SUBSET_ARCHS' BUDGET=$BUDGET" \
-           "KD=$KD KD_ALPHA='$KD_ALPHA' RATE_FLAGS='$RATE_FLAGS'"
+           "KD=$KD KD_ALPHA='$KD_ALPHA' RATE_FLAGS='$RATE_FLAGS' OVERWRITE=$OVERWRITE"
       echo "# stage 1"; ((${#stage1[@]} == 0)) || printf '%s\n' "${stage1[@]}"
       echo "# stage 2"; printf '%s\n' "${stage2[@]}"
       echo "# stage 3"; printf '%s\n' "${stage3[@]}"; } > "$1.tmp"
@@ -372,16 +385,9 @@ mkdir -p "$OUT"
 write_plan "$OUT/plan.txt"
 
 # ------------------------------------------------------------------------------ the local executor
-# run_done SAVE [STOP]: the run in SAVE is finished, or (with STOP) has its first STOP epochs
-run_done() {
-    local metrics=$1/metrics.json epochs
-    [[ -f $metrics ]] || return 1
-    grep -q '"finished": true' "$metrics" && return 0
-    [[ -n ${2:-} ]] || return 1
-    epochs=$(sed -nE 's/.*"completed_epochs": ([0-9]+).*/\1/p' "$metrics")
-    ((${epochs:-0} >= $2))
-}
-
+# Every command runs; the scripts decide what is left to do (nothing, for work already done with the
+# same settings). Exit status 2 is a refusal (e.g. a folder holding work of other settings, or
+# another process writing it): the command's "error:" line says why.
 # devices for the jobs: GPUS, else CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi lists
 gpus=()
 if ((NGPU > 0)); then
@@ -394,39 +400,76 @@ fi
 cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 1)
 threads=$((cores / JOBS)); ((threads > 0)) || threads=1
 
+refused=() failed=()   # "command<TAB>why" of each refused or failed command
+# why FILE OFFSET: the command's error line in what FILE received after OFFSET bytes
+why() { tail -c +$(($2 + 1)) "$1" | grep -E '^(error|sweep.sh): ' | tail -1; }
+# was_done FILE OFFSET: the command found its work already done
+was_done() { tail -c +$(($2 + 1)) "$1" | grep -qE '^already (finished|stopped|scored)'; }
+# settle CMD STATUS LOG OFFSET [SAVE]: record how the command ended
+settle() {
+    local where=${5:+, log: $5.log}
+    if (($2 == 0)); then return 0; fi
+    if (($2 == 2)); then refused+=("$1"$'\t'"$(why "$3" "$4")"); echo "REFUSED $1${5:+ (log: $5.log)}"
+    else failed+=("$1"$'\t'"status $2$where"); echo "FAILED (status $2) $1${5:+ (log: $5.log)}"; fi
+}
+finish() {   # the end of every executor run: what did not go through, and how to go on
+    local entry
+    ((${#refused[@]} + ${#failed[@]})) || exit 0
+    if ((${#refused[@]})); then
+        echo "sweep.sh: ${#refused[@]} command(s) refused:" >&2
+        for entry in "${refused[@]}"; do echo "  ${entry%%$'\t'*}"$'\n'"      ${entry#*$'\t'}" >&2; done
+        echo "Folders holding work of other settings: OVERWRITE=1 replaces that work, another OUT keeps it." \
+             "A folder another process writes: wait for it. Then run the same sweep again." >&2
+    fi
+    if ((${#failed[@]})); then
+        echo "sweep.sh: ${#failed[@]} command(s) failed:" >&2
+        for entry in "${failed[@]}"; do echo "  ${entry%%$'\t'*}   (${entry#*$'\t'})" >&2; done
+        echo "Run the same sweep again to retry them: finished work is not redone, the rest resumes." >&2
+    fi
+    exit 1
+}
+
 # stages 1 and 3 run in the foreground, one command after the other
 pinned=()
 ((${#gpus[@]} == 0)) || pinned=(CUDA_VISIBLE_DEVICES="${gpus[0]}")
-run_line() { echo "+ $1"; env "${pinned[@]}" bash -c "$1"; }
+tmp_out=$(mktemp)
+trap 'rm -f "$tmp_out"' EXIT
+run_line() {   # run_line CMD: in the foreground, its output also in $tmp_out; its status
+    echo "+ $1"
+    : > "$tmp_out"
+    env "${pinned[@]}" bash -c "$1" 2>&1 | tee "$tmp_out"
+    return "${PIPESTATUS[0]}"
+}
 for cmd in "${stage1[@]}"; do
-    if [[ $cmd == *"/train.py "* ]] && run_done "$OUT/full" "$full_stop"; then
-        echo "skip $OUT/full: done (metrics.json)"; continue
-    fi
-    if [[ $cmd == "[ -f "* ]] && bash -c "${cmd%% || *}"; then
-        echo "skip scoring: $(sed -nE 's/.*--method ([a-z_]+).*/\1/p' <<< "$cmd"): its files exist"; continue
-    fi
-    run_line "$cmd" || { echo "sweep.sh: stage 1 failed: $cmd" >&2; exit 1; }
+    status=0; run_line "$cmd" || status=$?
+    settle "$cmd" "$status" "$tmp_out" 0
+    ((status == 0)) || { echo "sweep.sh: stage 1 did not go through: stage 2 needs it" >&2; finish; }
 done
 
-# stage 2: up to JOBS subset runs at once, each writing <save folder>.log
-declare -A running=()   # pid -> index into stage2
-failed=()
-launched=0 skipped=0
+# stage 2: up to JOBS subset runs at once, each appending to <save folder>.log
+declare -A running=() offset=()   # pid -> index into stage2; index -> size of its log before the run
+launched=0 done_before=0
 job_env() {   # the environment of job number $1
     local env=()
     ((${#gpus[@]} == 0)) || env+=(CUDA_VISIBLE_DEVICES="${gpus[$(($1 % ${#gpus[@]}))]}")
     ((JOBS == 1)) || env+=(OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads")
     echo "${env[@]}"
 }
-reap() {   # collect every job that has ended; remember the failed ones
-    local pid i status
+ended() {   # ended INDEX STATUS: a stage-2 command ended
+    local i=$1 save=${save2[$1]}
+    if (($2 == 0)); then
+        if was_done "$save.log" "${offset[$i]}"; then done_before=$((done_before + 1)); echo "already done $save"
+        else echo "done $save"; fi
+    fi
+    settle "${stage2[$i]}" "$2" "$save.log" "${offset[$i]}" "$save"
+}
+reap() {   # collect every job that has ended
+    local pid status
     for pid in "${!running[@]}"; do
         kill -0 "$pid" 2>/dev/null && continue
         status=0; wait "$pid" || status=$?
-        i=${running[$pid]}
+        ended "${running[$pid]}" "$status"
         unset "running[$pid]"
-        if ((status == 0)); then echo "done ${save2[$i]}"
-        else echo "FAILED (status $status) ${save2[$i]}: see ${save2[$i]}.log"; failed+=("$i"); fi
     done
 }
 stop_jobs() {   # Ctrl-C / TERM: end the jobs this sweep started, then stop
@@ -443,31 +486,30 @@ trap stop_jobs INT TERM
 
 for i in "${!stage2[@]}"; do
     cmd=${stage2[$i]} save=${save2[$i]}
-    if run_done "$save"; then echo "skip $save: finished (metrics.json)"; skipped=$((skipped + 1)); continue; fi
     mkdir -p "$(dirname "$save")"
+    offset[$i]=$(stat -c %s "$save.log" 2>/dev/null || echo 0)   # the log keeps every earlier attempt
     read -r -a env_job <<< "$(job_env "$launched")"
     launched=$((launched + 1))
     if ((JOBS == 1)); then   # in the foreground: the output on the terminal and in the log
         echo "+ $cmd"
-        if env "${env_job[@]}" bash -c "$cmd" 2>&1 | tee "$save.log"; then echo "done $save"
-        else echo "FAILED $save: see $save.log"; failed+=("$i"); fi
+        status=0; env "${env_job[@]}" bash -c "$cmd" 2>&1 | tee -a "$save.log" || status=${PIPESTATUS[0]}
+        ended "$i" "$status"
         continue
     fi
     while ((${#running[@]} >= JOBS)); do sleep 0.5; reap; done
-    echo "+ ${env_job[*]} $cmd > $save.log 2>&1"
-    env "${env_job[@]}" bash -c "exec $cmd" > "$save.log" 2>&1 &
+    echo "+ ${env_job[*]} $cmd >> $save.log 2>&1"
+    env "${env_job[@]}" bash -c "exec $cmd" >> "$save.log" 2>&1 &
     running[$!]=$i
 done
 while ((${#running[@]})); do sleep 0.5; reap; done
 trap - INT TERM
-echo "stage 2: ${#stage2[@]} subset runs: $((launched - ${#failed[@]})) ran, $skipped already finished, ${#failed[@]} failed"
+n_bad=$((${#refused[@]} + ${#failed[@]}))
+echo "stage 2: ${#stage2[@]} subset runs: $((launched - n_bad - done_before)) trained, $done_before already done" \
+     "(nothing rewritten), ${#refused[@]} refused, ${#failed[@]} failed"
 
-fail3=()
-for cmd in "${stage3[@]}"; do run_line "$cmd" || fail3+=("$cmd"); done
-if ((${#failed[@]} + ${#fail3[@]})); then
-    echo "sweep.sh: $((${#failed[@]} + ${#fail3[@]})) command(s) failed:" >&2
-    for i in "${failed[@]}"; do echo "  ${stage2[$i]}   (log: ${save2[$i]}.log)" >&2; done
-    for cmd in "${fail3[@]}"; do echo "  $cmd" >&2; done
-    echo "rerun the same sweep to retry them: finished runs are skipped, the others resume" >&2
-    exit 1
-fi
+# stage 3 runs whatever happened in stage 2: the summary names the runs that are missing
+for cmd in "${stage3[@]}"; do
+    status=0; run_line "$cmd" || status=$?
+    settle "$cmd" "$status" "$tmp_out" 0
+done
+finish

@@ -58,7 +58,8 @@ def test_paper_plan(tmp_path):
     scoring = {flags(l)["--method"]: flags(l) for l in st[1][1:]}
     assert set(scoring) == {"tdds", "el2n", "dyn_unc"}                        # one pass per method
     assert sorted(map(int, scoring["tdds"]["--trajectory_len"])) == [10, 20, 60, 70, 90]
-    assert all(l.startswith("[ -f ") for l in st[1][1:])                    # idempotent: skipped when done
+    assert all(l.startswith("python ") for l in st[1] + st[2] + st[3])       # no skip logic: the scripts decide
+    assert "--overwrite" not in " ".join(st[1] + st[2])                       # only with OVERWRITE=1
     runs = [flags(l) for l in st[2]]
     saves = [r["--save_path"] for r in runs]
     assert len(saves) == len(set(saves)) == 4 * 5 * 2                          # names x rates x seeds
@@ -102,7 +103,7 @@ def test_plan_variables(tmp_path):
     assert "--stop_epoch" not in flags(st[1][0]) and "moderate scores the trained" in p.stdout
     moderate = flags(st[1][1])
     assert moderate["--checkpoint"] == str(tmp_path / "out" / "full" / "checkpoint.pth.tar")
-    assert moderate["--dataset"] == "cifar100" and st[1][1].startswith("[ -f ")
+    assert moderate["--dataset"] == "cifar100"
     assert [flags(l)["--mask_path"] for l in st[2]] == [str(tmp_path / "out" / "masks" / "data_mask_moderate.npy")]
     # random alone needs no dynamics: no full-data run, no scores, no T for an unlisted rate
     p, st = plan(tmp_path, RATES="0.65", METHODS="random")
@@ -194,8 +195,12 @@ def test_plan_rejects_bad_settings(tmp_path, env, message):
 
 
 STUB = textwrap.dedent('''\
-    """Stands in for `python`: records each call, writes what the scripts would; seed 13 fails, seed 99 hangs."""
+    """Stands in for `python`: records each call and behaves as the scripts do towards their folders: the
+    same settings on done work -> "already ...", nothing written; other settings -> refused (exit 2)
+    unless --overwrite. Seed 13 fails, seed 99 hangs. `-c CODE` (the sweep naming files) runs for real."""
     import json, os, sys, time
+    if sys.argv[1] == "-c":
+        os.execv(sys.executable, [sys.executable] + sys.argv[1:])
     script, argv = os.path.basename(sys.argv[1]), sys.argv[2:]
     with open(os.environ["STUB_LOG"], "a") as f:
         f.write(json.dumps({"argv": sys.argv[1:], "pid": os.getpid(), **{k: os.environ.get(k) for k in
@@ -204,21 +209,28 @@ STUB = textwrap.dedent('''\
         return argv[argv.index(name) + 1]
     if script in ("summarize.py", "report.py"):
         sys.exit(0)
+    settings = [a for a in argv if a not in ("--resume", "--overwrite")]   # (paths as given: run from one cwd)
+    def settle(record):
+        """exit if the work recorded in `record` is done (same settings) or of other settings"""
+        if os.path.exists(record):
+            if json.load(open(record)) == settings:
+                print(f"already finished: {record}; nothing rewritten")
+                sys.exit(0)
+            if "--overwrite" not in argv:
+                print(f"error: {record} holds work of other settings: --overwrite to replace it", file=sys.stderr)
+                sys.exit(2)
     if script == "importance_evaluation.py":
         os.makedirs(arg("--mask_path"), exist_ok=True)
-        i = argv.index("--trajectory_len") + 1
-        while i < len(argv) and not argv[i].startswith("--"):
-            open(os.path.join(arg("--mask_path"), f"info_el2n_ep{argv[i]}.json"), "w").close()
-            i += 1
+        settle(os.path.join(arg("--mask_path"), "info_stub.json"))
+        json.dump(settings, open(os.path.join(arg("--mask_path"), "info_stub.json"), "w"))
         sys.exit(0)
     seed = arg("--manualSeed")
+    settle(os.path.join(arg("--save_path"), "metrics.json"))
     if seed == "13":
         sys.exit("stub: seed 13 fails")
     time.sleep(60 if seed == "99" else 0.3)
     os.makedirs(arg("--save_path"), exist_ok=True)
-    stop = int(arg("--stop_epoch")) if "--stop_epoch" in argv else None
-    with open(os.path.join(arg("--save_path"), "metrics.json"), "w") as f:
-        json.dump({"finished": stop is None, "completed_epochs": stop or int(arg("--epochs"))}, f, indent=2)
+    json.dump(settings, open(os.path.join(arg("--save_path"), "metrics.json"), "w"))
 ''')
 STUDY = dict(NGPU="0", DATASET="digits", EPOCHS="6", TRAJ="4", WIN="3", RATES="0.5 0.8", METHODS="el2n random")
 
@@ -248,14 +260,15 @@ def plan_argv(tmp_path, **env):
         if line.startswith("# stage "):
             cur = int(line.split()[2])
         elif line and not line.startswith("#"):
-            stages.setdefault(cur, []).append(shlex.split(line.split(" || ")[-1])[1:])
+            stages.setdefault(cur, []).append(shlex.split(line)[1:])
     return stages
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_local_executor_runs_the_plan(tmp_path, jobs):
     """The sweep runs exactly the plan's commands; a failing run does not stop the others; the sweep
-    then exits 1 and lists it with its log; a second sweep skips what is finished."""
+    then exits 1 and lists it with its log; a second sweep runs every command again, and the scripts
+    say what is already done; one with other settings is refused, listed with how to go on."""
     plan = plan_argv(tmp_path, SEEDS="1 13 2")
     p, calls = stub_sweep(tmp_path, SEEDS="1 13 2", JOBS=jobs)
     assert p.returncode == 1, p.stderr
@@ -278,11 +291,26 @@ def test_local_executor_runs_the_plan(tmp_path, jobs):
         assert threads == mkl == {str(max(1, cores // 2))}
     else:             # one job: the environment as it is
         assert threads == {os.environ.get("OMP_NUM_THREADS")}
-    # again: the stopped full-data run (4 of 6 epochs), the scores and the 8 finished runs are skipped
+    # again: every command runs; the full-data run, the scores and the 8 finished runs are already done
+    logs = {f: f.read_text() for f in out.rglob("*.log")}
     again, calls = stub_sweep(tmp_path, SEEDS="1 13 2", JOBS=jobs)
-    assert again.returncode == 1 and again.stdout.count("skip ") == 1 + 1 + 8, again.stdout
-    assert sorted(c["argv"][c["argv"].index("--save_path") + 1] for c in calls if "--save_path" in c["argv"]) == \
-        sorted(str(out / n / r / "s13") for n in ("el2n", "random") for r in ("r0.5", "r0.8"))
+    lines = again.stdout.splitlines()
+    assert again.returncode == 1 and sum(l.startswith("already finished") for l in lines) >= 2, again.stdout
+    assert sum(l.startswith("already done ") for l in lines) == 8                    # the runs, from their logs
+    assert [c["argv"] for c in calls if "train_subset.py" not in c["argv"][0]] == plan[1] + plan[3]
+    assert len([c for c in calls if "train_subset.py" in c["argv"][0]]) == len(plan[2])
+    assert "8 already done (nothing rewritten), 0 refused, 4 failed" in again.stdout
+    assert all((out / f).read_text().startswith(text) for f, text in logs.items())   # logs appended to
+    # other settings: refused, listed with the reason and how to go on; nothing is run after stage 1
+    other, calls = stub_sweep(tmp_path, SEEDS="1 13 2", JOBS=jobs, EPOCHS="7")
+    assert other.returncode == 1 and len(calls) == 1, other.stdout                 # stage 1 stops at the refusal
+    assert "1 command(s) refused" in other.stderr and "holds work of other settings" in other.stderr
+    assert "OVERWRITE=1" in other.stderr and "another OUT" in other.stderr
+    # OVERWRITE=1 puts --overwrite on every command and the sweep goes through (but for seed 13)
+    over, calls = stub_sweep(tmp_path, SEEDS="1 13 2", JOBS=jobs, EPOCHS="7", OVERWRITE="1")
+    assert over.returncode == 1 and "0 refused, 4 failed" in over.stdout, over.stdout
+    assert all("--overwrite" in c["argv"] for c in calls if "summarize.py" not in c["argv"][0]
+               and "report.py" not in c["argv"][0])
 
 
 def test_local_executor_pins_gpus_round_robin(tmp_path):
@@ -298,17 +326,19 @@ def test_local_executor_pins_gpus_round_robin(tmp_path):
 
 
 def test_interrupt_stops_the_jobs(tmp_path):
-    stub_env = dict(SEEDS="99", RATES="0.5", JOBS="2")
+    stub_env = dict(SEEDS="1 99", RATES="0.5", JOBS="2")   # the first seed also seeds the full-data run
     stub_sweep(tmp_path, **{**stub_env, "SEEDS": "1"})                # the full run and scores, quickly
     log = tmp_path / "calls.jsonl"
     log.unlink()
     env = dict(os.environ, PYTHON=str(tmp_path / "stub_python"), STUB_LOG=str(log), OUT=str(tmp_path / "out"),
                **{**STUDY, **stub_env})
-    sweep = subprocess.Popen(["bash", SWEEP], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweep = subprocess.Popen(["bash", SWEEP], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             cwd=tmp_path)
     deadline = time.time() + 30
-    while time.time() < deadline and (not log.exists() or log.read_text().count("train_subset") < 2):
+    hanging = lambda: [json.loads(l)["pid"] for l in log.read_text().splitlines() if '"99"' in l]
+    while time.time() < deadline and (not log.exists() or len(hanging()) < 2):
         time.sleep(0.1)
-    pids = [json.loads(l)["pid"] for l in log.read_text().splitlines() if "train_subset" in l]
+    pids = hanging()
     assert len(pids) == 2                                                              # el2n and random, hanging
     sweep.send_signal(signal.SIGTERM)
     _, err = sweep.communicate(timeout=20)

@@ -94,7 +94,7 @@ def test_summarize_tree(fake_sweep, capsys):
     assert table["tdds-cb"]["50%"] == "69.00"
     full_lines = [line for line in md.splitlines() if line.lower().startswith("full data")]
     assert len(full_lines) == 1 and "final 78.21" in full_lines[0] and "best 78.71" in full_lines[0]
-    assert f"{len(FAKE_RUNS) - 1} subset runs (+ 1 full-data run)" in md
+    assert f"{len(FAKE_RUNS) - 1} finished subset runs (+ 1 full-data run)" in md
     best = parse_md_table(md, "Best test accuracy")    # write_metrics sets best = final + 0.5
     assert best["tdds"]["90%"] == "55.00" and best["random"]["50%"] == "60.50"
 
@@ -112,7 +112,7 @@ def test_cost_ledger_adds_up(tmp_path):
     out = str(tmp_path / "sweep")
     # the dynamics run stopped after 3 of 10 epochs, 2 s each: one full training = 20 s
     write_metrics(out, "full", method="full", subset_rate=0.0, final_acc=40.0, epochs=10, completed_epochs=3,
-                  train_seconds=6.0, finished=False)
+                  train_seconds=6.0, finished=False, stopped=True)
     write_metrics(out, "tdds/r0.5/s1", method="tdds", subset_rate=0.5, final_acc=30.0, train_seconds=4.0,
                   score_info={"seconds": 1.0, "arch": "resnet20"}, scored_arch="resnet20")
     write_metrics(out, "random/r0.5/s1", method="random", selection="random", subset_rate=0.5, final_acc=29.0,
@@ -187,3 +187,77 @@ def test_runs_differing_in_more_than_the_seed_are_not_averaged(tmp_path):
     # the dynamics charged are those of the run that was scored (full2: 8 s of 4 epochs = 1.0), not full's
     a = runs["a/s1"]
     assert a["cost_dynamics"] == pytest.approx(1.0) and a["cost_scoring"] == pytest.approx(0.4 / 8.0)
+
+
+def write_run(out, run, fp, state="finished", **fields):
+    """A run as train.py / train_subset.py leave it: metrics.json and folder.json with its fingerprint."""
+    fields.setdefault("finished", state == "finished")
+    write_metrics(out, run, **fields)
+    with open(os.path.join(out, run, "folder.json"), "w") as f:
+        json.dump({"state": state, "fingerprint": fp, "completed_epochs": fields.get("completed_epochs")}, f)
+
+
+def test_seeds_only_when_fingerprints_differ_in_the_seed_alone(tmp_path):
+    """Runs of one method and rate that differ in a setting (here the weight decay) are never averaged:
+    each label names the differing setting, at every rate; unfinished runs are listed, not averaged;
+    the plan's runs without results are named first; each full-data reference says its epochs."""
+    out = str(tmp_path / "sweep")
+    base = {"--arch": "resnet20", "--epochs": 10, "--decay": 0.0005, "--subset_rate": 0.5, "--label_noise": 0.0,
+            "--noise_type": "symmetric", "content of --mask_path": None}
+    def fp(**kw):
+        return {**base, **{f"--{k}": v for k, v in kw.items()}}
+    random = dict(method="random", selection="random")
+    write_run(out, "random/r0.5/s1", fp(manualSeed=1), subset_rate=0.5, final_acc=60.0, **random)
+    write_run(out, "random/r0.5/s2", fp(manualSeed=2), subset_rate=0.5, final_acc=62.0, **random)
+    # the noise type has no effect at --label_noise 0: not a difference
+    write_run(out, "random/r0.5/s3", fp(manualSeed=3, noise_type="asymmetric"), subset_rate=0.5, final_acc=64.0,
+              **random)
+    write_run(out, "random-wd/r0.5/s1", fp(manualSeed=1, decay=0.001), subset_rate=0.5, final_acc=50.0, **random)
+    write_run(out, "random/r0.9/s1", fp(manualSeed=1, subset_rate=0.9), subset_rate=0.9, final_acc=40.0, **random)
+    # unfinished: interrupted after 3 of 10 epochs, and a failed one; neither is averaged
+    write_run(out, "random/r0.9/s2", fp(manualSeed=2, subset_rate=0.9), state="interrupted", subset_rate=0.9,
+              final_acc=10.0, completed_epochs=3, **random)
+    write_run(out, "random/r0.9/s3", fp(manualSeed=3, subset_rate=0.9), state="failed", subset_rate=0.9,
+              final_acc=12.0, completed_epochs=5, **random)
+    # two full-data runs: one finished, one stopped at T for its dynamics (other --epochs)
+    full = dict(method="full", subset_rate=0.0)
+    write_run(out, "full", fp(manualSeed=1, subset_rate=None), final_acc=80.0, **full)
+    write_run(out, "full-T", fp(manualSeed=1, subset_rate=None, epochs=200), state="stopped", final_acc=30.0,
+              completed_epochs=4, stopped=True, finished=False, **{**full, "epochs": 200})
+    with open(os.path.join(out, "plan.txt"), "w") as f:
+        f.write("# stage 2\n" + "".join(f"python train_subset.py --save_path {out}/random/r0.9/s{s} --resume\n"
+                                        for s in (1, 2, 4)))
+    md = load_summarize().summarize(out)
+    table = parse_md_table(md)
+    a, b, c = 60.0, 62.0, 64.0
+    std = math.sqrt(((a - 62) ** 2 + (b - 62) ** 2 + (c - 62) ** 2) / 2)
+    assert table == {"random (decay=0.0005)": {"50%": f"62.00 ± {std:.2f} (n=3)", "90%": "40.00"},
+                     "random (decay=0.001)": {"50%": "50.00", "90%": "–"}}
+    unfinished = md.split("## Unfinished runs", 1)[1].split("\n## ", 1)[0]
+    assert "| random/r0.9/s2 | random | interrupted | 3 of 10 | 10.00 |" in unfinished
+    assert "| random/r0.9/s3 | random | failed | 5 of 10 | 12.00 |" in unfinished
+    assert md.index("## Missing runs") < md.index("## Unfinished runs") < md.index("## Final")
+    missing = md.split("## Missing runs", 1)[1].split("\n## ", 1)[0]
+    assert "- random/r0.9/s4" in missing and "s1" not in missing and "s2" not in missing   # s2: unfinished
+    refs = [l for l in md.splitlines() if l.startswith("Full data")]
+    assert refs == ["Full data (reference, epochs=10): final 80.00, best 80.50 after all 10 epochs (finished)",
+                    "Full data (reference, epochs=200): final 30.00, best 30.50 after 4 of 200 epochs (stopped at T "
+                    "by --stop_epoch to record the dynamics: not a fully trained model)"]
+    with open(os.path.join(out, "results.csv")) as f:
+        states = {r["run"]: r["state"] for r in csv.DictReader(f)}
+    assert states["random/r0.9/s2"] == "interrupted" and states["full-T"] == "stopped"
+
+
+def test_a_run_whose_writer_is_alive_is_running(tmp_path):
+    """folder.json says running: while its lock is held the run is "running", once free "interrupted"."""
+    sys.path.insert(0, ROOT)
+    from utils.folder import FolderLock
+    out = str(tmp_path / "sweep")
+    write_run(out, "tdds/r0.5/s1", {"--manualSeed": 1}, state="running", method="tdds", subset_rate=0.5,
+              final_acc=20.0, completed_epochs=2)
+    lock = FolderLock(os.path.join(out, "tdds/r0.5/s1"), "--save_path").acquire(note=lambda *_: None)
+    try:
+        assert "| tdds/r0.5/s1 | tdds | running | 2 of 10 |" in load_summarize().summarize(out)
+    finally:
+        lock.release()
+    assert "| tdds/r0.5/s1 | tdds | interrupted | 2 of 10 |" in load_summarize().summarize(out)

@@ -1,7 +1,10 @@
 """The sweep and its summary, for real, on the bundled digits on CPU: the dynamics run stopped at T,
 TDDS scores, top and ccs selection, the random baseline, the table and the plots; the commands it
-ran are exactly its plan's; then the same plan with two jobs at once skips what is finished and gives the same metrics."""
+ran are exactly its plan's; the identical sweep again rewrites no file of a run or a scoring; one with
+another EPOCHS is refused and changes nothing; then the same plan with two jobs at once finds what is
+done, trains the rest and gives the same metrics."""
 import csv
+import hashlib
 import json
 import os
 import shlex
@@ -18,10 +21,18 @@ ENV = {"DATASET": "digits", "ARCH": "resnet20", "EPOCHS": "4", "TRAJ": "3", "WIN
 
 # stands in for `python`: records each command line, then runs it with the real interpreter
 RECORDER = """import json, os, sys
-with open(os.environ["RECORD"], "a") as f:
-    f.write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1] != "-c":   # -c: the sweep asking the project's code for file names
+    with open(os.environ["RECORD"], "a") as f:
+        f.write(json.dumps(sys.argv[1:]) + "\\n")
 os.execv(sys.executable, [sys.executable] + sys.argv[1:])
 """
+
+
+def study_files(out):
+    """{file: (sha256, mtime)} of every run and scoring file (not the sweep's logs, summary and report)."""
+    return {str(f.relative_to(out)): (hashlib.sha256(f.read_bytes()).hexdigest(), f.stat().st_mtime_ns)
+            for f in out.rglob("*") if f.is_file() and f.parent != out and f.suffix != ".log"
+            and f.parent.name != "report"}
 
 
 def metrics(out):
@@ -35,7 +46,7 @@ def plan_commands(path):
         if line.startswith("# stage "):
             stage = int(line.split()[2])
         elif line and not line.startswith("#"):
-            out.append((stage, shlex.split(line.split(" || ")[-1])[1:]))
+            out.append((stage, shlex.split(line)[1:]))
     return out
 
 
@@ -83,18 +94,32 @@ def test_sweep_end_to_end_on_digits(tmp_path):
     assert (out / "accuracy_vs_pruning.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "accuracy_vs_cost.png").read_bytes()[:4] == b"\x89PNG"
 
+    # the identical sweep again: every command runs, finds its work done, and no run or scoring file
+    # is rewritten
+    before = study_files(out)
+    p = run_script("bash", "scripts/sweep.sh", env=env)
+    assert "3 subset runs: 0 trained, 3 already done (nothing rewritten), 0 refused, 0 failed" in p.stdout, p.stdout
+    assert "already stopped after epoch 3" in p.stdout and "already scored" in p.stdout
+    assert study_files(out) == before
+    # another EPOCHS: the full-data run is refused (listing the difference), the sweep stops, nothing changes
+    p = run_script("bash", "scripts/sweep.sh", env={**env, "EPOCHS": "5"}, check=False)
+    assert p.returncode == 1 and "1 command(s) refused" in p.stderr and "--epochs 4 (now 5)" in p.stderr, p.stderr
+    assert "OVERWRITE=1" in p.stderr
+    assert study_files(out) == before
+
     # the same plan again with two jobs at once (cores split), in a copy of the study without the
-    # tdds and random runs: the finished full-data run (stopped at T), scores and ccs run are
-    # skipped, the two others train side by side and give the same metrics
+    # tdds and random runs: the full-data run (stopped at T), scores and ccs run are found done, the
+    # two others train side by side and give the same metrics
     two = tmp_path / "two"
     shutil.copytree(out, two)
     for run in ("tdds", "random"):
         shutil.rmtree(two / run)
     p = run_script("bash", "scripts/sweep.sh", env=ENV | {"OUT": str(two), "JOBS": "2"})
     lines = p.stdout.splitlines()
-    assert sum(l.startswith("skip ") for l in lines) == 3, p.stdout               # full, scoring, tdds-ccs
-    launched = [l for l in lines if l.startswith("+ ") and "train" in l]
-    assert len(launched) == 2 and all("OMP_NUM_THREADS=" in l for l in launched), launched
+    assert "already stopped after epoch 3" in p.stdout and "already scored" in p.stdout   # full, scoring
+    assert [l.split("/")[-3] for l in lines if l.startswith("already done ")] == ["tdds-ccs"], p.stdout
+    launched = [l for l in lines if l.startswith("+ ") and "train_subset.py" in l]
+    assert len(launched) == 3 and all("OMP_NUM_THREADS=" in l for l in launched), launched
     parallel = metrics(two)
     assert set(parallel) == set(runs)
     for run in ("tdds/r0.8/s42", "random/r0.8/s42"):

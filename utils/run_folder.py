@@ -3,8 +3,8 @@
 Two phases, never mixed, so that a refused command leaves the folder byte-identical:
 1. checks that read only: `find_resume` (is another process writing the folder? is there a run, may
    we continue or overwrite it?), then, once the run fingerprint is known, `settle` (is that run
-   already finished with these settings - then nothing is done - or a checkpoint of exactly these
-   settings to resume?);
+   already finished with these settings - then nothing is done, --overwrite or not - or a checkpoint
+   of exactly these settings to resume?);
 2. `begin_run`: take the folder's lock, remove what a killed write left, write args.json and
    folder.json (state "running"), open the log; `RunFolder.end` records the final state.
 
@@ -94,8 +94,9 @@ def settle(args, fingerprint, resume_from):
     refused, listing the differences, unless --overwrite."""
     state = read_state(args.save_path)
     ended = state.get("state") in ("finished", "stopped")
-    if ended and not args.overwrite and not resumes_elsewhere(args):
-        diffs = fingerprint_diffs(state.get("fingerprint") or {}, fingerprint)
+    diffs = fingerprint_diffs(state.get("fingerprint") or {}, fingerprint) if ended else []
+    # --overwrite replaces a run of other settings; a done run of these very settings is never redone
+    if ended and not resumes_elsewhere(args) and not (diffs and args.overwrite):
         done = state["state"] == "finished" or getattr(args, "stop_epoch", None) == state.get("completed_epochs")
         if diffs:
             raise UserError(f"{args.save_path} holds a {state['state']} run with {', '.join(diffs)}: give the same "
@@ -107,7 +108,7 @@ def settle(args, fingerprint, resume_from):
             except (OSError, ValueError):
                 raise UserError(f"{args.save_path}: folder.json says {state['state']} but metrics.json is missing or "
                                 f"unreadable: --overwrite to train it again") from None
-        if not resume_from:
+        if not resume_from and not args.overwrite:
             raise UserError(f"{args.save_path} holds a run stopped after {state.get('completed_epochs')} epochs; pass "
                             f"--resume to continue it, or --overwrite to start again"
                             if os.path.exists(os.path.join(args.save_path, CHECKPOINT)) else
