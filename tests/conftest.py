@@ -84,3 +84,81 @@ def folder_digest(path):
             p = os.path.join(root, f)
             out[os.path.relpath(p, path)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
     return out
+
+
+# ---------------------------------------------------------------- dynamics files and the TDDS reference
+def write_published(folder, Z, y=None, seed=0, dtype=np.float32, shuffle=True):
+    """Dynamics as the published train.py writes them: for every epoch e of the (T, N, C) logits Z
+    (dataset order), <e>_Output.npy holds the rows in a new random visiting order (from
+    np.random.default_rng(seed); shuffle=False: dataset order), <e>_Index.npy the dataset index of
+    each row (int64), <e>_Loss.npy zeros; targets.npy (int64) when labels y are given. Returns the
+    folder as a str."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    T, N, _ = np.shape(Z)
+    for e in range(T):
+        rows = rng.permutation(N) if shuffle else np.arange(N)
+        np.save(os.path.join(folder, f"{e}_Output.npy"), np.asarray(Z[e])[rows].astype(dtype))
+        np.save(os.path.join(folder, f"{e}_Loss.npy"), np.zeros(N, np.float32))
+        np.save(os.path.join(folder, f"{e}_Index.npy"), rows.astype(np.int64))
+    if y is not None:
+        np.save(os.path.join(folder, "targets.npy"), np.asarray(y).astype(np.int64))
+    return str(folder)
+
+
+def read_published(folder, T):
+    """(T, N, C) float64 logits in dataset order from epochs 0..T-1 of a published-layout folder:
+    row r of <e>_Output.npy belongs to sample <e>_Index.npy[r]."""
+    epochs = []
+    for e in range(T):
+        out = np.load(os.path.join(folder, f"{e}_Output.npy")).astype(np.float64)
+        z = np.full_like(out, np.nan)
+        z[np.load(os.path.join(folder, f"{e}_Index.npy"))] = out
+        epochs.append(z)
+    return np.stack(epochs)
+
+
+def ref_contributions(Z):
+    """docs/METHODS.md, TDDS step 1, in float64 from (T, N, C) logits: the (T-1, N) contributions
+        c_t[i] = sum_c | p_{t+1}[i,c] (log(p_{t+1}[i,c] + 1e-8) - log(p_t[i,c] + 1e-8)) |,
+    p_e[i] = softmax(z_e[i]). Plain loops over epochs and classes, elementwise over the samples."""
+    Z = np.asarray(Z, np.float64)
+    T, N, C = Z.shape
+    P = np.zeros_like(Z)
+    for e in range(T):
+        top = Z[e, :, 0].copy()
+        for c in range(1, C):
+            top = np.maximum(top, Z[e, :, c])
+        total = np.zeros(N)
+        for c in range(C):
+            P[e, :, c] = np.exp(Z[e, :, c] - top)
+            total += P[e, :, c]
+        for c in range(C):
+            P[e, :, c] /= total
+    contrib = np.zeros((T - 1, N))
+    for t in range(T - 1):
+        for c in range(C):
+            q, p = P[t + 1, :, c], P[t, :, c]
+            contrib[t] += np.abs(q * (np.log(q + 1e-8) - np.log(p + 1e-8)))
+    return contrib
+
+
+def ref_tdds_from_contributions(contrib, K, beta):
+    """docs/METHODS.md, TDDS steps 2 and 3, in float64 from the contributions c_0..c_{T-2} (first
+    axis; any further axes are samples): for each window k = 0..T-K, s_k = sqrt(sum_j (c_j - m_k)^2)
+    over its K-1 contributions c_k..c_{k+K-2} with m_k their mean, and S = sum_k s_k beta (1-beta)^(T-K-k)."""
+    contrib = np.asarray(contrib, np.float64)
+    T = contrib.shape[0] + 1
+    S = np.zeros(contrib.shape[1:])
+    for k in range(T - K + 1):
+        window = range(k, k + K - 1)
+        m = sum(contrib[j] for j in window) / (K - 1)
+        s = np.sqrt(sum((contrib[j] - m) ** 2 for j in window))
+        S = S + s * beta * (1 - beta) ** (T - K - k)
+    return S
+
+
+def ref_tdds(Z, T, K, beta):
+    """The TDDS score S of docs/METHODS.md from (>= T, N, C) logits in dataset order, float64:
+    only epochs 0..T-1 are used."""
+    return ref_tdds_from_contributions(ref_contributions(np.asarray(Z)[:T]), K, beta)

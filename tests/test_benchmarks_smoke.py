@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import run_script
+from conftest import run_script, write_published
 
 NUM = r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?"
 
@@ -61,10 +61,8 @@ def test_bench_grid():
 
 def test_bench_amp_logits(tmp_path):
     import numpy as np
-    rng = np.random.default_rng(0)
-    for e in range(4):   # float32 logits in dataset order, as train.py records them
-        np.save(tmp_path / f"{e}_Output.npy", (3 * rng.standard_normal((200, 5))).astype(np.float32))
-        np.save(tmp_path / f"{e}_Index.npy", np.arange(200))
+    Z = 3 * np.random.default_rng(0).standard_normal((4, 200, 5))
+    write_published(tmp_path, Z, shuffle=False)   # float32 logits in dataset order, as train.py records them
     p = run_script("benchmarks/bench_amp_logits.py", "--dynamics_path", str(tmp_path), "--trajectory_len", "4",
                    "--window_size", "3", timeout=120)
     lines_matching(p.stdout, rf"relative change of the TDDS score from bf16 logits: median {NUM}%")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import importance_evaluation
-from conftest import run_script, write_cifar
+from conftest import read_published, ref_tdds, run_script, write_cifar
 
 N_TRAIN, EPOCHS, T, K = 70, 4, 4, 3        # 70 = 2 * 32 + 6 samples; K = 3: two TDDS windows
 BASELINES = ("el2n", "forgetting", "aum", "entropy", "dyn_unc")
@@ -32,23 +32,6 @@ def score(dyn, masks, method="tdds"):
     seconds = json.loads(open(f"{masks}/info_{tag}.json").read())["seconds"]
     assert 0 < seconds <= time.time() - t0      # a call from Python counts itself, not the process's age
     return np.load(f"{masks}/dataset_score_{tag}.npy"), np.load(f"{masks}/data_mask_{tag}.npy")
-
-
-def ref_tdds(dyn):
-    """docs/METHODS.md written as plain loops over numpy arrays, float64, from <e>_Output.npy."""
-    logp, p = [], []
-    for e in range(T):
-        z = np.load(f"{dyn}/{e}_Output.npy").astype(np.float64)
-        q = np.exp(z - z.max(1, keepdims=True))
-        q /= q.sum(1, keepdims=True)
-        p.append(q)
-        logp.append(np.log(q + 1e-8))
-    c = [np.abs(p[t + 1] * (logp[t + 1] - logp[t])).sum(1) for t in range(T - 1)]
-    S = np.zeros(len(c[0]))
-    for k in range(T - K + 1):
-        win = np.stack(c[k:k + K - 1])
-        S += np.sqrt(((win - win.mean(0)) ** 2).sum(0)) * 0.9 * 0.1 ** (T - K - k)
-    return S
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +63,8 @@ def test_tdds_from_contrib_equals_tdds_from_logits(runs, tmp_path):
     s_log, m_log = score(runs["logits"], str(tmp_path / "l"))
     s_con, m_con = score(runs["contrib"], str(tmp_path / "c"))
     assert s_log.shape == (N_TRAIN,) and (s_log > 0).all()
-    np.testing.assert_allclose(s_log, ref_tdds(runs["logits"]), rtol=1e-4)   # anchor: the formulas themselves
+    ref = ref_tdds(read_published(runs["logits"], T), T, K, 0.9)   # rows put back in dataset order by Index
+    np.testing.assert_allclose(s_log, ref, rtol=1e-4)                          # anchor: the formulas themselves
     np.testing.assert_allclose(s_con, s_log, rtol=1e-4)
     np.testing.assert_array_equal(m_con, m_log)                                # the same ranking
 
@@ -100,7 +84,8 @@ def test_float16_dynamics(runs, tmp_path):
         np.testing.assert_array_equal(o16, o32.astype(np.float16))
     s16, _ = score(runs["float16"], str(tmp_path / "h"))
     s32, _ = score(runs["logits"], str(tmp_path / "l"))
-    np.testing.assert_allclose(s16, ref_tdds(runs["float16"]), rtol=1e-4)      # float16 files read right
+    ref16 = ref_tdds(read_published(runs["float16"], T), T, K, 0.9)
+    np.testing.assert_allclose(s16, ref16, rtol=1e-4)                          # float16 files read right
     # Rounding a logit to float16 moves it by up to |z| * 2^-11 (~2e-3 at |z| = 4), whatever the
     # sample's score: the error per sample is absolute, a few 1e-3 of a typical score, so a sample
     # with a small score can move by 1e-2 of its own. The scores as a whole move by less than 1e-3

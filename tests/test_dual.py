@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import importance_evaluation
+from conftest import write_published
 from utils.scoring import Dynamics, compute_score
 
 N, C, E = 240, 6, 8
@@ -28,25 +29,22 @@ def dyn(tmp_path_factory):
     contrib-layout folder. Returns (logits folder, contrib folder, (E, N) float64 p_y)."""
     base = tmp_path_factory.mktemp("dual")
     logits, contrib = base / "npy", base / "contrib"
-    logits.mkdir()
     contrib.mkdir()
     rng = np.random.default_rng(0)
     y = rng.integers(0, C, N)
     z = rng.standard_normal((N, C)).astype(np.float32)
-    p_y = np.empty((E, N))
+    Z, p_y = [], np.empty((E, N))
     for e in range(E):
         z = z + 0.7 * rng.standard_normal((N, C)).astype(np.float32)
         z[np.arange(N), y] += 0.4        # learning: the true class gains over the epochs
+        Z.append(z.copy())
         z64 = z.astype(np.float64)
         p = np.exp(z64 - z64.max(1, keepdims=True))
         p_y[e] = (p / p.sum(1, keepdims=True))[np.arange(N), y]
-        perm = rng.permutation(N)
-        np.save(logits / f"{e}_Output.npy", z[perm])
-        np.save(logits / f"{e}_Index.npy", perm)
-        perm = rng.permutation(N)
+        perm = rng.permutation(N)        # the contrib folder's own visiting order
         np.save(contrib / f"{e}_TargetProb.npy", p_y[e, perm].astype(np.float32))
         np.save(contrib / f"{e}_Index.npy", perm)
-    np.save(logits / "targets.npy", y)
+    write_published(logits, np.stack(Z), y, seed=1)
     return str(logits), str(contrib), p_y
 
 

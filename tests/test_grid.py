@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import importance_evaluation
+from conftest import write_published
 from utils.errors import UserError
 
 N, C, E = 300, 7, 8
@@ -16,17 +17,12 @@ N, C, E = 300, 7, 8
 @pytest.fixture(scope="module")
 def dyn(tmp_path_factory):
     """Published layout: rows in a shuffled order per epoch, with Index; logits drifting over epochs."""
-    folder = tmp_path_factory.mktemp("grid") / "npy"
-    folder.mkdir()
     rng = np.random.default_rng(0)
-    z = rng.standard_normal((N, C)).astype(np.float32)
+    z, Z = rng.standard_normal((N, C)).astype(np.float32), []
     for e in range(E):
         z = z + 0.5 * rng.standard_normal((N, C)).astype(np.float32)
-        perm = rng.permutation(N)
-        np.save(folder / f"{e}_Output.npy", z[perm])
-        np.save(folder / f"{e}_Index.npy", perm)
-    np.save(folder / "targets.npy", rng.integers(0, C, N))
-    return str(folder)
+        Z.append(z)
+    return write_published(tmp_path_factory.mktemp("grid") / "npy", np.stack(Z), rng.integers(0, C, N), seed=1)
 
 
 def _files(folder, tag):

@@ -8,28 +8,17 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from conftest import assert_user_error, run_script
+from conftest import assert_user_error, run_script, write_published
 
 N, C, T = 40, 5, 6
 
 
-def write_dynamics(folder, seed=0, targets=True):
-    """The published shuffled layout (a new visiting order every epoch) plus targets.npy."""
-    rng = np.random.default_rng(seed)
-    os.makedirs(folder)
-    for e in range(T):
-        perm = rng.permutation(N)
-        np.save(os.path.join(folder, f'{e}_Output.npy'), rng.standard_normal((N, C)).astype(np.float32))
-        np.save(os.path.join(folder, f'{e}_Loss.npy'), rng.random(N).astype(np.float32))
-        np.save(os.path.join(folder, f'{e}_Index.npy'), perm)
-    if targets:
-        np.save(os.path.join(folder, 'targets.npy'), rng.integers(0, C, N))
-    return folder
-
-
 @pytest.fixture(scope='module')
 def base(tmp_path_factory):
-    return write_dynamics(str(tmp_path_factory.mktemp('dyn') / 'npy'))
+    """The published shuffled layout (a new visiting order every epoch) plus targets.npy."""
+    rng = np.random.default_rng(0)
+    Z = rng.standard_normal((T, N, C)).astype(np.float32)
+    return write_published(str(tmp_path_factory.mktemp('dyn') / 'npy'), Z, rng.integers(0, C, N), seed=1)
 
 
 def cli(dyn, out, *extra):

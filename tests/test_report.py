@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, assert_user_error, run_script, write_cifar
+from conftest import (ROOT, assert_user_error, ref_contributions, ref_tdds_from_contributions, run_script,
+                      write_cifar, write_published)
 from utils import agreement
 from utils.errors import UserError
 
@@ -41,26 +42,6 @@ def kept_by_sorting(s, rate):
     return set(ranked[int(rate * len(s)):])
 
 
-def numpy_contributions(logits):
-    """(T-1, N) c_t = sum_c |p_{t+1} (log(p_{t+1}+1e-8) - log(p_t+1e-8))| from (T, N, C) logits."""
-    z = logits.astype(np.float64)
-    p = np.exp(z - z.max(2, keepdims=True))
-    p /= p.sum(2, keepdims=True)
-    lp = np.log(p + 1e-8)
-    return np.abs(p[1:] * (lp[1:] - lp[:-1])).sum(2)
-
-
-def numpy_tdds(c, window, beta):
-    """TDDS score from contributions c (T-1, ...): windows of K-1 contributions, root of summed squares,
-    weights beta (1 - beta)^(T - K - k)."""
-    t = c.shape[0] + 1
-    out = 0
-    for k in range(t - window + 1):
-        w = c[k:k + window - 1]
-        out = out + np.sqrt(((w - w.mean(0)) ** 2).sum(0)) * beta * (1 - beta) ** (t - window - k)
-    return out
-
-
 def read_tables(md):
     """{section title: {row label: {column label: value}}} of the markdown tables of agreement.md."""
     out = {}
@@ -83,12 +64,8 @@ def cifar(tmp_path_factory):
         pickle.dump({"label_names": NAMES}, f)
     rng = np.random.default_rng(0)
     run, dyn = d / "run", d / "run" / "npy"
-    dyn.mkdir(parents=True)
     logits = (3 * rng.standard_normal((T, N, 10))).astype(np.float32)          # (T, N, C) in dataset order
-    for e in range(T):
-        rows = rng.permutation(N) if e % 2 else np.arange(N)                   # shuffled rows, as published
-        np.save(dyn / f"{e}_Output.npy", logits[e][rows])
-        np.save(dyn / f"{e}_Index.npy", rows)
+    write_published(dyn, logits, seed=1)                                       # shuffled rows, as published
     flipped, corrupted = np.zeros(N, bool), np.zeros(N, bool)
     flipped[rng.choice(N, 30, replace=False)] = True
     corrupted[rng.choice(N, 30, replace=False)] = True
@@ -297,7 +274,7 @@ def test_counts_match_bincount_and_the_balanced_budget(cifar):
 def test_trajectories_are_the_contributions_the_score_is_made_of(cifar):
     traj = json.load(open(cifar["out"] / "trajectories.json"))
     assert set(traj) == {"win3_ep4_decay0.9", "win3_ep4_decay0.8"}            # TDDS tags only
-    c = numpy_contributions(cifar["logits"])                                   # (T-1, N)
+    c = ref_contributions(cifar["logits"])                                     # (T-1, N)
     for tag, beta in (("win3_ep4_decay0.9", 0.9), ("win3_ep4_decay0.8", 0.8)):
         s = cifar["scores"][tag]
         order = np.argsort(s, kind="stable")
@@ -307,13 +284,14 @@ def test_trajectories_are_the_contributions_the_score_is_made_of(cifar):
             for x in traj[tag][kind]:
                 assert np.allclose(x["c"], c[:, x["index"]], rtol=1e-4, atol=1e-6)
                 # and they are what the score summarises: S recomputed from them is the score file's
-                assert numpy_tdds(np.array(x["c"]), K, beta) == pytest.approx(s[x["index"]], rel=1e-4, abs=1e-7)
+                S = ref_tdds_from_contributions(np.array(x["c"]), K, beta)
+                assert S == pytest.approx(s[x["index"]], rel=1e-4, abs=1e-7)
 
 
 def test_trajectories_from_the_contrib_layout(cifar, tmp_path):
     """train.py --dynamics_format contrib stores <e>_Contrib.npy = c_{e-1} (rows shuffled here too)."""
     from utils.scoring import Dynamics
-    c = numpy_contributions(cifar["logits"]).astype(np.float32)                # (T-1, N)
+    c = ref_contributions(cifar["logits"]).astype(np.float32)                  # (T-1, N)
     rng = np.random.default_rng(5)
     for e in range(T):
         rows = rng.permutation(N)

@@ -9,8 +9,7 @@ import io
 from PIL import Image
 
 from utils.errors import UserError
-from utils.robustness import (CIFAR10_ASYMMETRIC, CORRUPTIONS, SEVERITY, apply_corruption, apply_label_noise,
-                              flagged_fractions)
+from utils.robustness import CIFAR10_ASYMMETRIC, CORRUPTIONS, SEVERITY, apply_corruption, apply_label_noise
 
 Y = np.random.default_rng(0).integers(0, 10, 5000)
 
@@ -77,11 +76,19 @@ def test_corruptions_are_torchvisions():
     assert np.array_equal(out[0].numpy().transpose(1, 2, 0), np.array(Image.open(buf)))
 
 
-def test_flagged_fractions_and_flag_errors():
+def test_kept_flagged_fractions_and_flag_errors():
+    """train_subset.kept_flagged: of 4 kept samples 2 are flagged (0.5), 2 of the 3 flagged were kept."""
+    from types import SimpleNamespace
+    from train_subset import kept_flagged
     flagged = np.zeros(10, dtype=bool)
     flagged[[1, 2, 3]] = True
-    f = flagged_fractions(np.array([0, 1, 2, 9]), flagged)
-    assert f == {"kept_flagged_fraction": 0.5, "flagged_kept_fraction": 2 / 3, "num_flagged": 3, "num_kept_flagged": 2}
+    lines = []
+    f = kept_flagged(np.array([0, 1, 2, 9]), SimpleNamespace(flipped=flagged, corrupted=None), lines.append)
+    assert f == {"kept_mislabeled_fraction": 0.5, "mislabeled_kept_fraction": 2 / 3}
+    assert lines == ["mislabeled: 2 of the 4 kept samples (50.0%); 2 of all 3 mislabeled samples kept"]
+    f = kept_flagged(np.array([0, 1, 2, 9]), SimpleNamespace(flipped=None, corrupted=flagged), lines.append)
+    assert f == {"kept_corrupted_fraction": 0.5, "corrupted_kept_fraction": 2 / 3}
+    assert lines[1] == "corrupted: 2 of the 4 kept samples (50.0%); 2 of all 3 corrupted samples kept"
     with pytest.raises(UserError, match="--severity"):
         apply_corruption(X, 0.1, "contrast", 6)
     with pytest.raises(UserError, match="--corruption"):

@@ -1,11 +1,13 @@
 """utils/scoring.py and utils/features.py against references written here, in plain numpy (float64),
-straight from the formulas of docs/METHODS.md, on dynamics files in the published shuffled layout."""
+straight from the formulas of docs/METHODS.md, on dynamics files in the published shuffled layout
+(the TDDS reference and the writer of that layout are conftest's, shared with the other tests)."""
 import os
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import ref_contributions, ref_tdds, write_published
 from utils import scoring
 from utils.errors import UserError
 from utils.features import FEATURES, FILE_TAGS, epoch_features
@@ -22,22 +24,6 @@ def make_logits(seed, T, N, C):
     Z = rng.standard_normal((T, N, C)) * rng.uniform(0.5, 3, (1, N, 1))
     Z[:, np.arange(N), y] += learn * np.linspace(0, 1, T)[:, None]
     return Z.astype(np.float32), y
-
-
-def write_published(folder, Z, y=None, seed=0, dtype=np.float32, shuffle=True):
-    """Write <e>_Output/_Loss/_Index.npy as the published train.py does: rows in a different
-    random visiting order every epoch, Index[r] = dataset index of row r."""
-    os.makedirs(folder, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    T, N, C = Z.shape
-    for e in range(T):
-        perm = rng.permutation(N) if shuffle else np.arange(N)
-        np.save(os.path.join(folder, f'{e}_Output.npy'), Z[e][perm].astype(dtype))
-        np.save(os.path.join(folder, f'{e}_Loss.npy'), np.zeros(N, np.float32))
-        np.save(os.path.join(folder, f'{e}_Index.npy'), perm.astype(np.int64))
-    if y is not None:
-        np.save(os.path.join(folder, 'targets.npy'), y.astype(np.int64))
-    return str(folder)
 
 
 def write_contrib(folder, Z, y):
@@ -60,19 +46,6 @@ def softmax(z):
     z = np.asarray(z, np.float64)
     e = np.exp(z - z.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)
-
-
-def ref_tdds(Z, T, K, beta):
-    P = [softmax(Z[e]) for e in range(T)]
-    c = [np.abs(P[t + 1] * (np.log(P[t + 1] + 1e-8) - np.log(P[t] + 1e-8))).sum(1)
-         for t in range(T - 1)]                                   # c_0 .. c_{T-2}
-    S = np.zeros(Z.shape[1])
-    for k in range(T - K + 1):
-        window = np.stack(c[k:k + K - 1])                          # c_k .. c_{k+K-2}
-        m = window.mean(0)
-        s = np.sqrt(((window - m) ** 2).sum(0))
-        S += s * beta * (1 - beta) ** (T - K - k)
-    return S
 
 
 def ref_el2n(Z, y, T):
@@ -251,10 +224,10 @@ def test_epoch_features_against_reference():
     f0, lp0 = epoch_features(torch.from_numpy(Z[0]), torch.from_numpy(y), None, FEATURES)
     assert 'contrib' not in f0 and set(f0) == set(FEATURES) - {'contrib'}
     f1, lp1 = epoch_features(torch.from_numpy(Z[1]), torch.from_numpy(y), lp0, FEATURES)
-    p0, p1 = softmax(Z[0]), softmax(Z[1])
+    p1 = softmax(Z[1])
     np.testing.assert_allclose(lp1.numpy(), np.log(p1 + 1e-8), rtol=1e-5, atol=1e-6)
     n = np.arange(64)
-    ref = {'contrib': np.abs(p1 * (np.log(p1 + 1e-8) - np.log(p0 + 1e-8))).sum(1),
+    ref = {'contrib': ref_contributions(Z[:2])[0],
            'el2n': np.linalg.norm(p1 - np.eye(5)[y], axis=1),
            'correct': (Z[1].argmax(1) == y).astype(float),
            'margin': -ref_aum(Z[1:], y, 1),

@@ -122,17 +122,91 @@ def test_published_defaults_per_script():
     assert t.save_path == "./checkpoint/all-dataset" and s.save_path == "./checkpoint/pruned-dataset"
 
 
+class _PublishedBlock(torch.nn.Module):
+    """The published BasicBlock: conv3x3(stride)-BN-ReLU-conv3x3-BN, plus the shortcut (a 1x1 conv +
+    BN projection built by the caller, or the identity), then ReLU."""
+
+    def __init__(self, c_in, planes, stride, downsample):
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(c_in, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class _PublishedResNet18(torch.nn.Module):
+    """The CIFAR ResNet-18 that the published TDDS train.py builds (models/resnet.py of
+    zhangxin-xd/Dataset-Pruning-TDDS, `resnet18(num_class)`), written again from its description:
+    3x3 stride-1 'same' stem conv (no bias) + BN + ReLU, no max-pool; 4 stages of 2 BasicBlocks
+    (64/128/256/512 channels, strides 1/2/2/2), a 1x1 conv + BN projection where the shape changes
+    (created before the block it belongs to); global average pool; linear classifier. Then every
+    conv is redrawn from N(0, 2 / (k*k*out_channels)) and every BN set to weight 1, bias 0, in
+    module order; the linear layer keeps PyTorch's default init."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding="same", bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        c_in = 64
+        for i, (planes, stride) in enumerate(((64, 1), (128, 2), (256, 2), (512, 2))):
+            down = None
+            if stride != 1 or c_in != planes:
+                down = nn.Sequential(nn.Conv2d(c_in, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
+            first = _PublishedBlock(c_in, planes, stride, down)
+            setattr(self, f"layer{i + 1}", nn.Sequential(first, _PublishedBlock(planes, planes, 1, None)))
+            c_in = planes
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(512, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                fan = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+                m.weight.data.normal_(0, math.sqrt(2.0 / fan))
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.data.fill_(1)
+                m.bias.data.zero_()
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+# Our names for the published model's modules (deliberate: ours follows kuangliu/pytorch-cifar's
+# naming): the published `downsample` is our `shortcut`, its `fc` our `linear`. Nothing else differs.
+PUBLISHED_TO_OURS = {"downsample": "shortcut", "fc": "linear"}
+
+
 def test_model_init_is_the_published_one_and_streams_are_independent():
+    """Our resnet18, built with the published seeding, is the published CIFAR ResNet-18 bit for bit:
+    the same parameters and buffers in the same order (modulo the two names above), the same initial
+    values, and the same outputs."""
     from types import SimpleNamespace
-    from models import create_model
     from utils.engine import AUGMENT, GLOBAL, ORDER, build_model, stream_seed
-    data = SimpleNamespace(num_classes=10)
-    args = SimpleNamespace(manualSeed=3, arch="resnet20", amp=False)
-    ours = build_model(args, data, torch.device("cpu")).state_dict()
+    args = SimpleNamespace(manualSeed=3, arch="resnet18", amp=False)
+    model = build_model(args, SimpleNamespace(num_classes=100), torch.device("cpu"))
     assert torch.initial_seed() == stream_seed(3, GLOBAL, 0)   # then the rank's own global stream
-    torch.manual_seed(3)                      # what the published scripts do before building the model
-    published = create_model("resnet20", 10).state_dict()
-    assert all(torch.equal(ours[k], published[k]) for k in published)
+    torch.manual_seed(3)                      # what the published train.py does before building the model
+    published = _PublishedResNet18(100)
+    ours, theirs = model.state_dict(), published.state_dict()
+    renamed = [".".join(PUBLISHED_TO_OURS.get(part, part) for part in k.split(".")) for k in theirs]
+    assert list(ours) == renamed and len(ours) == 122
+    for (k, a), b in zip(ours.items(), theirs.values()):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), k
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    published.eval()
+    with torch.no_grad():
+        out = model(x)
+        assert out.shape == (4, 100) and torch.equal(out, published(x))
     # every stream of seeds 0..199 (3 streams, 4 ranks) is distinct, and none is a plain small seed
     seeds = [stream_seed(s, k, r) for s in range(200) for k in (AUGMENT, GLOBAL) for r in range(4)]
     seeds += [stream_seed(s, ORDER) for s in range(200)]

@@ -118,14 +118,3 @@ def apply_corruption(images, ratio, kind="gaussian_noise", severity=3, seed=0):
     mask = np.zeros(len(x), dtype=bool)
     mask[chosen] = True
     return (out.numpy() if is_numpy else out), mask
-
-
-def flagged_fractions(kept, flagged):
-    """How much of a kept set is flagged (mislabeled / corrupted), and how much of the flagged was kept."""
-    kept = np.asarray(kept, dtype=np.int64)
-    flagged = np.asarray(flagged, dtype=bool)
-    k = int(flagged[kept].sum())
-    total = int(flagged.sum())
-    return {"kept_flagged_fraction": k / len(kept) if len(kept) else None,
-            "flagged_kept_fraction": k / total if total else None,
-            "num_flagged": total, "num_kept_flagged": k}
