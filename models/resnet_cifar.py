@@ -2,16 +2,21 @@
 
 Two families, both built for small (32x32) images:
 
-- ResNet18/34/50/101 as in the published TDDS code (kuangliu/pytorch-cifar `models/resnet.py`):
-  the ImageNet ResNet with its 7x7 stride-2 stem and max-pool replaced by one 3x3 stride-1 conv,
-  so a 32x32 image keeps 32x32 resolution into the first stage (stages 64/128/256/512 channels).
-  The final pool is adaptive instead of a fixed 4x4 average, so any input of at least 8x8 works.
+- ResNet18/34/50/101 as the published TDDS code builds them (its `models/resnet.py`): the ImageNet
+  ResNet with its 7x7 stride-2 stem and max-pool replaced by one 3x3 stride-1 conv, so a 32x32
+  image keeps 32x32 resolution into the first stage (stages 64/128/256/512 channels), an adaptive
+  final pool (any input of at least 8x8 works). Same layers in the same creation order, so the same
+  seed gives bit-identical initial weights (tests/test_trust.py checks this against an independent
+  definition); only two names differ: the published `downsample` and `fc` are `shortcut` and
+  `linear` here, so a published checkpoint needs those keys renamed (and DataParallel's `module.`
+  prefix removed) to load.
 - ResNet20/32/44/56 of He et al. 2016, Sec. 4.2: 3 stages of n BasicBlocks with 16/32/64 channels
   and parameter-free ("option A") shortcuts, depth 6n+2. Small enough (0.27M parameters for
   ResNet20) to train on a CPU.
 
-Weights are initialised as torchvision does: kaiming-normal (fan_out) convs, BatchNorm at
-weight 1 / bias 0, PyTorch's default for the linear classifier.
+Weights are initialised as the published code and torchvision do: convs from N(0, 2 / (k*k*out
+channels)) (kaiming-normal, fan_out), BatchNorm at weight 1 / bias 0, PyTorch's default for the
+linear classifier.
 """
 import torch.nn as nn
 import torch.nn.functional as F

@@ -6,7 +6,9 @@ the kept set spreads over the classes, how far the methods agree, and TDDS's tra
         --rates 0.3 0.5 0.7 0.9 --out DIR
 
 Reads only what importance_evaluation.py wrote (dataset_score_<tag>.npy, or the published pair
-data_mask_<tag>.npy + score_<tag>.npy; info_<tag>.json) and what the training run left beside its
+data_mask_<tag>.npy + score_<tag>.npy; info_<tag>.json), and only finished scorings: a scoring of
+ours without its info_<tag>.json (cut short) or whose arrays no longer match the sha256 recorded
+there is skipped with a note; a folder a scoring is writing now is refused and what the training run left beside its
 dynamics (train_labels.npy, label_noise_mask.npy, corrupted_mask.npy); it never retrains or
 rescores. The data set, its folder and the dynamics folder come from the info files, so the common
 case needs no flag; the flags override them (and are needed for files without info). Writes into DIR
@@ -35,6 +37,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: utils
 from utils.args import DATA_SETTINGS, DATASETS, Parser  # noqa: E402
 from utils.errors import UserError, run  # noqa: E402
+from utils.folder import check_unlocked, file_sha256  # noqa: E402
 from utils.io import ensure_writable_dir, save_figure, save_json, save_text  # noqa: E402
 from utils.selection import _class_budgets, kept_count, load_mask_and_score  # noqa: E402
 
@@ -122,13 +125,36 @@ def load_scores(mask_dir):
                     info = json.load(f)
             except ValueError:
                 raise UserError(f"{info_path} is not valid JSON") from None
+        why = uncommitted(mask_dir, tag, info)
+        if why:
+            print(f"note: {tag}: skipped: {why}", file=sys.stderr)
+            continue
         method, T = parse_tag(tag)
         out[tag] = Score(tag, score, order, info, info.get("method") or method, info.get("trajectory_len") or T)
+    if not out:
+        raise UserError(f"no finished scoring in {mask_dir} (see the notes above): run importance_evaluation.py "
+                        f"--mask_path {mask_dir} again")
     sizes = {t: len(s.score) for t, s in out.items()}
     if len(set(sizes.values())) != 1:
         raise UserError(f"the scores in {mask_dir} have different lengths ({', '.join(f'{t}: {n}' for t, n in sizes.items())}): "
                         "one data set per folder")
     return out
+
+
+def uncommitted(mask_dir, tag, info):
+    """Why the scoring <tag> cannot be trusted, or None. importance_evaluation.py writes info_<tag>.json
+    last, with the sha256 of its arrays: our files without it are a scoring that did not finish, and
+    arrays that no longer match it were changed since. The published script's pair (data_mask + score,
+    no dataset_score, no info) is accepted as it is."""
+    own = os.path.exists(os.path.join(mask_dir, f"dataset_score_{tag}.npy"))
+    if not info:
+        return f"no info_{tag}.json: a scoring that did not finish (run importance_evaluation.py again)" if own else None
+    for kind, expected in (info.get("sha256") or {}).items():
+        name = (info.get("files") or {}).get(kind)
+        path = os.path.join(mask_dir, name) if name else None
+        if path and os.path.exists(path) and file_sha256(path) != expected:   # (a missing one is not read)
+            return f"{name} is not the file info_{tag}.json vouches for (changed or replaced since it was scored)"
+    return None
 
 
 def _length(path):
@@ -405,6 +431,7 @@ def main(argv=None):
     # ---- every check first: nothing is written until they all pass
     if not os.path.isdir(args.mask_dir):
         raise UserError(f"{args.mask_dir} is not a folder: pass the --mask_path of importance_evaluation.py")
+    check_unlocked(args.mask_dir, "MASK_DIR")   # a scoring writing it now: its files are not final
     if not all(0 <= r < 1 for r in args.rates):
         raise UserError(f"--rates are pruning rates in [0, 1), got {args.rates}")
     if args.classes < 1 or args.per_row < 1 or args.thumb < 4:

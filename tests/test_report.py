@@ -344,6 +344,7 @@ def test_one_line_errors_and_nothing_written(tmp_path, cifar):
     bad = tmp_path / "bad"
     bad.mkdir()
     np.save(bad / "dataset_score_x_ep3.npy", np.zeros(N + 1, np.float32))
+    json.dump({"method": "x"}, open(bad / "info_x_ep3.json", "w"))                # a finished scoring
     p = run_script("scripts/report.py", str(bad), "--dataset", "cifar10", "--data_path", cifar["data"], check=False)
     assert_user_error(p, f"{N + 1} samples", f"has {N}")
     for argv, fragment in (([str(bad)], "--dataset"),                                  # nothing says which data
@@ -352,9 +353,11 @@ def test_one_line_errors_and_nothing_written(tmp_path, cifar):
         with pytest.raises(UserError, match=fragment):
             report.main(argv)
     np.save(bad / "dataset_score_y_ep3.npy", np.zeros(N, np.float32))
+    json.dump({"method": "y"}, open(bad / "info_y_ep3.json", "w"))
     with pytest.raises(UserError, match="different lengths"):
         report.main([str(bad), "--dataset", "cifar10", "--data_path", cifar["data"]])
-    assert sorted(os.listdir(bad)) == ["dataset_score_x_ep3.npy", "dataset_score_y_ep3.npy"]   # no report/
+    assert sorted(os.listdir(bad)) == ["dataset_score_x_ep3.npy", "dataset_score_y_ep3.npy", "info_x_ep3.json",
+                                       "info_y_ep3.json"]   # no report/
     published = tmp_path / "published"                          # the published pair, a broken mask
     published.mkdir()
     np.save(published / "data_mask_win5_ep10.npy", np.zeros((4, 4), np.int64))
@@ -363,3 +366,35 @@ def test_one_line_errors_and_nothing_written(tmp_path, cifar):
         report.main([str(published), "--dataset", "digits"])
     assert not (published / "report").exists()
     assert not (tmp_path / "empty" / "report").exists()
+
+
+def test_only_finished_scorings_are_shown(cifar, tmp_path, capsys):
+    """A scoring cut short (arrays, no info_<tag>.json) and one whose arrays changed after it was scored
+    are skipped with a note; a folder that a scoring is writing now is refused; with no finished
+    scoring left, one line."""
+    from utils.folder import FolderLock
+    masks = tmp_path / "m"
+    masks.mkdir()
+    good, cut, changed = "win3_ep4_decay0.9", "win3_ep4_decay0.8", "el2n_ep4"
+    for tag in (good, changed):
+        for f in (f"dataset_score_{tag}.npy", f"info_{tag}.json"):
+            (masks / f).write_bytes((cifar["masks"] / f).read_bytes())
+    (masks / f"dataset_score_{cut}.npy").write_bytes((cifar["masks"] / f"dataset_score_{cut}.npy").read_bytes())
+    info = json.load(open(masks / f"info_{changed}.json"))                       # vouches for its arrays
+    json.dump({**info, "files": {"dataset_score": f"dataset_score_{changed}.npy"},
+               "sha256": {"dataset_score": "0" * 64}}, open(masks / f"info_{changed}.json", "w"))
+    report.main([str(masks), "--rates", "0.5"])
+    err = capsys.readouterr().err
+    assert f"note: {cut}: skipped: no info_{cut}.json: a scoring that did not finish" in err
+    assert f"note: {changed}: skipped: dataset_score_{changed}.npy is not the file info_{changed}.json vouches for" in err
+    assert set(json.load(open(masks / "report" / "grids.json"))) == {good}
+    lock = FolderLock(str(masks), "--mask_path").acquire(note=lambda *_: None)   # a scoring writing the folder
+    try:
+        p = run_script("scripts/report.py", str(masks), "--out", str(tmp_path / "r2"), check=False)
+        assert_user_error(p, "MASK_DIR")
+    finally:
+        lock.release()
+    assert not (tmp_path / "r2").exists()
+    os.remove(masks / f"info_{good}.json")
+    with pytest.raises(UserError, match="no finished scoring"):
+        report.main([str(masks), "--out", str(tmp_path / "r3")])
