@@ -89,6 +89,9 @@ def test_deleted_checkpoint_same_command_is_done_other_command_refused(finished,
     p = run_script("train.py", *DIGITS, "--epochs", "3", "--dynamics", "--save_path", str(finished), "--resume")
     assert "already finished" in p.stdout and "nothing rewritten" in p.stdout
     assert folder_digest(finished) == before
+    # --overwrite replaces runs of other settings only: this one is still done
+    p = run_script("train.py", *DIGITS, "--epochs", "3", "--dynamics", "--save_path", str(finished), "--overwrite")
+    assert "already finished" in p.stdout and folder_digest(finished) == before
     p = run_script("train.py", *DIGITS, "--epochs", "2", "--dynamics", "--save_path", str(finished), "--resume",
                    check=False)
     assert_user_error(p, "finished run", "--epochs 3 (now 2)", "--overwrite")

@@ -102,7 +102,8 @@ def add_training_args(parser, default_save_path, default_batch_size):
     g.add_argument("--resume", nargs="?", const="auto", default="", metavar="PATH",
                    help="continue from PATH, or (flag alone) from SAVE_PATH/checkpoint.pth.tar if it exists; "
                         "every setting must be the checkpoint's")
-    g.add_argument("--overwrite", action="store_true", help="start again in a save_path that holds a run")
+    g.add_argument("--overwrite", action="store_true", help="start again in a save_path that holds a run of other settings "
+                   "(a finished run of the same settings is never redone)")
     g.add_argument("--start_epoch", type=int, default=0, help="(published flag; --resume sets the epoch)")
     g.add_argument("--evaluate", action="store_true", help="only evaluate the (resumed) model on the test set")
     g.add_argument("--print_freq", type=int, default=200, help="log a progress line every N iterations")
