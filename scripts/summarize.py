@@ -351,7 +351,7 @@ def markdown(runs, missing=()):
     lines += table(aggregate(runs, "best_acc"), "Best test accuracy (%) over epochs — what the published logs report")
     cost = aggregate(runs, "cost_total")
     if any(rate > 0 for _, rate in cost):
-        lines += table(cost, "Compute, as a fraction of one full-data training (dynamics + scoring + subset)",
+        lines += table(cost, "Compute, as a fraction of one full-data training (dynamics + scoring + subset + teacher)",
                        fmt="{:.3f}")
         lines += ledger_rows(runs)
     lines += table(aggregate(runs, "mean_weight"), "Mean loss weight u of the kept set — the published score "
@@ -364,10 +364,10 @@ def markdown(runs, missing=()):
 def ledger_rows(runs):
     """The parts of each run's cost, one row per run."""
     rows = [m for m in runs if not m["is_full"] and m.get("cost_total") is not None and counts(m)]
-    lines = ["| run | dynamics | scoring | subset | total |", "|---|---|---|---|---|"]
+    lines = ["| run | dynamics | scoring | subset | teacher | total |", "|---|---|---|---|---|---|"]
     for m in rows:
         lines.append(f"| {m['run']} | {m['cost_dynamics']:.3f} | {m['cost_scoring']:.4f} | {m['cost_subset']:.3f} | "
-                     f"{m['cost_total']:.3f} |")
+                     f"{m['cost_teacher']:.3f} | {m['cost_total']:.3f} |")
     return lines + [""]
 
 
