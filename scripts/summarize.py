@@ -292,13 +292,18 @@ def missing_runs(out, runs):
     except OSError:
         return []
     have = {m["path"] for m in runs if m["final_acc"] is not None}
+    planned_out = None   # the OUT the plan was written for (its paths are absolute), if it says
     missing = []
     for line in plan:
-        words = line.split()
-        if line.startswith("#") or "--save_path" not in words or words.index("--save_path") + 1 >= len(words):
+        if line.startswith("# OUT="):
+            planned_out = shlex.split(line[len("# OUT="):])[0]
+        words = shlex.split(line) if not line.startswith("#") else []
+        if "--save_path" not in words[:-1]:
             continue
-        path = os.path.abspath(shlex.split(line)[shlex.split(line).index("--save_path") + 1])
-        if path not in have:
+        path = words[words.index("--save_path") + 1]
+        if planned_out:   # the folder may have moved since
+            path = os.path.join(out, os.path.relpath(path, planned_out))
+        if os.path.abspath(path) not in have:
             missing.append(os.path.relpath(path, out))
     return missing
 

@@ -370,6 +370,7 @@ write_plan() {
       echo "# DATASET=$DATASET ARCH=$ARCH EPOCHS=$EPOCHS RATES='${rates[*]}' METHODS='$METHODS'" \
            "SELECTIONS='$SELECTIONS' SEEDS='$SEEDS' SUBSET_ARCHS='$SUBSET_ARCHS' BUDGET=$BUDGET" \
            "KD=$KD KD_ALPHA='$KD_ALPHA' RATE_FLAGS='$RATE_FLAGS' OVERWRITE=$OVERWRITE"
+      echo "# OUT=$(printf '%q' "$OUT")"   # summarize.py finds the planned runs even if the folder moved
       echo "# stage 1"; ((${#stage1[@]} == 0)) || printf '%s\n' "${stage1[@]}"
       echo "# stage 2"; printf '%s\n' "${stage2[@]}"
       echo "# stage 3"; printf '%s\n' "${stage3[@]}"; } > "$1.tmp"

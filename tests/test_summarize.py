@@ -225,8 +225,9 @@ def test_seeds_only_when_fingerprints_differ_in_the_seed_alone(tmp_path):
     write_run(out, "full-T", fp(manualSeed=1, subset_rate=None, epochs=200), state="stopped", final_acc=30.0,
               completed_epochs=4, stopped=True, finished=False, **{**full, "epochs": 200})
     with open(os.path.join(out, "plan.txt"), "w") as f:
-        f.write("# stage 2\n" + "".join(f"python train_subset.py --save_path {out}/random/r0.9/s{s} --resume\n"
-                                        for s in (1, 2, 4)))
+        # the plan of the study when it lived elsewhere (sweep.sh writes absolute paths and its OUT)
+        f.write("# OUT=/old/place\n# stage 2\n" + "".join(
+            f"python train_subset.py --save_path /old/place/random/r0.9/s{s} --resume\n" for s in (1, 2, 4)))
     md = load_summarize().summarize(out)
     table = parse_md_table(md)
     a, b, c = 60.0, 62.0, 64.0
