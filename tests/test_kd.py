@@ -99,8 +99,9 @@ def test_ledger_charges_the_teacher(tmp_path):
           "teacher_run": "/r/full", "teacher_train_seconds": 100.0, "train_seconds": 30.0, "path": "/r/kd",
           "dataset": "digits", "arch": "resnet20", "history": [{"teacher_seconds": 4.0}, {"teacher_seconds": 6.0}]}
     tdds_kd = {**kd, "selection": "top", "method": "tdds", "path": "/r/tk", "score_info": {"dynamics_run": "/r/full"}}
-    for m in (kd, tdds_kd):
-        m["label"] = run_label(m)
+    for m in (full, kd, tdds_kd):
+        m["label"] = run_label(m) if m is not full else "full"
+        m["is_full"] = m is full
     add_costs([full, kd, tdds_kd])
     assert kd["label"] == "random-kd" and tdds_kd["label"] == "tdds-kd"
     assert kd["cost_teacher"] == pytest.approx(1.0) and kd["cost_total"] == pytest.approx(1.3)

@@ -50,17 +50,17 @@ def test_published_commands_cifar100(cifar100_dir, tmp_path):
 
 
 def test_published_commands_cifar10_resnet18(cifar10_dir, tmp_path):
-    """CIFAR-10 layout (five data_batch files), the published resnet18, T=10, K=5."""
+    """CIFAR-10 layout (five data_batch files), the published resnet18 (4 epochs: CPU time), T=4, K=3."""
     full, masks = tmp_path / "all", tmp_path / "masks"
     run_script("train.py", "--data_path", cifar10_dir, "--dataset", "cifar10", "--arch", "resnet18",
-               "--epochs", "10", "--batch-size", "100", "--dynamics", "--save_path", str(full), "--ngpu", "0")
-    assert len(list((full / "npy").glob("*_Output.npy"))) == 10
+               "--epochs", "4", "--batch-size", "100", "--dynamics", "--save_path", str(full), "--ngpu", "0")
+    assert len(list((full / "npy").glob("*_Output.npy"))) == 4
     run_script("importance_evaluation.py", "--dynamics_path", str(full / "npy"), "--mask_path", str(masks),
-               "--trajectory_len", "10", "--window_size", "5")
+               "--trajectory_len", "4", "--window_size", "3")
     run_script("train_subset.py", "--data_path", cifar10_dir, "--dataset", "cifar10", "--arch", "resnet18",
                "--epochs", "1", "--save_path", str(tmp_path / "sub"), "--subset_rate", "0.5", "--ngpu", "0",
-               "--mask_path", str(masks / "data_mask_win5_ep10.npy"),
-               "--score_path", str(masks / "score_win5_ep10.npy"), "--no_score_weighting")
+               "--mask_path", str(masks / "data_mask_win3_ep4.npy"),
+               "--score_path", str(masks / "score_win3_ep4.npy"), "--no_score_weighting")
     m = json.loads((tmp_path / "sub" / "metrics.json").read_text())
     assert m["num_train_samples"] == 80 and m["score_weighting"] is False
 
