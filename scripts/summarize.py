@@ -21,7 +21,10 @@ subset runs differ in batch size, and "[A→B]" when the scores came from archit
 architecture B, so variants never share a cell. Runs are averaged as seeds only when their run
 fingerprints (folder.json: every setting that can change a result, and the content of the data, mask
 and score files) differ in --manualSeed alone. Where runs of one label and rate differ in anything else,
-the labels of that method name every differing setting, e.g. "random (decay=0.001)", "tdds (scores=win5_ep10)".
+the labels of that method name every differing setting, e.g. "random (decay=0.001)", "tdds (scores=win5_ep10)"
+(and "[settings <hash>]" where the shown values alone would not tell them apart). A run trained on
+a mask that its scoring's info_<tag>.json no longer vouches for (rescored with --overwrite since) is
+labelled "(scores since replaced)".
 
 Only finished runs enter the tables. A run that stopped before its last epoch (interrupted, failed,
 running now, or --stop_epoch) is listed under "Unfinished runs" with its epoch, never averaged; the
@@ -38,6 +41,7 @@ of the same schedule (the full run's seconds per epoch x its --epochs):
   teacher  = the --teacher's own training, when it is not the run whose dynamics are charged above
 """
 import csv
+import hashlib
 import io
 import json
 import os
@@ -109,6 +113,8 @@ def collect_runs(out):
         m["is_full"] = m["label"] == FULL
         m["fingerprint"] = fingerprint(m)
         m["state"] = run_state(m)
+        if scores_replaced(m):
+            m["label"] += " (scores since replaced)"
         runs.append(m)
     name_differences([m for m in runs if counts(m)])
     runs.sort(key=lambda m: (not m["is_full"], m["label"], m["subset_rate"], str(m.get("seed")), m["run"]))
@@ -131,6 +137,27 @@ def counts(m):
     """Does the run enter the tables? Finished runs do; of the others only the full-data run that
     stopped at T (--stop_epoch) to record the dynamics, as the reference line that says so."""
     return m["state"] == "finished" or (m["is_full"] and m["state"] == "stopped")
+
+
+def scores_replaced(m):
+    """Was the run trained on a mask that its scoring's info_<tag>.json no longer vouches for (the
+    scoring was redone with --overwrite since)? False when that cannot be told (files moved)."""
+    trained = ((m.get("score_info") or {}).get("sha256") or {}).get("mask")
+    mask = m.get("mask_path")
+    if not trained or not mask or m.get("selection") == "random":
+        return False
+    if not os.path.isabs(mask):   # relative to where the run was started
+        try:
+            with open(os.path.join(m["path"], "args.json")) as f:
+                mask = os.path.join(json.load(f)["cwd"], mask)
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+    try:
+        with open(os.path.join(os.path.dirname(mask), f"info_{m['score_info'].get('tag')}.json")) as f:
+            now = (json.load(f).get("sha256") or {}).get("mask")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(now) and now != trained
 
 
 def _setting(m, key):
@@ -180,8 +207,7 @@ def name_differences(runs):
     for label, ms in by_label.items():
         experiments = {}   # rate -> {fingerprint without the seed: one of its runs}
         for m in ms:
-            key = json.dumps({k: v for k, v in m["fingerprint"].items() if k != SEED}, sort_keys=True, default=str)
-            experiments.setdefault(m["subset_rate"], {}).setdefault(key, m["fingerprint"])
+            experiments.setdefault(m["subset_rate"], {}).setdefault(_experiment(m), m["fingerprint"])
         differing = set()
         for fps in experiments.values():
             fps = list(fps.values())
@@ -191,6 +217,20 @@ def name_differences(runs):
         if differing:
             for m in ms:
                 m["label"] += " (" + ", ".join(dict.fromkeys(_shown(m, k) for k in sorted(differing))) + ")"
+    # the rule, enforced: where a shown value still hides a difference (two files of one tag), the
+    # fingerprint's own short hash tells the experiments apart
+    cells = {}
+    for m in runs:
+        cells.setdefault((m["label"], m["subset_rate"]), {}).setdefault(_experiment(m), []).append(m)
+    for experiments in cells.values():
+        for key, ms in experiments.items() if len(experiments) > 1 else ():
+            for m in ms:
+                m["label"] += f" [settings {hashlib.sha256(key.encode()).hexdigest()[:6]}]"
+
+
+def _experiment(m):
+    """The fingerprint without the seed, as one string: runs with the same one are seeds of one experiment."""
+    return json.dumps({k: v for k, v in m["fingerprint"].items() if k != SEED}, sort_keys=True, default=str)
 
 
 # ------------------------------------------------------------------------------------------------ cost

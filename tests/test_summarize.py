@@ -262,3 +262,27 @@ def test_a_run_whose_writer_is_alive_is_running(tmp_path):
     finally:
         lock.release()
     assert "| tdds/r0.5/s1 | tdds | interrupted | 2 of 10 |" in load_summarize().summarize(out)
+
+
+def test_runs_on_other_files_of_one_tag_never_share_a_cell(tmp_path):
+    """Two scorings of one tag (the second made with --overwrite): a run trained on the replaced one is
+    labelled so, and two runs whose mask contents differ are told apart even when the tag is the same."""
+    out = tmp_path / "sweep"
+    masks = out / "masks"
+    masks.mkdir(parents=True)
+    json.dump({"tag": "win5_ep10", "sha256": {"mask": "b" * 64}}, open(masks / "info_win5_ep10.json", "w"))
+    def tdds(run, mask_sha, seed, acc, mask_path=str(masks / "data_mask_win5_ep10.npy")):
+        write_run(str(out), run, {"--manualSeed": seed, "content of --mask_path": mask_sha}, method="tdds",
+                  subset_rate=0.5, final_acc=acc, seed=seed, mask_path=mask_path,
+                  score_info={"tag": "win5_ep10", "sha256": {"mask": mask_sha}})
+    tdds("tdds/r0.5/s1", "a" * 64, 1, 60.0)          # trained before the scoring was replaced
+    tdds("tdds/r0.5/s2", "b" * 64, 2, 70.0)          # on the current one
+    tdds("tdds/r0.5/s3", "b" * 64, 3, 72.0)
+    table = parse_md_table(load_summarize().summarize(str(out)))
+    assert table == {"tdds": {"50%": "71.00 ± 1.41 (n=2)"}, "tdds (scores since replaced)": {"50%": "60.00"}}
+    # the same tag, other contents, no info to tell which is current (e.g. folders moved): still apart
+    os.remove(masks / "info_win5_ep10.json")
+    load_summarize().summarize(str(out))
+    labels = {r["run"]: r["label"] for r in csv.DictReader(open(out / "results.csv"))}
+    assert labels["tdds/r0.5/s2"] == labels["tdds/r0.5/s3"] != labels["tdds/r0.5/s1"]
+    assert labels["tdds/r0.5/s1"].startswith("tdds (scores=win5_ep10) [settings ")
