@@ -1,8 +1,8 @@
 """The sweep and its summary, for real, on the bundled digits on CPU: the dynamics run stopped at T,
 TDDS scores, top and ccs selection, the random baseline, the table and the plots; the commands it
-ran are exactly its plan's; the identical sweep again rewrites no file of a run or a scoring; one with
-another EPOCHS is refused and changes nothing; then the same plan with two jobs at once finds what is
-done, trains the rest and gives the same metrics."""
+ran are exactly its plan's; the sweep with another EPOCHS is refused and changes nothing; the same
+sweep with two jobs at once, in a copy without two of the runs, finds the rest done without
+rewriting a file of it, trains the two and gives the same metrics."""
 import csv
 import hashlib
 import json
@@ -94,30 +94,29 @@ def test_sweep_end_to_end_on_digits(tmp_path):
     assert (out / "accuracy_vs_pruning.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "accuracy_vs_cost.png").read_bytes()[:4] == b"\x89PNG"
 
-    # the identical sweep again: every command runs, finds its work done, and no run or scoring file
-    # is rewritten
-    before = study_files(out)
-    p = run_script("bash", "scripts/sweep.sh", env=env)
-    assert "3 subset runs: 0 trained, 3 already done (nothing rewritten), 0 refused, 0 failed" in p.stdout, p.stdout
-    assert "already stopped after epoch 3" in p.stdout and "already scored" in p.stdout
-    assert study_files(out) == before
     # another EPOCHS: the full-data run is refused (listing the difference), the sweep stops, nothing changes
+    before = study_files(out)
     p = run_script("bash", "scripts/sweep.sh", env={**env, "EPOCHS": "5"}, check=False)
     assert p.returncode == 1 and "1 command(s) refused" in p.stderr and "--epochs 4 (now 5)" in p.stderr, p.stderr
     assert "OVERWRITE=1" in p.stderr
     assert study_files(out) == before
 
-    # the same plan again with two jobs at once (cores split), in a copy of the study without the
-    # tdds and random runs: the full-data run (stopped at T), scores and ccs run are found done, the
-    # two others train side by side and give the same metrics
+    # the same sweep again with two jobs at once (cores split), in a copy of the study without the
+    # tdds and random runs: every command runs; the full-data run (stopped at T), the scores and the
+    # ccs run are found done and not one of their files is rewritten; the two others train side by
+    # side and give the same metrics
     two = tmp_path / "two"
     shutil.copytree(out, two)
     for run in ("tdds", "random"):
         shutil.rmtree(two / run)
+    kept = study_files(two)
     p = run_script("bash", "scripts/sweep.sh", env=ENV | {"OUT": str(two), "JOBS": "2"})
     lines = p.stdout.splitlines()
     assert "already stopped after epoch 3" in p.stdout and "already scored" in p.stdout   # full, scoring
     assert [l.split("/")[-3] for l in lines if l.startswith("already done ")] == ["tdds-ccs"], p.stdout
+    assert "3 subset runs: 2 trained, 1 already done (nothing rewritten), 0 refused, 0 failed" in p.stdout
+    after = study_files(two)
+    assert {f: after[f] for f in kept} == kept                    # sha256 and mtime of every file that was there
     launched = [l for l in lines if l.startswith("+ ") and "train_subset.py" in l]
     assert len(launched) == 3 and all("OMP_NUM_THREADS=" in l for l in launched), launched
     parallel = metrics(two)
