@@ -6,12 +6,13 @@ the kept set spreads over the classes, how far the methods agree, and TDDS's tra
         --rates 0.3 0.5 0.7 0.9 --out DIR
 
 Reads only what importance_evaluation.py wrote (dataset_score_<tag>.npy, or the published pair
-data_mask_<tag>.npy + score_<tag>.npy; info_<tag>.json), and only finished scorings: a scoring of
-ours without its info_<tag>.json (cut short) or whose arrays no longer match the sha256 recorded
-there is skipped with a note; a folder a scoring is writing now is refused and what the training run left beside its
+data_mask_<tag>.npy + score_<tag>.npy; info_<tag>.json) and what the training run left beside its
 dynamics (train_labels.npy, label_noise_mask.npy, corrupted_mask.npy); it never retrains or
-rescores. The data set, its folder and the dynamics folder come from the info files, so the common
-case needs no flag; the flags override them (and are needed for files without info). Writes into DIR
+rescores. It shows only finished scorings: a scoring of ours without its info_<tag>.json (cut short)
+or whose arrays no longer match the sha256 recorded there is skipped with a note, and a folder that
+a scoring is writing now is refused. The data set, its folder and the dynamics folder come from
+the info files, so the common case needs no flag; the flags override them (and are needed for files
+without info). Writes into DIR
 (default MASK_DIR/report), only once every check has passed:
   grid_<tag>.png        per class (up to --classes), the highest-scored (kept first) and the lowest-
                         scored (pruned first) training images; mislabeled samples framed red,

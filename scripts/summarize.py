@@ -51,10 +51,9 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: utils
-from utils.args import Parser  # noqa: E402
-from utils.args import without_unused  # noqa: E402
+from utils.args import Parser, without_unused  # noqa: E402
 from utils.errors import UserError, run  # noqa: E402
-from utils.folder import read_state  # noqa: E402
+from utils.folder import read_state, training_cwd  # noqa: E402
 from utils.io import save_figure, save_text  # noqa: E402
 
 CSV_COLUMNS = ["run", "label", "state", "method", "selection", "class_balanced", "score_weighting", "budget", "subset_rate",
@@ -111,8 +110,9 @@ def collect_runs(out):
         m["path"] = os.path.abspath(folder)
         m["label"] = run_label(m)
         m["is_full"] = m["label"] == FULL
-        m["fingerprint"] = fingerprint(m)
-        m["state"] = run_state(m)
+        recorded = read_state(folder)   # folder.json: fingerprint and state, read once
+        m["fingerprint"] = fingerprint(m, recorded)
+        m["state"] = run_state(m, recorded.get("state"))
         if scores_replaced(m):
             m["label"] += " (scores since replaced)"
         runs.append(m)
@@ -122,10 +122,9 @@ def collect_runs(out):
     return runs
 
 
-def run_state(m):
+def run_state(m, state):
     """finished, stopped (--stop_epoch), running (its writer holds the lock now), interrupted or failed:
-    folder.json's state where there is one, else what metrics.json says."""
-    state = read_state(m["path"]).get("state")
+    folder.json's `state` where there is one, else what metrics.json says."""
     if state in ("running", "interrupted", "failed") or m["final_acc"] is None:
         return state if state in ("running", "failed") else "interrupted"
     if m.get("finished", True):   # metrics.json of older versions has no "finished": they wrote it at the end
@@ -147,11 +146,10 @@ def scores_replaced(m):
     if not trained or not mask or m.get("selection") == "random":
         return False
     if not os.path.isabs(mask):   # relative to where the run was started
-        try:
-            with open(os.path.join(m["path"], "args.json")) as f:
-                mask = os.path.join(json.load(f)["cwd"], mask)
-        except (OSError, ValueError, KeyError, TypeError):
+        cwd = training_cwd(m["path"])
+        if cwd is None:
             return False
+        mask = os.path.join(cwd, mask)
     try:
         with open(os.path.join(os.path.dirname(mask), f"info_{m['score_info'].get('tag')}.json")) as f:
             now = (json.load(f).get("sha256") or {}).get("mask")
@@ -170,17 +168,19 @@ def _setting(m, key):
 SEED_INVARIANT = ("dataset", "arch", "scored_arch", "epochs", "steps", "score")
 
 
-def fingerprint(m):
-    """{setting: value} that decides the run's result: the run fingerprint of folder.json (args.json in
-    older versions), without settings that have no effect; for a bare metrics.json, what it records."""
-    for name in ("folder.json", "args.json"):
+def fingerprint(m, recorded):
+    """{setting: value} that decides the run's result: the run fingerprint of folder.json (`recorded`;
+    args.json in older versions), without settings that have no effect; for a bare metrics.json, what
+    it records."""
+    fp = recorded.get("fingerprint")
+    if not isinstance(fp, dict):
         try:
-            with open(os.path.join(m["path"], name)) as f:
+            with open(os.path.join(m["path"], "args.json")) as f:
                 fp = json.load(f).get("fingerprint")
         except (OSError, ValueError, AttributeError):
             fp = None
-        if isinstance(fp, dict):
-            return without_unused(fp, "--")
+    if isinstance(fp, dict):
+        return without_unused(fp, "--")
     return {**{k: _setting(m, k) for k in SEED_INVARIANT}, SEED: m.get("seed")}
 
 

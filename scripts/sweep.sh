@@ -259,7 +259,6 @@ overwrite=()
 ((OVERWRITE)) && overwrite=(--overwrite)
 
 # the full-data run: recorded up to the largest T, or to the end when its accuracy or model is wanted
-full_stop=""
 if [[ -z $DYNAMICS ]] && ((needs_dynamics || needs_model || FULL_ACC)); then
     stop=()
     if ((FULL_ACC)); then
@@ -271,7 +270,7 @@ if [[ -z $DYNAMICS ]] && ((needs_dynamics || needs_model || FULL_ACC)); then
     elif ((T_max >= EPOCHS)); then
         echo "dynamics: all $EPOCHS epochs (the largest T is $T_max)"
     else
-        stop=(--stop_epoch "$T_max") full_stop=$T_max
+        stop=(--stop_epoch "$T_max")
         echo "dynamics: $T_max of $EPOCHS epochs ($(awk -v t="$T_max" -v e="$EPOCHS" 'BEGIN { printf "%.0f", 100 * (1 - t / e) }')%" \
              "of the full-data training saved; FULL_ACC=1 trains to the end)"
     fi

@@ -304,7 +304,7 @@ def has_training_data(dataset, path):
 def recorded_data_path(dataset, data_path, run_folder):
     """A --data_path that the run in run_folder recorded: a relative one that holds no data from here is
     taken relative to the folder that run was started in, when the data are there."""
-    from .run_folder import training_cwd
+    from .folder import training_cwd
     if os.path.isabs(data_path) or not run_folder or has_training_data(dataset, data_path):
         return data_path
     cwd = training_cwd(run_folder)

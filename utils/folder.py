@@ -273,6 +273,26 @@ def write_state(folder, **fields):
     save_json(path, st)
 
 
+def training_cwd(run_folder):
+    """The folder a run was started in, so that the relative paths it recorded can be found from anywhere:
+    args.json's cwd, or (older runs) its save_path as typed stripped from the run folder; None if unknown."""
+    try:
+        with open(os.path.join(run_folder, "args.json")) as f:
+            recorded = json.load(f)
+        if recorded.get("cwd"):
+            return recorded["cwd"]
+        save_path = recorded["args"]["save_path"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    parts = os.path.normpath(save_path).split(os.sep)
+    if os.path.isabs(save_path) or ".." in parts:
+        return None
+    base = os.path.abspath(run_folder)
+    for _ in parts:   # strip save_path's components from the end of the absolute run folder
+        base = os.path.dirname(base)
+    return base
+
+
 # ------------------------------------------------------------------------------------ dynamics manifest
 def data_crc32(path_or_array):
     """CRC-32 of an array's bytes as stored after the .npy header (the same from memory or from disk)."""

@@ -24,7 +24,7 @@ from . import dist
 from .errors import Preempted, UserError
 from .folder import (LOCK, MANIFEST, STATE, FolderLock, array_sha256, check_fingerprint,  # noqa: F401 (re-exported)
                      check_unlocked, file_sha256, fingerprint_diffs, new_run_id, read_state, run_fingerprint,
-                     write_state, NOT_FINGERPRINTED)
+                     training_cwd, write_state, NOT_FINGERPRINTED)
 from .io import ensure_writable_dir, save_json, save_npy
 
 CHECKPOINT, BEST = "checkpoint.pth.tar", "model_best.pth.tar"
@@ -257,26 +257,6 @@ def begin_run(args, resuming, fingerprint, run_id=None):
                     fingerprint=fingerprint, state="running", completed_epochs=None, error=None)
     dist.barrier()
     return RunFolder(args, Log(args.save_path, args.manualSeed, append=resuming), lock, run_id)
-
-
-def training_cwd(run_folder):
-    """The folder a run was started in, so that the relative paths it recorded can be found from anywhere:
-    args.json's cwd, or (older runs) its save_path as typed stripped from the run folder; None if unknown."""
-    try:
-        with open(os.path.join(run_folder, "args.json")) as f:
-            recorded = json.load(f)
-        if recorded.get("cwd"):
-            return recorded["cwd"]
-        save_path = recorded["args"]["save_path"]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    parts = os.path.normpath(save_path).split(os.sep)
-    if os.path.isabs(save_path) or ".." in parts:
-        return None
-    base = os.path.abspath(run_folder)
-    for _ in parts:   # strip save_path's components from the end of the absolute run folder
-        base = os.path.dirname(base)
-    return base
 
 
 def write_training_set_files(save_path, data):
