@@ -54,7 +54,7 @@ What the numbers say
   a uniform subset of the same size, the baseline every pruning method must beat.
 - "random-kd" (rates above 0.8) is that random subset trained with distillation from the full-data
   model (--teacher, --kd_alpha 1.0). Ten epochs of 144 images are about 90 optimizer steps, too few
-  for any 0.9 row here to mean much (the demo has measured it below random as often as above); with
+  for any 0.9 row here to mean much (one demo run gave it 18.3 against random's 32.8); with
   as many steps as the full data (--budget iterations), the measured study in
   docs/AGGRESSIVE_PRUNING.md saw it beat random in every seed (97.8 vs 93.3 on average). Its compute
   includes the teacher's training (the cost ledger).
