@@ -136,6 +136,19 @@ def to_write(args, planned):
     return todo
 
 
+def decide_under(lock, args, planned):
+    """to_write again, now that the lock is held: what another scorer committed meanwhile counts (the same
+    scoring: already scored; another: refused). Refused or nothing to do: the lock goes, leaving no trace."""
+    try:
+        todo = to_write(args, planned)
+    except UserError:
+        lock.release(refused=True)
+        raise
+    if not todo:
+        lock.release(refused=True)
+    return todo
+
+
 def commit(args, written, start):
     """The scoring's record, written last: info_<tag>.json with the seconds of the whole call and the
     sha256 of the files it vouches for."""
@@ -303,8 +316,9 @@ def moderate(args, start):
     else:
         images.augment = False
     _, score = moderate_score(penultimate_features(model, images, data.n_train), data.targets)
-    ensure_writable_dir(args.mask_path, '--mask_path')
     lock = FolderLock(args.mask_path, '--mask_path').acquire()
+    if not decide_under(lock, args, {'moderate': (paths, scoring)}):
+        return
     info = {'method': 'moderate', 'scoring': scoring, 'tag': 'moderate', 'trajectory_len': None, 'window_size': None, 'decay': None,
             'seed': None, 'checkpoint': os.path.abspath(args.checkpoint), 'checkpoint_epoch': ck.get('epoch'),
             'num_samples': data.n_train, 'num_classes': data.num_classes, 'dynamics_path': None,
@@ -314,6 +328,7 @@ def moderate(args, start):
     info['files'] = {k: v for k, v in output_names('moderate', 0, 0).items() if k in ARRAYS}
     try:
         write_score(args, score, paths, info['what'])
+        lock.ensure_owned()
         commit(args, {'moderate': (paths, info)}, start)
     finally:
         lock.release()
@@ -371,8 +386,10 @@ def main(argv=None):
                             device=device, mean_p=args.method in MEAN_P_METHODS)   # each (N,) in dataset order
     scores, mean_ps = scores if args.method in MEAN_P_METHODS else (scores, [None] * len(combos))
 
-    ensure_writable_dir(args.mask_path, '--mask_path')                   # the first write
-    lock = FolderLock(args.mask_path, '--mask_path').acquire()
+    lock = FolderLock(args.mask_path, '--mask_path').acquire()          # the first write
+    todo = decide_under(lock, args, {tag: planned[tag] for tag in todo})
+    if not todo:
+        return
     try:
         run_folder, run_args = training_run(args.dynamics_path)
         by_tag, written = {}, {}
@@ -408,6 +425,7 @@ def main(argv=None):
             write_agreement(by_tag, args.sensitivity_rates, md, png,
                             title=f"{args.method}: agreement between the {len(combos)} combinations")
             print(f"wrote {md}, {png}: Spearman correlation and kept-set overlap of every pair of combinations")
+        lock.ensure_owned()
         seconds = commit(args, written, start)   # last: the seconds of the whole call are known only now
     finally:
         lock.release()
@@ -415,4 +433,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    run(main)
+    run(main, way_on="make room (or make --mask_path writable), then run the same command: scorings already committed are not redone")

@@ -19,8 +19,8 @@ from utils.args import Parser, add_training_args, check_training_args
 from utils.dynamics import DTYPES, FORMATS, DynamicsRecorder
 from utils.engine import build_model, evaluate_only, fit, run_facts, setup
 from utils.errors import UserError, run
-from utils.run_folder import (already_done, begin_run, resumes_elsewhere, run_fingerprint, settle, training_set_info,
-                              write_training_set_files)
+from utils.folder import open_run, run_fingerprint
+from utils.run_folder import already_done, training_set_info, write_training_set_files
 
 
 def parse_args(argv=None):
@@ -43,20 +43,16 @@ def main(argv=None):
     check_training_args(args)
     if args.stop_epoch is not None and not 1 <= args.stop_epoch <= args.epochs:
         raise UserError(f"--stop_epoch {args.stop_epoch} must lie in 1..--epochs ({args.epochs})")
-    device, data, resume_from = setup(args)                       # reads only, writes nothing
+    device, data = setup(args)                                    # reads only, writes nothing
     fingerprint = run_fingerprint(args, **run_facts(args, data, device))
-    ck, done = settle(args, fingerprint, resume_from) if not args.evaluate else (None, None)
-    if done is not None:
-        return already_done(args, done)
-    if ck is not None:
-        if args.stop_epoch is not None and ck.get("epoch", 0) > args.stop_epoch:
-            raise UserError(f"--stop_epoch {args.stop_epoch}: {resume_from} has trained {ck['epoch']} epochs already; "
-                            f"resume with a later --stop_epoch, or without it to finish the run")
-    model = build_model(args, data, device)
     if args.evaluate:
-        return evaluate_only(args, model, data)
-    run_id = (ck or {}).get("run_info", {}).get("run_id")           # the run the recorded epochs belong to
-    folder = begin_run(args, resuming=ck is not None, fingerprint=fingerprint, run_id=run_id)   # the first write
+        return evaluate_only(args, build_model(args, data, device), data)
+    folder = open_run(args, fingerprint, stop_epoch=args.stop_epoch)   # lock, read, decide (or refuse)
+    if folder.done is not None:
+        return already_done(args, folder.done)
+    ck, resume_from = folder.ck, folder.resume_from
+    model = build_model(args, data, device)
+    folder.begin(run_id=(ck or {}).get("run_info", {}).get("run_id"))   # the first write; a resumed run keeps its id
     log = folder.log
     if dist.is_main_process():
         write_training_set_files(args.save_path, data)
@@ -64,7 +60,7 @@ def main(argv=None):
         f"{args.arch} on {device}{' x' + str(dist.world_size()) if dist.world_size() > 1 else ''}"
         f"{' bf16' if args.amp else ''} | {args.epochs} epochs"
         f"{f', stopping after {args.stop_epoch}' if args.stop_epoch else ''}")
-    if args.dynamics and ck is not None and ck.get("epoch") and resumes_elsewhere(args):
+    if args.dynamics and ck is not None and ck.get("epoch") and folder.decision.get("elsewhere"):
         log(f"note: epochs 0..{ck['epoch'] - 1} were recorded in {os.path.dirname(os.path.abspath(resume_from))}/npy; "
             f"{args.save_path}/npy gets the epochs from {ck['epoch']} on")
     recorder = None

@@ -35,7 +35,8 @@ from utils.distill import check_kd_args, load_teacher
 from utils.engine import build_model, evaluate_only, fit, run_facts, setup
 from utils.errors import UserError, run
 from utils.io import save_npy
-from utils.run_folder import (already_done, begin_run, file_sha256, run_fingerprint, settle, training_set_info,
+from utils.folder import file_sha256, open_run, run_fingerprint
+from utils.run_folder import (already_done, training_set_info,
                               write_training_set_files)
 from utils.scoring import mean_p_name
 from utils.selection import BETA_C, STRATEGIES, file_tag, load_mask_and_score, loss_weights, select
@@ -176,7 +177,7 @@ def main(argv=None):
     args = parse_args(argv)
     check_training_args(args)
     check_subset_args(args)
-    device, data, resume_from = setup(args)                       # reads only, writes nothing
+    device, data = setup(args)                                    # reads only, writes nothing
     n = data.n_train
     order = score = None
     info = score_info(args.mask_path) if args.mask_path and args.selection != "random" else {}
@@ -210,15 +211,14 @@ def main(argv=None):
         ({"kd_alpha", "kd_temperature"} if args.teacher is None else set())
     where = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in unused})
     fingerprint = run_fingerprint(where, **run_facts(args, data, device), **files)
-    ck, done = settle(args, fingerprint, resume_from) if not args.evaluate else (None, None)
-    if done is not None:
-        return already_done(args, done)
-    model = build_model(args, data, device)
     if args.evaluate:
-        return evaluate_only(args, model, data)
-
-    folder = begin_run(args, resuming=ck is not None, fingerprint=fingerprint,
-                       run_id=(ck or {}).get("run_info", {}).get("run_id"))   # the first write
+        return evaluate_only(args, build_model(args, data, device), data)
+    folder = open_run(args, fingerprint)                          # lock, read, decide (or refuse)
+    if folder.done is not None:
+        return already_done(args, folder.done)
+    ck, resume_from = folder.ck, folder.resume_from
+    model = build_model(args, data, device)
+    folder.begin(run_id=(ck or {}).get("run_info", {}).get("run_id"))   # the first write
     log = folder.log
     if dist.is_main_process():
         save_npy(os.path.join(args.save_path, "subset_indices.npy"), kept)

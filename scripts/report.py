@@ -525,4 +525,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, way_on="make room (or make the folder writable), then run it again")

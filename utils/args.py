@@ -40,6 +40,10 @@ DATA_SETTINGS = {"label_noise": 0.0, "noise_type": "symmetric", "noise_seed": 0,
 # settings that only act when another one is non-zero: with --label_noise 0, the noise type and seed
 # change nothing, and likewise for corruption; comparisons of two runs' settings ignore them then
 ONLY_WITH = {"label_noise": ("noise_type", "noise_seed"), "corrupt_ratio": ("corruption", "severity", "corrupt_seed")}
+# settings of train_subset.py that act only with some selections: a random subset has no score to weight
+# by, ccs's strata act only in ccs, Beta's c only in beta; comparisons ignore them otherwise
+ONLY_FOR_SELECTION = {"no_score_weighting": ("top", "ccs", "beta"), "mis_ratio": ("ccs",), "strata": ("ccs",),
+                      "beta_c": ("beta",)}
 
 
 def without_unused(settings, prefix=""):
@@ -50,6 +54,10 @@ def without_unused(settings, prefix=""):
         if not out.get(prefix + rate):
             for d in dependents:
                 out.pop(prefix + d, None)
+    if prefix + "selection" in out:
+        for name, selections in ONLY_FOR_SELECTION.items():
+            if out[prefix + "selection"] not in selections:
+                out.pop(prefix + name, None)
     return out
 
 

@@ -23,7 +23,8 @@ from .data import FolderImages, make_batches
 from .errors import Preempted, UserError
 from .io import save_json, save_torch
 from .preemption import EXIT_STATUS, StopSignals
-from .run_folder import BEST, CHECKPOINT, array_sha256, find_resume, load_checkpoint
+from .folder import BEST, CHECKPOINT, array_sha256
+from .run_folder import check_writable, load_checkpoint
 
 EVAL_BATCH = 500
 
@@ -33,17 +34,18 @@ EVAL_BATCH = 500
 # --------------------------------------------------------------------------------------------------
 def setup(args):
     """The first steps of both training scripts, none of which writes anything: device (and process
-    group), the resume/overwrite decision, the data on the device. Returns (device, data, resume_from)."""
+    group), the data on the device. Returns (device, data). What the run folder holds is read later,
+    under its lock (utils.folder.open_run)."""
     from .data import load_data
     if args.deterministic:   # before CUDA starts: cuBLAS reads this when its handle is created
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)  # warn where no deterministic kernel exists
         torch.backends.cudnn.deterministic = True
+    check_writable(args.save_path, "--save_path")
     device = dist.setup(args.ngpu)
-    resume_from = find_resume(args)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not args.deterministic
     data = load_data(args, device, channels_last(args, device))
-    return device, data, resume_from
+    return device, data
 
 
 def channels_last(args, device):

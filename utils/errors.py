@@ -1,15 +1,31 @@
-"""User mistakes end the run with one clear line and exit code 2; a full or read-only disk with one
-line and exit code 1 (nothing written before is lost: every file is replaced atomically); real bugs
-keep their traceback."""
+"""User mistakes end the run with one clear line and exit code 2; a write that fails (a full disk, a
+quota, a read-only or failing file system) with one line naming the file and the way on, exit code 1
+(nothing written before is lost: every file is replaced atomically); real bugs keep their traceback."""
 import errno
+import os
 import sys
 
 DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-               errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied"}
+               errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+               errno.EIO: "an input/output error of the file system", errno.ESTALE: "a stale file handle (NFS)"}
+RESUME = "make room (or make the folder writable), then run the same command with --resume to finish the run"
 
 
 class UserError(Exception):
     """A mistake in the user's input (a flag, a file, a folder): reported in one line, no traceback."""
+
+
+class WriteFailed(OSError):
+    """A file could not be written (utils.io's atomic writes raise it, naming the real destination,
+    never a temporary file); the file's previous version, if any, is intact."""
+
+    def __init__(self, path, reason, err=None):
+        super().__init__(err, reason, path)
+        self.path, self.reason = path, reason
+
+
+def describe_oserror(e):
+    return DISK_ERRORS.get(e.errno) or (os.strerror(e.errno) if e.errno else "") or str(e)
 
 
 class Preempted(Exception):
@@ -21,8 +37,10 @@ class Preempted(Exception):
         self.status = status
 
 
-def run(main):
-    """Call main(); a UserError becomes `error: <message>` on stderr and exit status 2."""
+def run(main, way_on=RESUME):
+    """Call main(); a UserError becomes `error: <message>` on stderr and exit status 2, a failed write
+    `error: cannot write <file>: <why>; <way_on>` and exit status 1. The folders this process locked
+    are released whatever happens."""
     try:
         main()
     except UserError as e:
@@ -30,13 +48,19 @@ def run(main):
         sys.exit(2)
     except Preempted as e:
         sys.exit(e.status)
+    except WriteFailed as e:
+        print(f"error: cannot write {e.path}: {e.reason}; the files written before it are intact: {way_on}",
+              file=sys.stderr)
+        sys.exit(1)
     except OSError as e:
         if e.errno not in DISK_ERRORS:
             raise
-        print(f"error: {e.filename or 'a file'}: {DISK_ERRORS[e.errno]}; the files written before it "
-              f"are intact (the last checkpoint, metrics.json): make room (or make the folder writable) and run the "
-              f"same command with --resume", file=sys.stderr)
+        print(f"error: {e.filename or 'a file'}: {DISK_ERRORS[e.errno]}; the files written before it are intact: "
+              f"{way_on}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        from .folder import release_all
+        release_all()

@@ -6,9 +6,13 @@ import os
 
 import numpy as np
 
+from .errors import DISK_ERRORS, WriteFailed, describe_oserror
+
 
 def atomic_write(path, write_fn, mode="wb"):
-    """write_fn(f) writes the content to an open file object; `path` appears only when complete."""
+    """write_fn(f) writes the content to an open file object; `path` appears only when complete. A write
+    that fails (any OSError, or torch.save's errno-less "PytorchStreamWriter failed writing file") raises
+    utils.errors.WriteFailed naming `path` and why; the previous `path`, if any, is untouched."""
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
@@ -19,13 +23,31 @@ def atomic_write(path, write_fn, mode="wb"):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        # torch.save and np.save report a full disk as a short write without errno: name it
-        full = isinstance(e, (OSError, RuntimeError)) and getattr(e, "errno", None) is None and _no_space(folder)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if full:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from e
+        _discard(tmp)
+        if isinstance(e, OSError) or (isinstance(e, RuntimeError) and _is_write_error(e)):
+            raise WriteFailed(path, _why(e, folder), getattr(e, "errno", None)) from e
         raise
+
+
+def _is_write_error(e):
+    """torch.save reports a failed write as a RuntimeError without errno (full disk, quota, a parallel
+    file system's failure)."""
+    text = str(e)
+    return "PytorchStreamWriter" in text or "inline_container" in text or "file write failed" in text
+
+
+def _why(e, folder):
+    """What went wrong, in words: the errno of the error or of one it was raised from (torch.save's
+    RuntimeError often hides an OSError), else a full disk if it is, else the error's first line."""
+    seen = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno:
+            return describe_oserror(seen)
+        seen = seen.__cause__ or seen.__context__
+    if _no_space(folder):
+        return DISK_ERRORS[errno.ENOSPC]
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return f"the write failed ({first[:200]})"
 
 
 def _no_space(folder):
@@ -34,6 +56,14 @@ def _no_space(folder):
     except OSError:
         return False
     return st.f_bavail * st.f_frsize < (64 << 10)   # under 64 KiB left: the write ran out of room
+
+
+def _discard(tmp):
+    try:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    except OSError:
+        pass
 
 
 def save_npy(path, array):
