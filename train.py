@@ -45,13 +45,13 @@ def main(argv=None):
         raise UserError(f"--stop_epoch {args.stop_epoch} must lie in 1..--epochs ({args.epochs})")
     device, data = setup(args)                                    # reads only, writes nothing
     fingerprint = run_fingerprint(args, **run_facts(args, data, device))
+    model = build_model(args, data, device)                       # (an unknown --arch stops here)
     if args.evaluate:
-        return evaluate_only(args, build_model(args, data, device), data)
+        return evaluate_only(args, model, data)
     folder = open_run(args, fingerprint, stop_epoch=args.stop_epoch)   # lock, read, decide (or refuse)
     if folder.done is not None:
         return already_done(args, folder.done)
     ck, resume_from = folder.ck, folder.resume_from
-    model = build_model(args, data, device)
     folder.begin(run_id=(ck or {}).get("run_info", {}).get("run_id"))   # the first write; a resumed run keeps its id
     log = folder.log
     if dist.is_main_process():

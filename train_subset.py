@@ -211,13 +211,13 @@ def main(argv=None):
         ({"kd_alpha", "kd_temperature"} if args.teacher is None else set())
     where = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in unused})
     fingerprint = run_fingerprint(where, **run_facts(args, data, device), **files)
+    model = build_model(args, data, device)                       # (an unknown --arch stops here)
     if args.evaluate:
-        return evaluate_only(args, build_model(args, data, device), data)
+        return evaluate_only(args, model, data)
     folder = open_run(args, fingerprint)                          # lock, read, decide (or refuse)
     if folder.done is not None:
         return already_done(args, folder.done)
     ck, resume_from = folder.ck, folder.resume_from
-    model = build_model(args, data, device)
     folder.begin(run_id=(ck or {}).get("run_info", {}).get("run_id"))   # the first write
     log = folder.log
     if dist.is_main_process():

@@ -46,8 +46,6 @@ CHANGES = {  # a changed setting -> what the refusal must name
     "weighting": (lambda d, f: f + ["--no_score_weighting"], "--no_score_weighting False (now True)"),
     "class balance": (lambda d, f: f + ["--class_balanced"], "--class_balanced"),
     "selection": (lambda d, f: f + ["--selection", "ccs"], "--selection 'top' (now 'ccs')"),
-    "mis_ratio": (lambda d, f: f + ["--mis_ratio", "0.1"], "--mis_ratio 0.0 (now 0.1)"),
-    "strata": (lambda d, f: f + ["--strata", "10"], "--strata 50 (now 10)"),
     "score content": (lambda d, f: _replace(f, "--score_path", str(d / "other_score.npy")), "content of --score_path"),
     "mask content": (lambda d, f: _replace(f, "--mask_path", str(d / "other_mask.npy")), "content of --mask_path"),
     "amp": (lambda d, f: f + ["--amp"], "--amp False (now True)"),
@@ -86,10 +84,12 @@ def test_refusal_is_one_line_and_harmless_flags_are_not_settings(subset_run):
     result = train_subset.main(same + ["--resume", "--print_freq", "7", "--workers", "0"])
     assert result["finished"] and result["completed_epochs"] == 1
     # settings that act on nothing (noise type and seed without --label_noise, corruption details
-    # without --corrupt_ratio) do not make another run; with their rate set, they do
-    idle = ["--noise_type", "asymmetric", "--noise_seed", "3", "--corruption", "jpeg", "--severity", "5"]
+    # without --corrupt_ratio, ccs's strata in a top selection) do not make another run; with their
+    # rate set, they do
+    idle = ["--noise_type", "asymmetric", "--noise_seed", "3", "--corruption", "jpeg", "--severity", "5",
+            "--mis_ratio", "0.1", "--strata", "10"]
     assert train_subset.main(flags + idle + ["--resume"])["finished"]
-    before = folder_digest(d / "run")
+    assert folder_digest(d / "run") == before      # none of these resumes rewrote anything
     with pytest.raises(UserError, match="--corrupt_ratio 0.0 \\(now 0.1\\)"):
         train_subset.main(flags + idle + ["--corrupt_ratio", "0.1", "--resume"])
     assert folder_digest(d / "run") == before
@@ -226,6 +226,39 @@ def test_missing_cifar_download_failure_says_where_to_unpack(tmp_path, monkeypat
     assert "download failed" in msg and "cifar-10-python.tar.gz" in msg and f"unpack it into {tmp_path}" in msg
 
 
+# what legitimately differs between a run and the same run stopped and resumed: when and where it ran
+TIMING = {"train_seconds", "seconds", "img_per_s"}
+
+
+def _same(a, b, where):
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), where
+        for k in a:
+            if k not in TIMING:
+                _same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{i}]")
+    elif torch.is_tensor(a):
+        assert torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b), where
+    else:
+        assert a == b, (where, a, b)
+
+
+def assert_same_run(ref, other, epochs):
+    """Bytes of every dynamics file; the final checkpoint's model, optimizer, scheduler, RNG streams and
+    history equal (the run id, the paths and the seconds excepted)."""
+    for e in range(epochs):
+        for tag in ("Output", "Loss", "Index"):
+            name = f"{e}_{tag}.npy"
+            assert (ref / "npy" / name).read_bytes() == (other / "npy" / name).read_bytes(), name
+    a, b = (torch.load(d / "checkpoint.pth.tar", weights_only=True) for d in (ref, other))
+    for key in ("model", "optimizer", "scheduler", "rng", "recorder", "history", "epoch", "step", "best_acc",
+                "global_step", "fingerprint"):
+        _same(a[key], b[key], key)
+
+
 def test_stop_epoch_gives_the_uninterrupted_dynamics_and_metrics(cifar10_dir, tmp_path):
     flags = ["--data_path", cifar10_dir, *_replace(COMMON, "--epochs", "3"), "--dynamics"]
     ref = train.main(flags + ["--save_path", str(tmp_path / "ref")])
@@ -240,15 +273,18 @@ def test_stop_epoch_gives_the_uninterrupted_dynamics_and_metrics(cifar10_dir, tm
             b = np.load(tmp_path / "cut" / "npy" / f"{e}_{tag}.npy")
             assert a.dtype == b.dtype and np.array_equal(a, b), (e, tag)
     before = folder_digest(tmp_path / "cut")
-    with pytest.raises(UserError, match="--stop_epoch 1: .* has trained 2 epochs already"):
-        train.main(flags + ["--save_path", str(tmp_path / "cut"), "--resume", "--stop_epoch", "1"])
+    # a smaller --stop_epoch (a sweep re-run with fewer rates): the folder holds what it asks, nothing rewritten
+    again = train.main(flags + ["--save_path", str(tmp_path / "cut"), "--resume", "--stop_epoch", "1"])
+    assert again["completed_epochs"] == 2 and folder_digest(tmp_path / "cut") == before
     # --resume PATH into a folder that holds another run would mix two runs' files: refused
     with pytest.raises(UserError, match="already holds another run"):
         train.main(flags + ["--save_path", str(tmp_path / "ref"), "--resume", str(tmp_path / "cut" / "checkpoint.pth.tar")])
     assert folder_digest(tmp_path / "cut") == before
     done = train.main(flags + ["--save_path", str(tmp_path / "cut"), "--resume"])
     assert done["finished"] and not done["stopped"] and done["final_acc"] == ref["final_acc"]
-    assert [h["train_loss"] for h in done["history"]] == [h["train_loss"] for h in ref["history"]]
+    # "the same final metrics": the stopped-and-resumed run IS the uninterrupted one: every dynamics file
+    # byte for byte, and the final model, optimizer, scheduler and every random stream equal
+    assert_same_run(tmp_path / "ref", tmp_path / "cut", epochs=3)
     # with --overwrite the other run's files go first (its log of another seed included)
     (tmp_path / "ref" / "log_seed_7.txt").write_text("another run's log")
     moved = train.main(flags + ["--save_path", str(tmp_path / "ref"), "--overwrite",
