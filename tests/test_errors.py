@@ -1,5 +1,7 @@
 """Every user mistake in the training scripts: one `error:` line, exit 2, no traceback, nothing written."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -52,8 +54,16 @@ def test_existing_run_is_not_overwritten(cifar10_dir, tmp_path):
     assert_user_error(_train(cifar10_dir, save, "--decay", "0.001"), "finished run", "--decay 0.0005 (now 0.001)",
                       "--overwrite")
     assert (save / "metrics.json").read_bytes() == before
-    run_script("train.py", "--data_path", cifar10_dir, "--dataset", "cifar10", *CPU, "--save_path", str(save),
-               "--overwrite")
+    # --overwrite with the same settings: the run is done, nothing is redone or rewritten
+    p = _train(cifar10_dir, save, "--overwrite")
+    assert p.returncode == 0 and "already finished" in p.stdout and (save / "metrics.json").read_bytes() == before
+    # --overwrite with other settings: the old run is replaced by one of the new settings
+    assert _train(cifar10_dir, save, "--decay", "0.001", "--overwrite").returncode == 0
+    state = json.loads((save / "folder.json").read_text())
+    assert state["state"] == "finished" and state["fingerprint"]["--decay"] == 0.001
+    metrics = json.loads((save / "metrics.json").read_text())
+    assert metrics["finished"] and metrics["run_id"] == state["run_id"] and (save / "metrics.json").read_bytes() != before
+    assert json.loads((save / "args.json").read_text())["args"]["decay"] == 0.001
 
 
 @pytest.fixture()
