@@ -279,7 +279,7 @@ def moderate(args, start):
     from models import create_model
     from utils.data import FolderImages, load_data, recorded_data_path
     from utils.moderate import moderate_score, penultimate_features
-    from utils.run_folder import load_checkpoint
+    from utils.folder import load_checkpoint
     if not args.checkpoint:
         raise UserError("--method moderate needs --checkpoint (a checkpoint.pth.tar written by train.py)")
     if not os.path.exists(args.checkpoint):   # a folder: load_checkpoint says which file to give

@@ -20,8 +20,7 @@ import torch.nn.functional as F
 
 from .args import DATA_SETTINGS, without_unused
 from .errors import UserError
-from .folder import CHECKPOINT, array_sha256, file_sha256
-from .run_folder import load_checkpoint
+from .folder import CHECKPOINT, array_sha256, file_sha256, load_checkpoint
 
 
 def kd_loss(student, teacher, losses, alpha, tau):

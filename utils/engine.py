@@ -23,8 +23,8 @@ from .data import FolderImages, make_batches
 from .errors import Preempted, UserError
 from .io import save_json, save_torch
 from .preemption import EXIT_STATUS, StopSignals
-from .folder import BEST, CHECKPOINT, array_sha256
-from .run_folder import check_writable, load_checkpoint
+from .folder import BEST, CHECKPOINT, array_sha256, load_checkpoint
+from .run_folder import check_writable
 
 EVAL_BATCH = 500
 

@@ -520,6 +520,45 @@ def training_cwd(run_folder):
     return base
 
 
+# ------------------------------------------------------------------ a run folder's checkpoint and log
+def load_checkpoint(path):
+    """The dict a training script saved; anything else (a folder, an empty, truncated or foreign file) is
+    one line. Loaded with weights_only: a checkpoint of ours holds tensors and plain values only."""
+    import pickle
+
+    import torch
+    if os.path.isdir(path):
+        raise UserError(f"checkpoint {path} is a folder: give the file, e.g. {os.path.join(path, CHECKPOINT)}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (EOFError, pickle.UnpicklingError, RuntimeError, ValueError) as e:
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        why = ("it is empty" if size == 0 else "it is truncated" if isinstance(e, EOFError) else
+               "not a PyTorch checkpoint of tensors and plain values" if isinstance(e, pickle.UnpicklingError)
+               else str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        raise UserError(f"cannot read checkpoint {path}: not a complete checkpoint written by train.py or "
+                        f"train_subset.py ({why})") from None
+
+
+class Log:
+    """Prints (main process only) and appends to SAVE_PATH/log_seed_<seed>.txt (the published name)."""
+
+    def __init__(self, save_path, seed, append, main):
+        self.file = None
+        if main:
+            self.file = open(os.path.join(save_path, f"log_seed_{seed}.txt"), "a" if append else "w")
+
+    def __call__(self, msg, echo=True):
+        if self.file is None:
+            return
+        if echo:
+            from tqdm import tqdm
+            tqdm.write(msg)
+        self.file.write(msg + "\n")
+        self.file.flush()
+
+
+
 # ------------------------------------------------------------------ the decision for a run folder
 # Every refusal of a run folder, with its way on. The ways named (`ways`) are what
 # tests/test_protocol.py follows for each one, checking that the command then succeeds.
@@ -666,7 +705,6 @@ class RunFolder:
         """The first writes, after every check passed: stale temporaries and (decided) the previous run's
         files go, then args.json, folder.json ("running") and the log."""
         from . import dist
-        from .run_folder import Log
         self.run_id = run_id or new_run_id()
         if self.main:
             save_path = self.args.save_path
@@ -722,7 +760,6 @@ def open_run(args, fingerprint, stop_epoch=None):
     refusal ends every rank). Returns the RunFolder (`done` set when there is nothing to do: then the
     lock is released already)."""
     from . import dist
-    from .run_folder import load_checkpoint
     main = dist.is_main_process()
     lock = decision = refused = ck = None
     if main:

@@ -1,13 +1,10 @@
-"""The files inside a run folder (--save_path of train.py and train_subset.py): the checkpoint, the
-log, the training-set files. The folder's identity and the protocol by which it is written (lock,
-decision, commit) are utils/folder.py's."""
+"""Small steps of the two training scripts around their run folder: checks before any work, the
+"already done" answer, the training-set files. The folder's identity, the protocol by which it is
+written (lock, decision, commit), its checkpoint and log are utils/folder.py's."""
 import os
-
-from tqdm import tqdm
 
 from . import dist
 from .errors import UserError
-from .folder import CHECKPOINT
 from .io import save_npy
 
 
@@ -31,42 +28,6 @@ def already_done(args, metrics):
               f"nothing rewritten")
     dist.cleanup()
     return metrics
-
-
-def load_checkpoint(path):
-    """The dict a training script saved; anything else (a folder, an empty, truncated or foreign file) is
-    one line. Loaded with weights_only: a checkpoint of ours holds tensors and plain values only."""
-    import pickle
-
-    import torch
-    if os.path.isdir(path):
-        raise UserError(f"checkpoint {path} is a folder: give the file, e.g. {os.path.join(path, CHECKPOINT)}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (EOFError, pickle.UnpicklingError, RuntimeError, ValueError) as e:
-        size = os.path.getsize(path) if os.path.exists(path) else 0
-        why = ("it is empty" if size == 0 else "it is truncated" if isinstance(e, EOFError) else
-               "not a PyTorch checkpoint of tensors and plain values" if isinstance(e, pickle.UnpicklingError)
-               else str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
-        raise UserError(f"cannot read checkpoint {path}: not a complete checkpoint written by train.py or "
-                        f"train_subset.py ({why})") from None
-
-
-class Log:
-    """Prints (main process only) and appends to SAVE_PATH/log_seed_<seed>.txt (the published name)."""
-
-    def __init__(self, save_path, seed, append, main=None):
-        self.file = None
-        if dist.is_main_process() if main is None else main:
-            self.file = open(os.path.join(save_path, f"log_seed_{seed}.txt"), "a" if append else "w")
-
-    def __call__(self, msg, echo=True):
-        if self.file is None:
-            return
-        if echo:
-            tqdm.write(msg)
-        self.file.write(msg + "\n")
-        self.file.flush()
 
 
 def write_training_set_files(save_path, data):
