@@ -39,7 +39,9 @@ DATA_SETTINGS = {"label_noise": 0.0, "noise_type": "symmetric", "noise_seed": 0,
                  "corrupt_ratio": 0.0, "corruption": "gaussian_noise", "severity": 3, "corrupt_seed": 0}
 # settings that only act when another one is non-zero: with --label_noise 0, the noise type and seed
 # change nothing, and likewise for corruption; comparisons of two runs' settings ignore them then
-ONLY_WITH = {"label_noise": ("noise_type", "noise_seed"), "corrupt_ratio": ("corruption", "severity", "corrupt_seed")}
+ONLY_WITH = {"label_noise": ("noise_type", "noise_seed"), "corrupt_ratio": ("corruption", "severity", "corrupt_seed"),
+             "dynamic": ("dynamic", "dynamic_ratio", "dynamic_delta")}   # train.py without --dynamic: as before it existed
+ONLY_FOR = {"dynamic_delta": ("dynamic", "infobatch")}   # a setting that acts only at this value of another
 
 
 def without_unused(settings, prefix=""):
@@ -50,6 +52,9 @@ def without_unused(settings, prefix=""):
         if not out.get(prefix + rate):
             for d in dependents:
                 out.pop(prefix + d, None)
+    for name, (other, value) in ONLY_FOR.items():
+        if out.get(prefix + other) != value:
+            out.pop(prefix + name, None)
     return out
 
 

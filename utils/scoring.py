@@ -219,6 +219,7 @@ class Dynamics:
         self.manifest = read_manifest(path)
         self.run_id, self._crcs = check_trajectory(self.manifest, range(T), path) if self.manifest else (None, {})
         self.n, self.num_classes = None, None
+        self._n_all = _targets_len(path)   # N of targets.npy: what every epoch must hold (None: no file)
         self._files = {}   # (epoch, tag) -> _Npy, checked
         self._index = {}   # epoch -> None (rows in dataset order) or (N,) int32 Index of the file
         for e in range(T):
@@ -226,6 +227,7 @@ class Dynamics:
                 out = self.file(e, 'Output')
                 if out.dtype.kind != 'f' or len(out.shape) != 2:
                     raise UserError(f"{out.path} holds {out.dtype} {out.shape}, expected (N, C) float logits")
+                self._check_complete(e, out)
                 if self.n is None:
                     self.n, self.num_classes, self._first = out.shape[0], out.shape[1], out.path
                 elif out.shape != (self.n, self.num_classes):
@@ -272,6 +274,7 @@ class Dynamics:
         f = self.file(e, 'Index')
         if len(f.shape) != 1 or f.dtype.kind not in 'iuf':
             raise UserError(f"{f.path} holds {f.dtype} {f.shape}, expected (N,) integer dataset indices")
+        self._check_complete(e, f)
         if self.n is None:
             self.n, self._first = f.shape[0], f.path
         if f.shape[0] != self.n:
@@ -289,6 +292,14 @@ class Dynamics:
                             f"(indices out of range, repeated or missing)")
         return idx.astype(np.int32)
 
+    def _check_complete(self, e, f):
+        """Every epoch holds every sample: a run that pruned while training records only those it trained."""
+        if self._n_all is not None and f.shape[0] != self._n_all:
+            raise UserError(f"{f.path}: epoch {e} holds {f.shape[0]} of the {self._n_all} samples of targets.npy "
+                            f"(a run that prunes while training, train.py --dynamic, records only the samples it "
+                            f"trained): scores need every sample in every epoch; record them with a run "
+                            f"without --dynamic")
+
     def _load_targets(self):
         path = os.path.join(self.path, 'targets.npy')
         if not os.path.exists(path):
@@ -305,6 +316,15 @@ class Dynamics:
         (into the numpy array `out`, converted to its dtype, when given)."""
         f, index = self.file(e, tag), self._index[e]
         return f.rows(a, b, out) if index is None else f.scatter(index, a, b, out)
+
+
+def _targets_len(path):
+    """len(targets.npy) in the dynamics folder `path` from its header, or None (no readable file:
+    _load_targets reports a bad one)."""
+    try:
+        return len(np.load(os.path.join(path, 'targets.npy'), mmap_mode='r'))
+    except Exception:
+        return None
 
 
 def check_targets(y, n, num_classes, what):
