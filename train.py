@@ -110,7 +110,7 @@ def main(argv=None):
     if args.dynamic:
         sampler = DynamicSampler(args.dynamic, data.n_train, args.epochs, args.dynamic_ratio, args.dynamic_delta,
                                  args.manualSeed, device, folder=os.path.join(args.save_path, "selection"),
-                                 fresh=ck is None, log=log)
+                                 fresh=ck is None or resumes_elsewhere(args), log=log)
         run_info.update({"method": args.dynamic, "selection": "dynamic", "subset_rate": args.dynamic_ratio,
                          "dynamic_ratio": args.dynamic_ratio, "full_train_samples": data.n_train,
                          **({"dynamic_delta": args.dynamic_delta} if args.dynamic == "infobatch" else
