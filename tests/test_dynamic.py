@@ -233,6 +233,8 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(method, infobatch_ru
         stream = np.concatenate([records(ref, e)["Index"] for e in range(EPOCHS)])
         assert all(sorted(stream[p * N:(p + 1) * N]) == list(range(N)) for p in range(2))
         assert all((records(ref, e)["Weight"] == 1).all() for e in range(EPOCHS))
+        with pytest.raises(UserError, match=r"epoch 0 holds 80 of the 160 samples"):
+            Dynamics(os.path.join(ref, "npy"), 1)                        # every epoch a subset
     cut = str(tmp_path / "cut")
     save_torch = engine.save_torch
 
