@@ -18,7 +18,7 @@ from conftest import run_script, write_cifar
 from utils import engine
 from utils.args import without_unused
 from utils.dynamic_pruning import (DynamicSampler, EpochCosine, infobatch_select, is_pruned, keep_fraction,
-                                   rs2_select)
+                                   rs2_permutation, rs2_select)
 from utils.engine import train_one_epoch
 from utils.errors import Preempted, UserError
 from utils.folder import fingerprint_diffs
@@ -74,16 +74,20 @@ def test_infobatch_keep_fraction_floor_and_pruned_epochs():
     assert [e for e in range(10) if is_pruned(e, 10, 0.875)] == list(range(8))
 
 
-def test_rs2_sizes_each_sample_once_per_pass_new_order():
-    n, per = 10, 10 - int(0.3 * 10)                 # 7 per epoch; 10 epochs = 7 passes over the data
-    epochs = [rs2_select(n, per, e, seed=5) for e in range(10)]
-    assert all(len(e) == per for e in epochs)
+@pytest.mark.parametrize("n,ratio", [(10, 0.3), (10, 0.05), (11, 0.5), (12, 0.5)])
+def test_rs2_sizes_each_sample_once_per_pass_new_order(n, ratio):
+    per = n - int(ratio * n)
+    epochs = [rs2_select(n, per, e, seed=5) for e in range(3 * n)]
+    assert all(len(e) == per and len(set(e.tolist())) == per for e in epochs)   # never twice in one epoch
     stream = torch.cat(epochs)
-    passes = [stream[p * n:(p + 1) * n] for p in range(7)]
+    passes = [stream[p * n:(p + 1) * n] for p in range(len(stream) // n)]
     assert all(sorted(p.tolist()) == list(range(n)) for p in passes)    # once before any twice
-    assert len({tuple(p.tolist()) for p in passes}) == 7                 # a new order every pass
-    assert torch.equal(rs2_select(n, per, 4, seed=5), epochs[4])         # a pure function of (seed, epoch)
+    assert len({tuple(p.tolist()) for p in passes}) == len(passes)       # a new order every pass
+    cache = {}
+    assert all(torch.equal(rs2_select(n, per, e, seed=5, cache=cache), epochs[e]) for e in range(3 * n))
+    assert torch.equal(rs2_select(n, per, 17, seed=5), epochs[17])       # a pure function of (seed, epoch)
     assert not torch.equal(rs2_select(n, per, 0, seed=6), epochs[0])
+    assert torch.equal(passes[0], rs2_permutation(n, 0, seed=5))         # pass 0: its permutation as drawn
 
 
 def test_sampler_two_epochs_by_hand(tmp_path):

@@ -6,8 +6,9 @@
   the mean score) floor(k |W|) are kept at loss weight 1/k, k = clip(1 - ratio, 0.1, 1), every other
   sample at weight 1. The other epochs train on all samples at weight 1. The learning rate follows
   epoch progress (EpochCosine), since the epochs differ in length.
-- RS2 without replacement: epoch e trains on positions e*n .. (e+1)*n - 1 of a stream of random
-  permutations of 0..N-1, n = N - int(ratio * N): every sample once before any twice; weight 1.
+- RS2 without replacement: epoch e trains on positions e*n .. (e+1)*n - 1 of a stream of passes
+  over 0..N-1 in random orders, n = N - int(ratio * N): every sample once before any twice, never
+  twice in one epoch; weight 1.
 
 Each epoch's selection (indices, weights) is a pure function of (run seed, epoch, scores so far):
 its random draws come from their own named stream (stream_seed(seed, DYNAMIC, ...)), never from a
@@ -69,18 +70,41 @@ def infobatch_select(scores, epoch, epochs, ratio, delta, seed):
 
 
 def rs2_permutation(n, p, seed):
-    """Permutation number p of RS2's stream over 0..n-1."""
+    """The random permutation of 0..n-1 drawn for pass p of RS2's stream."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(stream_seed(seed, DYNAMIC, p)))
 
 
-def rs2_select(n, per_epoch, epoch, seed):
-    """(M,) int64: positions epoch*per_epoch .. (epoch+1)*per_epoch - 1 of the permutation stream
-    (an epoch that crosses the end of one permutation continues in the next one)."""
+def rs2_order(n, per_epoch, p, seed, cache=None):
+    """The order in which pass p visits 0..n-1: its permutation, except where an epoch ends pass p-1
+    and begins pass p. That epoch takes from pass p the first samples it does not hold already (so no
+    epoch holds a sample twice); the ones skipped keep their order after them. `cache` {pass: order}
+    keeps the last orders computed (pass p's depends on pass p-1's)."""
+    cache = {} if cache is None else cache
+    q = max((k for k in cache if k <= p), default=None)
+    q, order = (0, rs2_permutation(n, 0, seed)) if q is None else (q, cache[q])
+    while q < p:
+        q += 1
+        order, before = rs2_permutation(n, q, seed), order
+        carried = (q * n) % per_epoch        # samples of pass q-1 in the epoch that begins pass q
+        if carried:
+            fresh = (~torch.isin(order, before[n - carried:])).nonzero().squeeze(1)[:per_epoch - carried]
+            first = torch.zeros(n, dtype=torch.bool)
+            first[fresh] = True
+            order = torch.cat([order[first], order[~first]])
+    for k in [k for k in cache if k < p - 1]:
+        del cache[k]
+    cache[p] = order
+    return order
+
+
+def rs2_select(n, per_epoch, epoch, seed, cache=None):
+    """(M,) int64: positions epoch*per_epoch .. (epoch+1)*per_epoch - 1 of the stream of passes
+    (an epoch that crosses the end of one pass continues into the next)."""
     parts, pos, end = [], epoch * per_epoch, (epoch + 1) * per_epoch
     while pos < end:
         p, offset = divmod(pos, n)
         take = min(end - pos, n - offset)
-        parts.append(rs2_permutation(n, p, seed)[offset:offset + take])
+        parts.append(rs2_order(n, per_epoch, p, seed, cache)[offset:offset + take])
         pos += take
     return torch.cat(parts)
 
@@ -124,6 +148,7 @@ class DynamicSampler:
         self.weights = None            # (N,) loss weight of each sample this epoch; None = all 1
         self.epoch_size = None if method == "infobatch" else kept_count(n, ratio)   # None: varies by epoch
         self.selection = None          # (epoch, indices, weights) of the epoch in progress
+        self._orders = {}              # RS2: the last passes' orders (recomputed from the seed on resume)
         if folder is not None and dist.is_main_process():
             os.makedirs(folder, exist_ok=True)
             for f in os.listdir(folder) if fresh else ():
@@ -143,7 +168,7 @@ class DynamicSampler:
                 indices, weights = infobatch_select(scores, epoch, self.epochs, self.ratio, self.delta, self.seed)
                 records = {"Score": scores.numpy()}
             else:
-                indices = rs2_select(self.n, self.epoch_size, epoch, self.seed)
+                indices = rs2_select(self.n, self.epoch_size, epoch, self.seed, self._orders)
                 weights, records = torch.ones(len(indices)), {}
             self.selection = (epoch, indices, weights)
             if self.folder is not None and dist.is_main_process():

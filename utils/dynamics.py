@@ -95,9 +95,10 @@ class DynamicsRecorder:
             dist.reduce_sum_to_main(v)
         if not dist.is_main_process():
             return
-        if self.every_sample and not bool((self.count == 1).all()):
-            raise RuntimeError(f"dynamics of epoch {epoch}: {(self.count != 1).sum().item()} samples "
-                               f"were not visited exactly once")
+        bad = self.count != 1 if self.every_sample else self.count > 1
+        if bool(bad.any()):
+            raise RuntimeError(f"dynamics of epoch {epoch}: {bad.sum().item()} samples were not visited "
+                               f"{'exactly' if self.every_sample else 'at most'} once")
         host = {tag: v.to("cpu", copy=True).numpy() for tag, v in bufs.items()}  # one copy per epoch
         host["Index"] = np.arange(self.n, dtype=np.int64)
         if not self.every_sample:   # the rows of the samples trained this epoch, in dataset order
