@@ -25,7 +25,6 @@ import math
 import os
 import re
 
-import numpy as np
 import torch
 
 from . import dist
