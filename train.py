@@ -4,11 +4,14 @@
         --learning_rate 0.1 --batch-size 100 --dynamics --save_path ./checkpoint/all-dataset
     python train.py ... --stop_epoch 90        # record only the epochs TDDS reads (T = 90); --resume finishes it
     python train.py --dataset digits --arch resnet20 --epochs 15 --ngpu 0 --dynamics --save_path ./checkpoint/digits
+    python train.py ... --dynamic infobatch --dynamic_ratio 0.5   # prune while training (InfoBatch or rs2)
     torchrun --nproc_per_node=4 train.py --dataset imagefolder --data_path /data/imagenet --arch tv_resnet50 \
         --epochs 90 --batch-size 256 --dynamics --dynamics_format contrib --save_path ./checkpoint/in1k
 
 --dynamics writes SAVE_PATH/npy/<e>_Output.npy (N, C) logits, <e>_Loss.npy (N,), <e>_Index.npy (N,)
 per epoch (the published layout, rows in dataset order) and targets.npy; see utils/dynamics.py.
+--dynamic writes SAVE_PATH/selection/<e>_Index.npy, <e>_Weight.npy (and <e>_Score.npy for InfoBatch):
+what each epoch trained on; see utils/dynamic_pruning.py.
 """
 import os
 
@@ -16,6 +19,7 @@ import torch
 
 from utils import dist
 from utils.args import Parser, add_training_args, check_training_args
+from utils.dynamic_pruning import METHODS as DYNAMIC_METHODS, DynamicSampler
 from utils.dynamics import DTYPES, FORMATS, DynamicsRecorder
 from utils.engine import build_model, evaluate_only, fit, run_facts, setup
 from utils.errors import UserError, run
@@ -35,12 +39,37 @@ def parse_args(argv=None):
     g.add_argument("--stop_epoch", type=int, default=None, metavar="E",
                    help="train epochs 0..E-1 of the --epochs schedule, then stop with a resumable checkpoint "
                         "(TDDS reads only epochs 0..T-1: E = T saves the rest of the full-data run)")
+    g = parser.add_argument_group("dynamic pruning (prune while training; docs/METHODS.md)")
+    g.add_argument("--dynamic", choices=DYNAMIC_METHODS, default=None,
+                   help="infobatch: prune well-learned samples each epoch and up-weight the rest of them; "
+                        "rs2: a fresh random subset each epoch, every sample once before any twice")
+    g.add_argument("--dynamic_ratio", type=float, default=0.5, metavar="R",
+                   help="fraction pruned: InfoBatch's prune ratio of the well-learned samples; RS2 trains "
+                        "N - int(R N) samples per epoch")
+    g.add_argument("--dynamic_delta", type=float, default=0.875, metavar="D",
+                   help="InfoBatch prunes epoch e (0-based) of E while e + 1 <= D E; the rest train on all samples")
     return parser.parse_args(argv)
+
+
+def check_dynamic_args(args):
+    if args.dynamic is None:
+        return
+    if not 0 <= args.dynamic_ratio < 1:
+        raise UserError(f"--dynamic_ratio is the fraction pruned: it must lie in [0, 1), got {args.dynamic_ratio}")
+    if not 0 < args.dynamic_delta <= 1:
+        raise UserError(f"--dynamic_delta is the fraction of the epochs that prune: it must lie in (0, 1], "
+                        f"got {args.dynamic_delta}")
+    if args.evaluate:
+        raise UserError("--dynamic chooses what a training run trains on: it has no meaning with --evaluate")
+    if args.dynamics and args.dynamics_format == "contrib":
+        raise UserError("--dynamics_format contrib needs every sample in every epoch, which --dynamic does not "
+                        "train: record --dynamics_format logits (the samples each epoch trained)")
 
 
 def main(argv=None):
     args = parse_args(argv)
     check_training_args(args)
+    check_dynamic_args(args)
     if args.stop_epoch is not None and not 1 <= args.stop_epoch <= args.epochs:
         raise UserError(f"--stop_epoch {args.stop_epoch} must lie in 1..--epochs ({args.epochs})")
     device, data = setup(args)                                    # reads only, writes nothing
@@ -59,6 +88,7 @@ def main(argv=None):
     log(f"{data.name}: {data.n_train} training / {len(data.test)} test images, {data.num_classes} classes | "
         f"{args.arch} on {device}{' x' + str(dist.world_size()) if dist.world_size() > 1 else ''}"
         f"{' bf16' if args.amp else ''} | {args.epochs} epochs"
+        f"{f' | {args.dynamic} pruning {args.dynamic_ratio}' if args.dynamic else ''}"
         f"{f', stopping after {args.stop_epoch}' if args.stop_epoch else ''}")
     if args.dynamics and ck is not None and ck.get("epoch") and folder.decision.get("elsewhere"):
         log(f"note: epochs 0..{ck['epoch'] - 1} were recorded in {os.path.dirname(os.path.abspath(resume_from))}/npy; "
@@ -67,15 +97,24 @@ def main(argv=None):
     if args.dynamics:
         recorder = DynamicsRecorder(os.path.join(args.save_path, "npy"), torch.from_numpy(data.targets),
                                     data.num_classes, device, args.dynamics_format, args.dynamics_dtype,
-                                    run_id=folder.run_id)
+                                    run_id=folder.run_id, every_sample=args.dynamic is None)
     run_info = {"dataset": data.name, "arch": args.arch, "seed": args.manualSeed, "method": "full",
                 "subset_rate": 0.0, "selection": "full", "class_balanced": False,
                 "num_train_samples": data.n_train, "budget": "epochs", "run_id": folder.run_id,
                 **training_set_info(data)}
+    sampler = None
+    if args.dynamic:
+        sampler = DynamicSampler(args.dynamic, data.n_train, args.epochs, args.dynamic_ratio, args.dynamic_delta,
+                                 args.manualSeed, device, folder=os.path.join(args.save_path, "selection"),
+                                 fresh=ck is None or folder.decision.get("elsewhere", False), log=log)
+        run_info.update({"method": args.dynamic, "selection": "dynamic", "subset_rate": args.dynamic_ratio,
+                         "dynamic_ratio": args.dynamic_ratio, "full_train_samples": data.n_train,
+                         **({"dynamic_delta": args.dynamic_delta} if args.dynamic == "infobatch" else
+                            {"num_train_samples": sampler.epoch_size})})
     with folder:                                  # an exception marks the folder failed, the lock goes
         result = fit(args, model, data, torch.arange(data.n_train), device, run_info=run_info,
                      fingerprint=fingerprint, ck=ck, resume_from=resume_from, recorder=recorder,
-                     stop_epoch=args.stop_epoch, log=log)
+                     stop_epoch=args.stop_epoch, log=log, sampler=sampler)
         folder.end(result)
     if args.dynamics:
         log(f"dynamics: {args.save_path}/npy/<epoch>_*.npy ({args.dynamics_format}, epochs 0..{result['completed_epochs'] - 1}); "

@@ -39,11 +39,12 @@ DATA_SETTINGS = {"label_noise": 0.0, "noise_type": "symmetric", "noise_seed": 0,
                  "corrupt_ratio": 0.0, "corruption": "gaussian_noise", "severity": 3, "corrupt_seed": 0}
 # settings that only act when another one is non-zero: with --label_noise 0, the noise type and seed
 # change nothing, and likewise for corruption; comparisons of two runs' settings ignore them then
-ONLY_WITH = {"label_noise": ("noise_type", "noise_seed"), "corrupt_ratio": ("corruption", "severity", "corrupt_seed")}
-# settings of train_subset.py that act only with some selections: a random subset has no score to weight
-# by, ccs's strata act only in ccs, Beta's c only in beta; comparisons ignore them otherwise
-ONLY_FOR_SELECTION = {"no_score_weighting": ("top", "ccs", "beta"), "mis_ratio": ("ccs",), "strata": ("ccs",),
-                      "beta_c": ("beta",)}
+ONLY_WITH = {"label_noise": ("noise_type", "noise_seed"), "corrupt_ratio": ("corruption", "severity", "corrupt_seed"),
+             "dynamic": ("dynamic", "dynamic_ratio", "dynamic_delta")}   # train.py without --dynamic: as before it existed
+# settings that act only at some values of another: InfoBatch's delta, and in train_subset.py the score
+# weighting (a random subset has no score to weight by), ccs's strata, Beta's c
+ONLY_FOR = {"dynamic_delta": ("dynamic", ("infobatch",)), "no_score_weighting": ("selection", ("top", "ccs", "beta")),
+            "mis_ratio": ("selection", ("ccs",)), "strata": ("selection", ("ccs",)), "beta_c": ("selection", ("beta",))}
 
 
 def without_unused(settings, prefix=""):
@@ -54,10 +55,9 @@ def without_unused(settings, prefix=""):
         if not out.get(prefix + rate):
             for d in dependents:
                 out.pop(prefix + d, None)
-    if prefix + "selection" in out:
-        for name, selections in ONLY_FOR_SELECTION.items():
-            if out[prefix + "selection"] not in selections:
-                out.pop(prefix + name, None)
+    for name, (other, values) in ONLY_FOR.items():
+        if prefix + other in out and out[prefix + other] not in values:
+            out.pop(prefix + name, None)
     return out
 
 

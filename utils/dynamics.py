@@ -30,8 +30,10 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 class DynamicsRecorder:
-    def __init__(self, folder, targets, num_classes, device, fmt="logits", dtype="float32", run_id=None):
+    def __init__(self, folder, targets, num_classes, device, fmt="logits", dtype="float32", run_id=None,
+                 every_sample=True):
         self.folder, self.fmt, self.run_id = folder, fmt, run_id   # run_id: whose epochs the manifest says
+        self.every_sample = every_sample   # False (dynamic pruning): an epoch holds the samples it trained
         self.targets = targets.to(device)                                   # (N,) int64
         n = len(targets)
         self.n = n
@@ -93,11 +95,15 @@ class DynamicsRecorder:
             dist.reduce_sum_to_main(v)
         if not dist.is_main_process():
             return
-        if not bool((self.count == 1).all()):
-            raise RuntimeError(f"dynamics of epoch {epoch}: {(self.count != 1).sum().item()} samples "
-                               f"were not visited exactly once")
+        bad = self.count != 1 if self.every_sample else self.count > 1
+        if bool(bad.any()):
+            raise RuntimeError(f"dynamics of epoch {epoch}: {bad.sum().item()} samples were not visited "
+                               f"{'exactly' if self.every_sample else 'at most'} once")
         host = {tag: v.to("cpu", copy=True).numpy() for tag, v in bufs.items()}  # one copy per epoch
         host["Index"] = np.arange(self.n, dtype=np.int64)
+        if not self.every_sample:   # the rows of the samples trained this epoch, in dataset order
+            trained = (self.count > 0).cpu().numpy()
+            host = {tag: v[trained] for tag, v in host.items()}
         self._pending = self._writer.submit(self._write, epoch, host)
 
     def _write(self, epoch, host):

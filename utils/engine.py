@@ -68,7 +68,7 @@ def stream_seed(seed, *key):
     return int(np.random.SeedSequence(seed, spawn_key=key).generate_state(1, np.uint64)[0])
 
 
-ORDER, AUGMENT, GLOBAL = 0, 1, 2   # spawn keys of the streams: data order, crops/flips, torch's global
+ORDER, AUGMENT, GLOBAL, DYNAMIC = 0, 1, 2, 3   # spawn keys: data order, crops/flips, torch's global, dynamic pruning
 
 
 def build_model(args, data, device):
@@ -132,9 +132,11 @@ def set_rng_state(state, order_gen, aug_gen, per_batch=True):
 # --------------------------------------------------------------------------------------------------
 def train_one_epoch(model, data, batches, optimizer, scheduler, aug_gen, *, amp=False, recorder=None,
                     weights=None, log=None, epoch=0, print_freq=200, start=0, sums=None, after_step=None,
-                    distill=None):
+                    distill=None, sample_weights=None, observe=None):
     """One pass over this rank's `batches` (lists of dataset indices). `weights` (N,) scales each
-    batch's mean loss by sum(u[batch]) / batch_size (the published score weighting).
+    batch's mean loss by sum(u[batch]) / batch_size (the published score weighting); `sample_weights`
+    (N,) makes the loss the mean of w_i * loss_i (dynamic pruning), and observe(idx, losses) receives
+    each batch's unweighted per-sample losses.
     A resumed epoch trains batches[start:], `sums` being the statistics of batches[:start]
     (epoch_sums). after_step(steps_done, sums) runs after every optimizer step (fit's checkpoints
     and signals; it raises to end the run there). Returns a dict."""
@@ -149,7 +151,8 @@ def train_one_epoch(model, data, batches, optimizer, scheduler, aug_gen, *, amp=
             logits = model(x)
         logits = logits.float()                                    # (B, C)
         losses = F.cross_entropy(logits, y, reduction="none")      # (B,) per-sample, for the dynamics
-        loss = losses.mean() if distill is None else distill.loss(x, logits, losses)   # utils/distill.py
+        per = losses if sample_weights is None else losses * sample_weights[idx]
+        loss = per.mean() if distill is None else distill.loss(x, logits, per)   # utils/distill.py
         if weights is not None:
             loss = loss * weights[idx].sum() / len(idx)
         optimizer.zero_grad(set_to_none=True)
@@ -158,6 +161,8 @@ def train_one_epoch(model, data, batches, optimizer, scheduler, aug_gen, *, amp=
         scheduler.step()                                           # cosine annealing per iteration
         if recorder is not None:
             recorder.record(idx, logits, losses)
+        if observe is not None:
+            observe(idx, losses)
         sums["loss"] += losses.detach().sum()
         sums["correct"] += (logits.argmax(1) == y).sum()
         sums["seen"] += len(y)
@@ -206,7 +211,7 @@ def evaluate(model, data, *, amp=False):
 # The whole run
 # --------------------------------------------------------------------------------------------------
 def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=None, resume_from=None,
-        recorder=None, weights=None, total_steps=None, stop_epoch=None, log, distill=None):
+        recorder=None, weights=None, total_steps=None, stop_epoch=None, log, distill=None, sampler=None):
     """Train `model` on `train_indices`, evaluating every epoch; write checkpoint.pth.tar,
     model_best.pth.tar, metrics.json and curve.png into args.save_path.
 
@@ -216,6 +221,8 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
       whole run, so resuming without it gives exactly the uninterrupted run).
     ck: the checkpoint dict to resume from (read from `resume_from`, already checked against
       `fingerprint`, which every checkpoint stores). `run_info` is merged into metrics.json.
+    sampler: dynamic pruning (utils/dynamic_pruning.py): each epoch trains sampler.begin_epoch(epoch)'s
+      indices instead of train_indices, with its per-sample loss weights, and gives it the losses.
     The position of the run is (epoch, step): a checkpoint is written after every epoch, every
     --save_every_steps optimizer steps, and when SIGTERM/SIGUSR1 arrives (then the run ends with
     errors.Preempted); resuming continues at that step exactly (docs/PREEMPTION.md)."""
@@ -224,12 +231,17 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
     wall_start = time.perf_counter()
     rank, world = dist.rank(), dist.world_size()
     train_indices = torch.as_tensor(train_indices, dtype=torch.int64)
-    iters_per_epoch = len(make_batches(train_indices, args.batch_size, None, 0, world))
-    total_steps = total_steps or args.epochs * iters_per_epoch
-    n_epochs = math.ceil(total_steps / iters_per_epoch)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.decay, nesterov=args.momentum > 0)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    scheduler = sampler.scheduler(optimizer) if sampler is not None else None
+    if scheduler is not None:   # epochs of varying length (InfoBatch): the schedule follows epoch progress
+        iters_per_epoch, total_steps, n_epochs = None, None, args.epochs
+    else:
+        per_epoch = train_indices if sampler is None else torch.arange(sampler.epoch_size)
+        iters_per_epoch = len(make_batches(per_epoch, args.batch_size, None, 0, world))
+        total_steps = total_steps or args.epochs * iters_per_epoch
+        n_epochs = math.ceil(total_steps / iters_per_epoch)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     order_gen = torch.Generator().manual_seed(stream_seed(args.manualSeed, ORDER))             # data order
     aug_gen = torch.Generator(device=device).manual_seed(stream_seed(args.manualSeed, AUGMENT, rank))  # crops/flips
     # step: optimizer steps taken in epoch `epoch` (0 at an epoch boundary)
@@ -242,6 +254,8 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
         set_rng_state(ck["rng"], order_gen, aug_gen, per_batch=not isinstance(data.train, FolderImages))
         if recorder is not None:
             recorder.load_state_dict(ck["recorder"])
+        if sampler is not None:
+            sampler.load_state_dict(ck["sampler"])
         st = {k: ck.get(k, v) for k, v in st.items()}   # checkpoints before (epoch, step) have no step
         at = f"epoch {st['epoch']}" + (f", step {st['step']}" if st["step"] else "")
         log(f"resumed from {resume_from} at {at} (best {st['best_acc']:.2f}%)")
@@ -251,10 +265,15 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    def global_step():   # optimizer steps taken so far
+        if iters_per_epoch:
+            return st["epoch"] * iters_per_epoch + st["step"]
+        return sum(row["steps"] for row in st["history"]) + st["step"]
+
     def metrics(done):
         last = st["history"][-1] if st["history"] else {}
         return {**run_info, "best_acc": st["best_acc"], "final_acc": last.get("test_acc"),
-                "epochs": n_epochs, "steps": total_steps, "completed_epochs": st["epoch"],
+                "epochs": n_epochs, "steps": total_steps or global_step(), "completed_epochs": st["epoch"],
                 "finished": done, "stopped": not done and st["epoch"] == stop_at,
                 "train_seconds": st["train_seconds"],
                 "seconds": st["seconds"] + time.perf_counter() - wall_start,
@@ -267,9 +286,10 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
         partial = None if sums is None else dist.all_gather_objects(
             {k: v.cpu() if torch.is_tensor(v) else v for k, v in sums.items()})
         rec = recorder.state_dict(mid_epoch=sums is not None) if recorder is not None else {}
+        samp = {"sampler": sampler.state_dict()} if sampler is not None else {}
         if dist.is_main_process():
             save_torch(os.path.join(args.save_path, CHECKPOINT), {
-                **st, "global_step": st["epoch"] * iters_per_epoch + st["step"], "partial": partial,
+                **st, **samp, "global_step": global_step(), "partial": partial,
                 "seconds": st["seconds"] + time.perf_counter() - wall_start, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
                 "recorder": rec, "run_info": run_info, "args": vars(args), "arch": args.arch,
@@ -280,7 +300,7 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
         name = signal.Signals(signum).name
         status = EXIT_STATUS[signum]
         where = f"step {st['step']} of epoch {st['epoch']}" if st["step"] else f"the start of epoch {st['epoch']}"
-        log(f"{name}: checkpoint at {where} (global step {st['epoch'] * iters_per_epoch + st['step']}) in "
+        log(f"{name}: checkpoint at {where} (global step {global_step()}) in "
             f"{os.path.join(args.save_path, CHECKPOINT)}; run the same command with --resume to continue "
             f"(exit status {status})")
         signals.finish()
@@ -292,8 +312,13 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
     stop_at = min(n_epochs, stop_epoch or n_epochs)
     for epoch in range(st["epoch"], stop_at):
         epoch_start = (order_gen.get_state(), aug_gen.get_state())   # what a mid-epoch checkpoint needs
-        batches = make_batches(train_indices, args.batch_size, order_gen, rank, world)
-        batches = batches[:total_steps - epoch * iters_per_epoch]   # the last epoch of an iteration budget
+        if sampler is None:
+            batches = make_batches(train_indices, args.batch_size, order_gen, rank, world)
+            batches = batches[:total_steps - epoch * iters_per_epoch]   # the last epoch of an iteration budget
+        else:
+            batches = make_batches(sampler.begin_epoch(epoch), args.batch_size, order_gen, rank, world)
+            if iters_per_epoch is None:
+                scheduler.begin_epoch(epoch, len(batches), st["step"])
         sums = None
         if st["step"]:          # resumed in the middle of this epoch: the statistics of its first steps
             sums = {k: v.to(device) if torch.is_tensor(v) else v for k, v in ck["partial"][rank].items()}
@@ -303,7 +328,7 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
         def after_step(step, sums):
             st["step"] = step
             signum = signals.agreed()
-            if signum or (save_every and (epoch * iters_per_epoch + step) % save_every == 0
+            if signum or (save_every and global_step() % save_every == 0
                           and step < len(batches)):   # the epoch's last step: its own checkpoint follows
                 save_checkpoint(epoch_start, sums)
             if signum:
@@ -312,7 +337,10 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
         tr = train_one_epoch(net, data, batches, optimizer, scheduler, aug_gen, amp=args.amp,
                              recorder=recorder, weights=weights, log=log, epoch=epoch,
                              print_freq=args.print_freq, start=st["step"], sums=sums, after_step=after_step,
-                             distill=distill)
+                             distill=distill, sample_weights=None if sampler is None else sampler.weights,
+                             observe=None if sampler is None else sampler.observe)
+        if sampler is not None:
+            sampler.sync()                                 # every rank holds every sample's score
         if recorder is not None:
             recorder.end_epoch(epoch, torch.cat(batches))   # written in the background...
         dist.broadcast_buffers(model)                      # every rank evaluates rank 0's model...

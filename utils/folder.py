@@ -804,8 +804,8 @@ def _remove_stale_temporaries(save_path):
 
 def _remove_previous_run(save_path):
     """The previous run's outputs go, so that none of them can be mistaken for the new run's."""
-    npy = os.path.join(save_path, "npy")
-    stale = [os.path.join(npy, f) for f in (os.listdir(npy) if os.path.isdir(npy) else [])
+    stale = [os.path.join(save_path, sub, f) for sub in ("npy", "selection")
+             if os.path.isdir(os.path.join(save_path, sub)) for f in os.listdir(os.path.join(save_path, sub))
              if f.endswith(".npy") or f == MANIFEST]
     logs = [os.path.join(save_path, f) for f in os.listdir(save_path) if re.fullmatch(r"log_seed_\d+\.txt", f)]
     for f in stale + logs + [os.path.join(save_path, f) for f in RUN_FILES]:

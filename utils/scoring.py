@@ -219,6 +219,7 @@ class Dynamics:
         self.manifest = read_manifest(path)
         self.run_id, self._crcs = check_trajectory(self.manifest, range(T), path) if self.manifest else (None, {})
         self.n, self.num_classes = None, None
+        self._n_all = _targets_len(path)   # N of targets.npy (None: no file), to name a dynamic run's epochs
         self._files = {}   # (epoch, tag) -> _Npy, checked
         self._index = {}   # epoch -> None (rows in dataset order) or (N,) int32 Index of the file
         for e in range(T):
@@ -229,6 +230,7 @@ class Dynamics:
                 if self.n is None:
                     self.n, self.num_classes, self._first = out.shape[0], out.shape[1], out.path
                 elif out.shape != (self.n, self.num_classes):
+                    self._refuse_partial(e, out, out.shape[0] != self.n)
                     raise UserError(f"{out.path} has shape {out.shape}, expected "
                                     f"{(self.n, self.num_classes)} like {self._first}")
             self._index[e] = self._check_index(e)
@@ -275,6 +277,7 @@ class Dynamics:
         if self.n is None:
             self.n, self._first = f.shape[0], f.path
         if f.shape[0] != self.n:
+            self._refuse_partial(e, f, True)
             raise UserError(f"{f.path} has {f.shape[0]} rows, expected {self.n} like {self._first}")
         idx = f.rows(0, self.n)
         if idx.dtype.kind == 'f':
@@ -285,9 +288,21 @@ class Dynamics:
             return None
         if self.n and (idx.min() < 0 or idx.max() >= self.n or
                        (np.bincount(idx, minlength=self.n) != 1).any()):
+            self._refuse_partial(e, f, idx.min() >= 0 and idx.max() >= self.n)
             raise UserError(f"{f.path} is not a permutation of 0..{self.n - 1} "
                             f"(indices out of range, repeated or missing)")
         return idx.astype(np.int32)
+
+    def _refuse_partial(self, e, f, suspect):
+        """A run that prunes while training (train.py --dynamic) records only the samples each epoch
+        trained: when `suspect` (epochs of different sizes, indices beyond the rows) and an epoch holds
+        fewer rows than targets.npy has labels, say so."""
+        path, e, rows = (f.path, e, f.shape[0]) if f.shape[0] <= self.n else (self._first, 0, self.n)
+        if suspect and self._n_all is not None and rows < self._n_all:
+            raise UserError(f"{path}: epoch {e} holds {rows} of the {self._n_all} samples of targets.npy (a run "
+                            f"that prunes while training, train.py --dynamic, records only the samples it "
+                            f"trained): scores need every sample in every epoch; record them with a run "
+                            f"without --dynamic")
 
     def _load_targets(self):
         path = os.path.join(self.path, 'targets.npy')
@@ -305,6 +320,15 @@ class Dynamics:
         (into the numpy array `out`, converted to its dtype, when given)."""
         f, index = self.file(e, tag), self._index[e]
         return f.rows(a, b, out) if index is None else f.scatter(index, a, b, out)
+
+
+def _targets_len(path):
+    """len(targets.npy) in the dynamics folder `path` from its header, or None (no readable file:
+    _load_targets reports a bad one)."""
+    try:
+        return len(np.load(os.path.join(path, 'targets.npy'), mmap_mode='r'))
+    except Exception:
+        return None
 
 
 def check_targets(y, n, num_classes, what):
