@@ -1,0 +1,42 @@
+"""The study behind scripts/sweep.sh: its variables (from the environment) -> the plan
+(utils/study.py) -> written to PLAN, or run here (utils/executor.py). The reference of the
+variables is docs/SWEEP.md.
+
+    DATASET=digits ARCH=resnet20 EPOCHS=6 TRAJ=6 WIN=3 RATES="0.5 0.8" METHODS="tdds el2n random" \\
+        python scripts/sweep.py          # the same as bash scripts/sweep.sh
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: utils
+from utils.errors import UserError  # noqa: E402
+from utils.io import save_text  # noqa: E402
+from utils.study import make_plan, near_misses, plan_text  # noqa: E402
+
+PROG = "sweep.sh"
+
+
+def main(environ=None, cwd=None):
+    """Plan the study of `environ` (default: os.environ); returns the exit status (2: a mistake in the
+    variables, reported in one line, nothing written)."""
+    environ = os.environ if environ is None else environ
+    try:
+        near_misses(environ)
+        plan = make_plan(environ, cwd)
+    except UserError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    for text in plan.settings + plan.notes:
+        print(text)
+    n = {s: len(plan.stages[s]) for s in plan.stages}
+    if plan.cfg["PLAN"]:
+        save_text(plan.cfg["PLAN"], plan_text(plan))
+        print(f"plan: {plan.cfg['PLAN']}: stage 1 {n[1]} commands (in order), stage 2 {n[2]} (independent), "
+              f"stage 3 {n[3]} (in order)")
+        return 0
+    from utils.executor import Executor
+    return Executor(plan, environ).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
