@@ -485,3 +485,23 @@ def test_slurm_array_runs_the_right_line(tmp_path):
     bad = slurm(2, 3)
     assert bad.returncode == 2 and "lines 0..2" in bad.stderr
     assert slurm(2).returncode == 2
+
+
+def test_each_sweep_keeps_its_plan_and_plan_txt_is_what_is_there(tmp_path):
+    """Every sweep leaves a dated copy of its plan in OUT/plans; plan.txt is rewritten only by a sweep
+    that OUT did not refuse, so that it keeps describing the runs in the folder; a TAG has its own."""
+    out = tmp_path / "out"
+    p, _ = stub_sweep(tmp_path, RATES="0.5")
+    assert p.returncode == 0, p.stderr
+    first = (out / "plan.txt").read_text()
+    refused, _ = stub_sweep(tmp_path, RATES="0.5", EPOCHS="7")            # the full-data run: other settings
+    assert refused.returncode == 1 and "refused" in refused.stderr
+    assert (out / "plan.txt").read_text() == first
+    assert "plan.txt not rewritten" not in refused.stdout                  # stage 1 stopped the sweep before
+    tagged, _ = stub_sweep(tmp_path, RATES="0.5", TAG="bs64", BATCH="64")
+    assert tagged.returncode == 0, tagged.stderr
+    copies = sorted((out / "plans").iterdir(), key=lambda f: f.stat().st_mtime_ns)
+    assert len(copies) == 3 and copies[-1].name.endswith("-bs64.txt")
+    texts = [c.read_text() for c in copies]
+    assert texts[0] == first and "--epochs 7" in texts[1] and texts[2] == (out / "plan-bs64.txt").read_text()
+    assert (out / "plan.txt").read_text() == first and "/random-bs64/r0.5/s42" in texts[2]
