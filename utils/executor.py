@@ -6,6 +6,7 @@ job and its children, e.g. torchrun's workers). It has no skip logic: it runs ev
 script decides from what its folder holds; it ends with the list of failed (status != 0, 2) and
 refused (status 2) commands and how to go on (exit status 1).
 """
+import json
 import os
 import re
 import signal
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from utils.io import save_text
+from utils.io import save_json, save_text
 from utils.study import gpu_count, line, plan_text
 
 PROG = "sweep.sh"
@@ -41,6 +42,9 @@ class Executor:
                          or [str(i) for i in range(gpu_count())] or ["0"])
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self.threads = max(1, cores // self.c["JOBS"])
+        given = self.env.get("OMP_NUM_THREADS", "")
+        self.own_threads = int(given) if given.isdigit() and int(given) > 0 else cores   # a job alone
+        self.trained = {}   # save folder -> threads it trained with (OUT/threads.json, for the summary)
 
     def say(self, text, err=False):
         print(text, file=self.err if err else self.out, flush=True)
@@ -133,9 +137,11 @@ class Executor:
         self.say(f"plan: {dated} (stage 1 {len(plan.stages[1])}, stage 2 {len(plan.stages[2])}, stage 3 "
                  f"{len(plan.stages[3])} commands)")
         pinned = {**self.env, **({"CUDA_VISIBLE_DEVICES": self.gpus[0]} if self.gpus else {})}
-        for argv, _ in plan.stages[1]:
+        for argv, save in plan.stages[1]:
             status, output = self.foreground(argv, pinned)
             self.settle(line(argv), status, output)
+            if save and status == 0 and not DONE.search(output):
+                self.trained[save] = self.own_threads
             if status:
                 self.say(f"{PROG}: stage 1 did not go through: stage 2 needs it", err=True)
                 return self.finish()
@@ -143,6 +149,7 @@ class Executor:
         n, bad = len(plan.stages[2]), len(self.refused) + len(self.failed)
         self.say(f"stage 2: {n} runs: {n - bad - done_before} trained, {done_before} already done (nothing "
                  f"rewritten), {len(self.refused)} refused, {len(self.failed)} failed")
+        self.write_threads()
         # plan.txt is the plan of what is in OUT: not rewritten by a sweep that OUT refused
         current = os.path.join(out, f"plan-{self.c['TAG']}.txt" if self.c["TAG"] else "plan.txt")
         if self.refused:
@@ -154,6 +161,20 @@ class Executor:
             status, output = self.foreground(argv, pinned)
             self.settle(line(argv), status, output)
         return self.finish()
+
+    def write_threads(self):
+        """OUT/threads.json: {run folder: threads} of the runs this sweep trained, merged with earlier sweeps'
+        (summarize.py's seconds are thread-seconds where it knows them)."""
+        if not self.trained:
+            return
+        path = os.path.join(self.c["OUT"], "threads.json")
+        try:
+            with open(path) as f:
+                known = json.load(f)
+        except (OSError, ValueError):
+            known = {}
+        known.update({os.path.relpath(save, self.c["OUT"]): n for save, n in self.trained.items()})
+        save_json(path, known)
 
     def dated_copy(self, text):
         """OUT/plans/<date>-<time>[-TAG].txt: every sweep's plan, kept."""
@@ -227,6 +248,8 @@ class Executor:
     def ended(self, argv, save, status, output):
         """A stage-2 command ended; returns 1 when it found its work already done."""
         already = status == 0 and bool(DONE.search(output))
+        if status == 0 and not already:
+            self.trained[save] = self.threads if self.c["JOBS"] > 1 else self.own_threads
         if status == 0:
             self.report(f"{'already done' if already else 'done'} {save}")
         self.settle(line(argv), status, output, save)
