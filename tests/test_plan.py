@@ -427,8 +427,11 @@ def test_local_executor_pins_gpus_round_robin(tmp_path):
     assert all(a[a.index("--ngpu") + 1] == "1" for a in plan[2])
 
 
-def test_interrupt_stops_the_jobs(tmp_path):
-    stub_env = dict(SEEDS="1 99", RATES="0.5", JOBS="2")   # the first seed also seeds the full-data run
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_interrupt_stops_the_jobs(tmp_path, jobs):
+    """SIGTERM (as Ctrl-C) reaches the sweep; it stops exactly the jobs it started, in the foreground
+    (JOBS=1) or beside each other (JOBS=2), and exits 130."""
+    stub_env = dict(SEEDS="1 99", RATES="0.5", JOBS=str(jobs))   # the first seed also seeds the full-data run
     stub_sweep(tmp_path, **{**stub_env, "SEEDS": "1"})                # the full run and scores, quickly
     log = tmp_path / "calls.jsonl"
     log.unlink()
@@ -438,13 +441,14 @@ def test_interrupt_stops_the_jobs(tmp_path):
                              cwd=tmp_path)
     deadline = time.time() + 30
     hanging = lambda: [json.loads(l)["pid"] for l in log.read_text().splitlines() if '"99"' in l]
-    while time.time() < deadline and (not log.exists() or len(hanging()) < 2):
+    while time.time() < deadline and (not log.exists() or len(hanging()) < jobs):
         time.sleep(0.1)
+    time.sleep(0.3)
     pids = hanging()
-    assert len(pids) == 2                                                              # el2n and random, hanging
+    assert len(pids) == jobs                                                           # el2n (and random), hanging
     sweep.send_signal(signal.SIGTERM)
     _, err = sweep.communicate(timeout=20)
-    assert sweep.returncode == 130 and "stopping 2 running job(s)" in err
+    assert sweep.returncode == 130 and f"stopping {jobs} running job(s)" in err
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)

@@ -80,8 +80,12 @@ def _one_edit(a, b):
     return any(long_[:i] + long_[i + 1:] == short for i in range(len(long_)))
 
 
+def _is_count(value):
+    return re.fullmatch(r"[1-9][0-9]*", value) is not None
+
+
 def _count(name, value):
-    if not re.fullmatch(r"[1-9][0-9]*", value):
+    if not _is_count(value):
         raise UserError(f"{name}: '{value}' is not a positive integer")
     return int(value)
 
@@ -126,11 +130,8 @@ class Plan:
     def lines(self, stage):
         return [line(argv) for argv, _ in self.stages[stage]]
 
-    def saves(self, stage):
-        return [save for _, save in self.stages[stage]]
 
-
-def read_config(environ, cwd=None, has_gpu=None):
+def read_config(environ, cwd=None):
     """The study's variables from `environ` (as sweep.sh reads them: unset or empty = the default; only
     RATE_FLAGS keeps an empty value), checked, paths made absolute. Raises UserError."""
     cwd = cwd or os.getcwd()
@@ -150,7 +151,7 @@ def read_config(environ, cwd=None, has_gpu=None):
         c[k] = (env[k] or "").split()
     ngpu = env["NGPU"]
     if not ngpu:   # a plan runs elsewhere: --ngpu 1 uses CUDA where it runs, if any, else the CPU
-        ngpu = "1" if c["PLAN"] or (has_gpu() if has_gpu else gpu_count() > 0) else "0"
+        ngpu = "1" if c["PLAN"] or gpu_count() > 0 else "0"
     c["NGPU"] = ngpu
     c["ROOT"] = ROOT
     c["OUT"] = _realpath(c["OUT"], cwd)                      # plan lines hold absolute paths
@@ -236,9 +237,9 @@ def _kd_alpha(text):
     return alpha
 
 
-def make_plan(environ, cwd=None, has_gpu=None):
+def make_plan(environ, cwd=None):
     """The plan of the study that `environ` describes (see the module docstring). Raises UserError."""
-    c = read_config(environ, cwd, has_gpu)
+    c = read_config(environ, cwd)
     plan = Plan(c)
     out, masks, root, py = c["OUT"], os.path.join(c["OUT"], "masks"), c["ROOT"], c["PYTHON"]
     first_seed = c["SEEDS"][0]
@@ -373,7 +374,7 @@ def make_plan(environ, cwd=None, has_gpu=None):
             if ws[j] == "--batch-size":
                 bs = ws[j + 1] if j + 1 < len(ws) else ""
                 j += 1
-                if not re.fullmatch(r"[1-9][0-9]*", bs):
+                if not _is_count(bs):
                     raise UserError(f"RATE_FLAGS: rate {rate}: --batch-size '{bs}' is not a positive integer")
             else:
                 extra.append(ws[j])
