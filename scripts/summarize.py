@@ -112,7 +112,7 @@ def collect_runs(out):
             raise UserError(f"cannot read {path}: {e}") from None
         if not isinstance(m, dict) or "final_acc" not in m:
             raise UserError(f"{path} has no final_acc: expected the metrics.json of a training run")
-        m["subset_rate"] = float(m.get("subset_rate", 0.0))
+        m["subset_rate"] = float(m.get("subset_rate") or (m.get("dynamic_ratio") if is_dynamic(m) else 0.0) or 0.0)
         m["final_acc"] = float(m["final_acc"]) if m["final_acc"] is not None else None
         m["run"] = os.path.relpath(folder, out)
         m["path"] = os.path.abspath(folder)
@@ -333,7 +333,7 @@ def add_work(runs):
     moderate's features (N). Evaluation passes are not counted (every run of a schedule evaluates alike)."""
     full_n = {m.get("dataset"): m.get("num_train_samples") for m in runs if m["is_full"] and m.get("num_train_samples")}
     for m in runs:
-        n = (m.get("num_train_samples") if m["is_full"] or is_dynamic(m) else None) or m.get("full_train_samples") \
+        n = m.get("full_train_samples") or (m.get("num_train_samples") if m["is_full"] else None) \
             or (m.get("score_info") or {}).get("num_samples") or full_n.get(m.get("dataset"))
         e = m.get("epochs")
         if not n or not e or (not counts(m) and not m["is_full"]):

@@ -310,10 +310,13 @@ def test_static_and_dynamic_runs_on_one_compute_axis(tmp_path):
     write_metrics(out, "random/r0.5/s1", method="random", selection="random", subset_rate=0.5, final_acc=60.0,
                   num_train_samples=50, full_train_samples=N, train_seconds=5.0, history=history([50] * E, 0.5))
     infobatch = [100] + [70] * 7 + [100, 100]            # pruned epochs, then the full tail
-    write_metrics(out, "infobatch/r0.5/s1", method="infobatch", selection="full", subset_rate=0.5, dynamic_ratio=0.5,
-                  final_acc=78.0, num_train_samples=N, train_seconds=8.0, history=history(infobatch, 0.8))
-    write_metrics(out, "rs2/r0.5/s1", method="rs2", selection="full", subset_rate=0.5, dynamic_ratio=0.5,
-                  final_acc=75.0, num_train_samples=N, train_seconds=5.0, history=history([50] * E, 0.5))
+    # as train.py --dynamic records them: N in full_train_samples (RS2's num_train_samples: its epoch size)
+    write_metrics(out, "infobatch/r0.5/s1", method="infobatch", selection="dynamic", subset_rate=0.5,
+                  dynamic_ratio=0.5, final_acc=78.0, num_train_samples=N, full_train_samples=N, train_seconds=8.0,
+                  history=history(infobatch, 0.8))
+    write_metrics(out, "rs2/r0.5/s1", method="rs2", selection="dynamic", subset_rate=0.0, dynamic_ratio=0.5,
+                  final_acc=75.0, num_train_samples=50, full_train_samples=N, train_seconds=5.0,
+                  history=history([50] * E, 0.5))
     with open(os.path.join(out, "threads.json"), "w") as f:   # the full run alone (2 threads), the rest side by side
         json.dump({"full": 2, "tdds/r0.5/s1": 1, "tdds/r0.5/s2": 1, "random/r0.5/s1": 1, "infobatch/r0.5/s1": 1,
                    "rs2/r0.5/s1": 1}, f)
