@@ -86,6 +86,9 @@ def test_win_only_where_a_window_is_used(sweep):
     (el2n,) = st[1][1:]
     assert arg(el2n, "--trajectory_len") == "12" and "--window_size" not in el2n
     assert "  rate 0.65: T=12 (T from TRAJ)" in out.splitlines()
+    # no window in the study: K is neither used nor clamped nor spoken of
+    status, out, err, _ = sweep(METHODS="el2n", RATES="0.5", EPOCHS="5")
+    assert "  rate 0.5: T=5 (T reported; clamped: T=70 exceeds the 5 epochs of the full-data run)" in out.splitlines()
     # TDDS: TRAJ given, WIN asked for alone; both missing: both
     status, _, err, _ = sweep(METHODS="tdds", RATES="0.65", TRAJ="12")
     one_error(status, err, "set WIN")

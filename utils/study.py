@@ -291,7 +291,7 @@ def make_plan(environ, cwd=None):
             if T > limit:
                 said.append(f"T={T} exceeds the {limit} {what}")
                 T = limit
-            if K is not None and K > T:
+            if windowed and K > T:
                 said.append(f"K={K} exceeds T={T}")
                 K = T
             if "tdds" in c["METHODS"] and K < 3:
