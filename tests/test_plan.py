@@ -452,6 +452,7 @@ def test_interrupt_stops_the_jobs(tmp_path, jobs):
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+    assert "/s99" in (tmp_path / "out" / "plan.txt").read_text()                      # stage 2 had begun
 
 
 def test_slurm_array_runs_the_plan_line_of_its_task(tmp_path):

@@ -45,6 +45,8 @@ class Executor:
         given = self.env.get("OMP_NUM_THREADS", "")
         self.own_threads = int(given) if given.isdigit() and int(given) > 0 else cores   # a job alone
         self.trained = {}   # save folder -> threads it trained with (OUT/threads.json, for the summary)
+        self.text, self.current = plan_text(plan), None   # the plan, and plan.txt once stage 2 has begun
+        self.bar = None                                    # stage 2's progress line (JOBS > 1)
 
     def say(self, text, err=False):
         print(text, file=self.err if err else self.out, flush=True)
@@ -92,15 +94,15 @@ class Executor:
         """Record how a command ended: 2 is a refusal (its error line says why), any other non-zero a failure."""
         where = f" (log: {save}.log)" if save else ""
         if status == 2:
-            why = WHY.findall(output)
-            self.refused.append((cmd, WHY.search(output).group(0) if why else "status 2" + where))
+            why = [m.group(0) for m in WHY.finditer(output)]   # its last error line
+            self.refused.append((cmd, why[-1] if why else "status 2" + where))
             self.report(f"REFUSED {cmd}{where}")
         elif status:
             self.failed.append((cmd, f"status {status}" + (f", log: {save}.log" if save else "")))
             self.report(f"FAILED (status {status}) {cmd}{where}")
 
     def report(self, text):
-        if getattr(self, "bar", None) is not None:
+        if self.bar is not None:
             self.bar.write(text, file=self.out)
         else:
             self.say(text)
@@ -112,6 +114,10 @@ class Executor:
         try:
             return self._run()
         except Interrupted:
+            for s in previous:   # a second Ctrl-C does not interrupt the stopping
+                signal.signal(s, signal.SIG_IGN)
+            if self.current and not self.refused:   # stage 2 had begun: its runs are (partly) in OUT
+                save_text(self.current, self.text)
             jobs = list(self.running)
             if jobs:
                 self.say(f"{PROG}: interrupted: stopping {len(jobs)} running job(s) (each resumes with --resume)", err=True)
@@ -132,8 +138,7 @@ class Executor:
     def _run(self):
         plan, out = self.plan, self.c["OUT"]
         os.makedirs(out, exist_ok=True)
-        text = plan_text(plan)
-        dated = self.dated_copy(text)
+        dated = self.dated_copy(self.text)
         self.say(f"plan: {dated} (stage 1 {len(plan.stages[1])}, stage 2 {len(plan.stages[2])}, stage 3 "
                  f"{len(plan.stages[3])} commands)")
         pinned = {**self.env, **({"CUDA_VISIBLE_DEVICES": self.gpus[0]} if self.gpus else {})}
@@ -145,18 +150,19 @@ class Executor:
             if status:
                 self.say(f"{PROG}: stage 1 did not go through: stage 2 needs it", err=True)
                 return self.finish()
+        # plan.txt is the plan of what is in OUT: not rewritten by a sweep that OUT refused
+        current = os.path.join(out, f"plan-{self.c['TAG']}.txt" if self.c["TAG"] else "plan.txt")
+        self.current = current
         done_before = self.stage2()
         n, bad = len(plan.stages[2]), len(self.refused) + len(self.failed)
         self.say(f"stage 2: {n} runs: {n - bad - done_before} trained, {done_before} already done (nothing "
                  f"rewritten), {len(self.refused)} refused, {len(self.failed)} failed")
         self.write_threads()
-        # plan.txt is the plan of what is in OUT: not rewritten by a sweep that OUT refused
-        current = os.path.join(out, f"plan-{self.c['TAG']}.txt" if self.c["TAG"] else "plan.txt")
         if self.refused:
             self.say(f"{os.path.basename(current)} not rewritten: {len(self.refused)} command(s) refused (this "
                      f"sweep's plan: {dated})")
         else:
-            save_text(current, text)
+            save_text(current, self.text)
         for argv, _ in plan.stages[3]:   # whatever happened in stage 2: the summary names what is missing
             status, output = self.foreground(argv, pinned)
             self.settle(line(argv), status, output)
@@ -192,7 +198,6 @@ class Executor:
         """Up to JOBS stage-2 commands at once; returns how many found their work already done."""
         cmds, jobs = self.plan.stages[2], self.c["JOBS"]
         done_before = 0
-        self.bar = None
         if jobs > 1 and cmds:
             from tqdm import tqdm
             self.bar = tqdm(total=len(cmds), desc="stage 2", unit="run", file=self.err, dynamic_ncols=True,
