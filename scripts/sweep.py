@@ -9,17 +9,28 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: utils
+from utils.args import Parser  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.io import save_text  # noqa: E402
-from utils.study import make_plan, near_misses, plan_text  # noqa: E402
+from utils.study import VARIABLES, make_plan, near_misses, plan_text  # noqa: E402
 
 PROG = "sweep.sh"
 
 
-def main(environ=None, cwd=None):
+def main(environ=None, cwd=None, argv=()):
     """Plan the study of `environ` (default: os.environ); returns the exit status (2: a mistake in the
-    variables, reported in one line, nothing written)."""
+    variables, reported in one line, nothing written). The study takes no arguments: --help shows the
+    variables, anything else is refused (rather than running the default study)."""
     environ = os.environ if environ is None else environ
+    parser = Parser(prog="sweep.sh", description=__doc__.split("\n\n")[0].replace("\n", " "),
+                                     epilog="variables [default]: " + ", ".join(
+                                         f"{k} [{v}]" if v else k for k, v in VARIABLES.items()) +
+                                     " (docs/SWEEP.md)")
+    if argv:
+        try:
+            parser.parse_args(argv)
+        except SystemExit as e:
+            return e.code
     try:
         near_misses(environ)
         plan = make_plan(environ, cwd)
@@ -39,4 +50,4 @@ def main(environ=None, cwd=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(argv=sys.argv[1:]))

@@ -23,4 +23,4 @@
 #   TAG=unweighted SUBSET_FLAGS=--no_score_weighting bash scripts/sweep.sh
 #   # the same study as a plan for a cluster (see scripts/slurm_array.sh)
 #   PLAN=$PWD/study.plan DATASET=cifar100 bash scripts/sweep.sh
-exec "${PYTHON:-python}" "$(dirname "${BASH_SOURCE[0]}")/sweep.py"
+exec "${PYTHON:-python}" "$(dirname "${BASH_SOURCE[0]}")/sweep.py" "$@"

@@ -141,3 +141,13 @@ def test_dynamic_runs_in_stage_two(sweep, tmp_path):
         f"{out}/infobatch/resnet18/r0.5/s42", f"{out}/infobatch/resnet20/r0.5/s42"}
     status, _, err, _ = sweep(DYNAMIC="infobatch grand")
     one_error(status, err, "DYNAMIC", "grand")
+
+
+def test_arguments_are_refused_not_ignored(tmp_path, capsys):
+    """`sweep.sh --epochs 8` would otherwise run the default study (hours): one line, exit 2."""
+    assert SWEEP.main(environ={"PLAN": str(tmp_path / "p")}, cwd=str(tmp_path), argv=["--epochs", "8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: unrecognized arguments: --epochs 8")
+    assert not (tmp_path / "p").exists()
+    assert SWEEP.main(environ={}, cwd=str(tmp_path), argv=["--help"]) == 0
+    assert "RATE_FLAGS [0.8:--batch-size 64 0.9:--batch-size 32]" in capsys.readouterr().out.replace("\n", " ")
