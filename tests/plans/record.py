@@ -3,6 +3,10 @@ for a broad set of configurations, as regression fixtures of the study's planner
 
     python tests/plans/record.py        # rewrites recorded.json from the current scripts/sweep.sh
 
+recorded.json as committed was written by the sweep.sh of before the port to Python (the plan made in
+bash), so tests/test_plan.py holds the Python planner to it; rewrite it only for a deliberate change
+of the plans, and say which in the commit.
+
 Paths are stored with placeholders: {ROOT} the repository, {TMP} the folder the sweep ran in (its
 cwd, the PLAN file's folder and the dynamics folders made for DYNAMICS)."""
 import json
