@@ -6,13 +6,20 @@
 - results.md: method x pruning-rate tables of the FINAL test top-1 accuracy (last epoch) and of the
   BEST test accuracy over epochs (what the published logs report), "mean ± std (n=…)" over seeds
   (sample standard deviation, ddof=1) or the plain value for a single run, with the full-data run
-  as a reference line; then the compute each result cost (the cost ledger, below), the kept set's
-  mean loss weight u for runs with the published score weighting, and, when the
+  as a reference line; then the compute each result cost (in work and in seconds, below), the kept
+  set's mean loss weight u for runs with the published score weighting, and, when the
   runs used --label_noise / --corrupt_ratio, the fraction of the kept set that is mislabeled /
   corrupted.
 - accuracy_vs_pruning.png (one line per method, seed error bars, full data dashed),
-  accuracy_vs_cost.png (accuracy against the total compute), and kept_flagged_vs_pruning.png when
-  there are noisy or corrupted samples.
+  accuracy_vs_cost.png (accuracy against the total compute in work, one point per method and rate,
+  static and dynamic methods, the Pareto front ringed), and kept_flagged_vs_pruning.png when there
+  are noisy or corrupted samples.
+
+Dynamic pruning runs (train.py --dynamic infobatch / rs2: full-data runs that prune as they go) are
+rows beside the static methods, at the column of their --dynamic_ratio. results.md opens with a
+warning where a score-weighted method lands more than 5 points below random at the same rate (the
+published weighting scales every step by the kept set's mean weight u), and says why the reference
+line and the seconds are missing when the folder holds no full-data run.
 
 A run's label is its method ("random" when the selection was random), plus "-ccs" (coverage-centric
 selection), "-beta" (DUAL's Beta sampling), "-cb" (class-balanced), "-unweighted" (--no_score_weighting),
@@ -32,9 +39,12 @@ full-data run stopped at T for its dynamics is the one exception, shown as such 
 line. When OUT/plan.txt (written by scripts/sweep.sh) names runs that have no results, results.md
 lists them first, under "Missing runs".
 
-Cost ledger: seconds of training compute (train_seconds: the training loops, without evaluation)
-and of scoring (importance_evaluation.py's info_<tag>.json), as a fraction of ONE full-data training
-of the same schedule (the full run's seconds per epoch x its --epochs):
+Compute in work (add_work): samples forwarded and backpropagated, as a fraction of one full-data
+training (E epochs x N samples), forward-only passes apart; it does not depend on threads or machines.
+Compute in seconds, the second column: seconds of training compute (train_seconds: the training loops,
+without evaluation) and of scoring (importance_evaluation.py's info_<tag>.json), as a fraction of ONE
+full-data training of the same schedule (the full run's seconds per epoch x its --epochs), in
+thread-seconds where the sweep recorded each run's threads (OUT/threads.json):
   dynamics = the epochs the full-data run recorded (after --stop_epoch), for methods that need them
   scoring  = the importance_evaluation.py call that wrote the scores
   subset   = the subset run itself (with a --teacher, its forward passes included)
@@ -340,7 +350,7 @@ def add_work(runs):
             continue
         one = float(n) * float(e)
         if m["is_full"] or is_dynamic(m):
-            m["work_dynamics"], m["work_subset"], m["work_teacher"], m["work_forward"] = 0.0, _trained(m) / one, 0.0, 0.0
+            m.update(work_dynamics=0.0, work_subset=_trained(m) / one, work_teacher=0.0, work_forward=0.0)
             m["work_total"] = m["work_subset"]
             if is_dynamic(m):
                 m["dynamic_ratio"] = m.get("dynamic_ratio", m["subset_rate"])
@@ -368,13 +378,14 @@ def weighting_warnings(runs):
     random = {rate: v[0] for (label, rate), v in acc.items() if label == "random"}
     weighted = {(m["label"], m["subset_rate"]) for m in runs if m.get("score_weighting") and counts(m)}
     lines = []
-    for (label, rate) in sorted(weighted):
-        if rate in random and (label, rate) in acc and (label, rate) in u and acc[label, rate][0] < random[rate] - FAR_BELOW:
-            lines.append(f"- {label} at {100 * rate:g}%: {acc[label, rate][0]:.2f} against random's {random[rate]:.2f}. "
+    for key in sorted(weighted):
+        if key[1] in random and key in acc and key in u and acc[key][0] < random[key[1]] - FAR_BELOW:
+            label, rate, mean_u = key[0], key[1], u[key][0]
+            lines.append(f"- {label} at {100 * rate:g}%: {acc[key][0]:.2f} against random's {random[rate]:.2f}. "
                          f"Its runs used the published score weighting: every step is scaled by the kept set's mean "
-                         f"weight u = {u[label, rate][0]:.3f}, a learning rate about {1 / max(u[label, rate][0], 1e-9):.0f}x "
-                         f"smaller. Train with --no_score_weighting (sweep: SUBSET_FLAGS=--no_score_weighting "
-                         f"TAG=unweighted) to compare the selections alone.")
+                         f"weight u = {mean_u:.3f}, a learning rate about {1 / max(mean_u, 1e-9):.0f}x smaller. "
+                         f"Train with --no_score_weighting (sweep: SUBSET_FLAGS=--no_score_weighting TAG=unweighted) "
+                         f"to compare the selections alone.")
     return (["## Warning: score weighting", ""] + lines + [""]) if lines else []
 
 

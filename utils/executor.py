@@ -120,7 +120,8 @@ class Executor:
                 save_text(self.current, self.text)
             jobs = list(self.running)
             if jobs:
-                self.say(f"{PROG}: interrupted: stopping {len(jobs)} running job(s) (each resumes with --resume)", err=True)
+                self.say(f"{PROG}: interrupted: stopping {len(jobs)} running job(s) (each resumes with --resume)",
+                         err=True)
                 for p in jobs:
                     try:
                         os.killpg(p.pid, signal.SIGTERM)

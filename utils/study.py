@@ -146,7 +146,8 @@ def read_config(environ, cwd=None):
     c["METHODS"], c["SELECTIONS"], c["SEEDS"] = words(get("METHODS")), words(get("SELECTIONS")), words(get("SEEDS"))
     c["DYNAMIC"] = words(get("DYNAMIC"))
     c["SUBSET_ARCHS"] = words(get("SUBSET_ARCHS", c["ARCH"]))
-    c["RATE_FLAGS"] = VARIABLES["RATE_FLAGS"] if env["RATE_FLAGS"] is None else env["RATE_FLAGS"]   # set but empty: none
+    rate_flags = env["RATE_FLAGS"]
+    c["RATE_FLAGS"] = VARIABLES["RATE_FLAGS"] if rate_flags is None else rate_flags   # set but empty: none
     for k in ("TRAIN_FLAGS", "SUBSET_FLAGS", "EVAL_FLAGS"):
         c[k] = (env[k] or "").split()
     ngpu = env["NGPU"]
@@ -237,41 +238,27 @@ def _kd_alpha(text):
     return alpha
 
 
-def make_plan(environ, cwd=None):
-    """The plan of the study that `environ` describes (see the module docstring). Raises UserError."""
-    c = read_config(environ, cwd)
-    plan = Plan(c)
-    out, masks, root, py = c["OUT"], os.path.join(c["OUT"], "masks"), c["ROOT"], c["PYTHON"]
-    first_seed = c["SEEDS"][0]
-    # the methods scored in stage 1: METHODS, and dual when beta sampling needs its mean p_y for another score
-    scored = list(c["METHODS"])
-    if "beta" in c["SELECTIONS"] and any(m not in ("random", "dual") for m in c["METHODS"]):
-        scored = words(" ".join(scored + ["dual"]))
-    needs_dynamics = any(m not in ("random", "moderate") for m in scored)
-    needs_model = c["KD"] or "moderate" in scored
-    scores = any(m != "random" for m in scored)
+def _batch_size(batch, rate, flags):
+    """(batch size, other flags) of a rate's RATE_FLAGS: a --batch-size among them replaces BATCH (one
+    --batch-size per line)."""
+    extra, j = [], 0
+    while j < len(flags):
+        if flags[j] == "--batch-size":
+            batch = flags[j + 1] if j + 1 < len(flags) else ""
+            j += 1
+            if not _is_count(batch):
+                raise UserError(f"RATE_FLAGS: rate {rate}: --batch-size '{batch}' is not a positive integer")
+        else:
+            extra.append(flags[j])
+        j += 1
+    return batch, extra
+
+
+def _shapes(c, plan, scored, needs_dynamics, limit, what, kd_alpha):
+    """The study's pruning rates (normalised: 0.50 -> 0.5, each once) and per rate the T and K of the
+    scores: reported, or TRAJ / WIN, clamped to the `limit` epochs there are; what is used is said in
+    plan.settings. K is asked for only where a windowed score uses it."""
     windowed = [m for m in scored if m in WINDOWED]
-
-    if c["DYNAMICS"]:   # an existing recording: epochs 0 .. recorded-1 are all there
-        recorded = 0
-        while any(os.path.isfile(os.path.join(c["DYNAMICS"], f"{recorded}_{k}.npy")) for k in ("Output", "Index")):
-            recorded += 1
-        if not recorded:
-            raise UserError(f"DYNAMICS: no dynamics in {c['DYNAMICS']}: expected 0_Output.npy, 1_Output.npy, ...")
-        limit, what = recorded, "recorded epochs"
-        moderate_checkpoint = os.path.join(os.path.dirname(c["DYNAMICS"]), "checkpoint.pth.tar")
-        teacher = os.path.join(os.path.dirname(c["DYNAMICS"]), "model_best.pth.tar")
-        if "moderate" in c["METHODS"] and not os.path.isfile(moderate_checkpoint):
-            raise UserError(f"METHODS: moderate needs the model of the run that recorded DYNAMICS: no {moderate_checkpoint}")
-        if c["KD"] and not os.path.isfile(teacher):
-            raise UserError(f"KD=1 needs the model of the run that recorded DYNAMICS: no {teacher}")
-    else:
-        limit, what = c["EPOCHS"], "epochs of the full-data run"
-        moderate_checkpoint = os.path.join(out, "full", "checkpoint.pth.tar")
-        teacher = os.path.join(out, "full", "model_best.pth.tar")
-    rate_flags = _rate_flags(c["RATE_FLAGS"])
-    kd_alpha = _kd_alpha(c["KD_ALPHA"])
-
     rates, Ts, Ks = [], [], []   # per rate, normalised (0.50 -> 0.5), T and K clamped to what can be recorded
     for word in words(c["RATES"]):
         r = _rate(word)
@@ -307,6 +294,45 @@ def make_plan(environ, cwd=None):
         rates.append(r)
         Ts.append(T or 0)
         Ks.append(K or 0)
+    return rates, Ts, Ks
+
+
+def make_plan(environ, cwd=None):
+    """The plan of the study that `environ` describes (see the module docstring). Raises UserError."""
+    c = read_config(environ, cwd)
+    plan = Plan(c)
+    out, masks, root, py = c["OUT"], os.path.join(c["OUT"], "masks"), c["ROOT"], c["PYTHON"]
+    first_seed = c["SEEDS"][0]
+    # the methods scored in stage 1: METHODS, and dual when beta sampling needs its mean p_y for another score
+    scored = list(c["METHODS"])
+    if "beta" in c["SELECTIONS"] and any(m not in ("random", "dual") for m in c["METHODS"]):
+        scored = words(" ".join(scored + ["dual"]))
+    needs_dynamics = any(m not in ("random", "moderate") for m in scored)
+    needs_model = c["KD"] or "moderate" in scored
+    scores = any(m != "random" for m in scored)
+
+    if c["DYNAMICS"]:   # an existing recording: epochs 0 .. recorded-1 are all there
+        recorded = 0
+        while any(os.path.isfile(os.path.join(c["DYNAMICS"], f"{recorded}_{k}.npy")) for k in ("Output", "Index")):
+            recorded += 1
+        if not recorded:
+            raise UserError(f"DYNAMICS: no dynamics in {c['DYNAMICS']}: expected 0_Output.npy, 1_Output.npy, ...")
+        limit, what = recorded, "recorded epochs"
+        moderate_checkpoint = os.path.join(os.path.dirname(c["DYNAMICS"]), "checkpoint.pth.tar")
+        teacher = os.path.join(os.path.dirname(c["DYNAMICS"]), "model_best.pth.tar")
+        if "moderate" in c["METHODS"] and not os.path.isfile(moderate_checkpoint):
+            raise UserError(f"METHODS: moderate needs the model of the run that recorded DYNAMICS: "
+                            f"no {moderate_checkpoint}")
+        if c["KD"] and not os.path.isfile(teacher):
+            raise UserError(f"KD=1 needs the model of the run that recorded DYNAMICS: no {teacher}")
+    else:
+        limit, what = c["EPOCHS"], "epochs of the full-data run"
+        moderate_checkpoint = os.path.join(out, "full", "checkpoint.pth.tar")
+        teacher = os.path.join(out, "full", "model_best.pth.tar")
+    rate_flags = _rate_flags(c["RATE_FLAGS"])
+    kd_alpha = _kd_alpha(c["KD_ALPHA"])
+
+    rates, Ts, Ks = _shapes(c, plan, scored, needs_dynamics, limit, what, kd_alpha)
     for r in rates:   # what each rate's subset runs add, said once
         if r in rate_flags:
             plan.notes.append(f"rate {r}: subset runs add{''.join(' ' + w for w in rate_flags[r])} "
@@ -367,18 +393,7 @@ def make_plan(environ, cwd=None):
     suffix = ("-iters" if budget else "") + ("-kd" if c["KD"] else "") + (f"-{c['TAG']}" if c["TAG"] else "")
     several_archs = c["SUBSET_ARCHS"] != [c["ARCH"]]
     for rate, T, K in zip(rates, Ts, Ks):
-        # this rate's RATE_FLAGS; a --batch-size among them replaces BATCH (one --batch-size per line)
-        bs, extra, ws = c["BATCH"], [], rate_flags.get(rate, [])
-        j = 0
-        while j < len(ws):
-            if ws[j] == "--batch-size":
-                bs = ws[j + 1] if j + 1 < len(ws) else ""
-                j += 1
-                if not _is_count(bs):
-                    raise UserError(f"RATE_FLAGS: rate {rate}: --batch-size '{bs}' is not a positive integer")
-            else:
-                extra.append(ws[j])
-            j += 1
+        bs, extra = _batch_size(c["BATCH"], rate, rate_flags.get(rate, []))
         seen = []   # run names done at this rate
         for method in c["METHODS"]:
             for sel in c["SELECTIONS"]:
@@ -430,7 +445,7 @@ def _settings(c, plan, scored):
              f"seeds {' '.join(c['SEEDS'])}; OUT={c['OUT']}",
              f"  methods {' '.join(c['METHODS'])}; selections {' '.join(c['SELECTIONS'])}"
              + (f"; dynamic {' '.join(c['DYNAMIC'])}" if c["DYNAMIC"] else "")
-             + (f"; scored: {' '.join(m for m in scored if m != 'random')}" if any(m != "random" for m in scored) else "")
+             + (f"; scored: {' '.join(m for m in scored if m != 'random')}" if set(scored) - {"random"} else "")
              + (f"; subset architectures {' '.join(c['SUBSET_ARCHS'])}" if c["SUBSET_ARCHS"] != [c["ARCH"]] else ""),
              f"  runs: stage 1 {n[1]} command(s) (full-data run, scores), stage 2 {n[2]} training run(s), "
              f"stage 3 {n[3]} (summary, report)" + (f"; TAG={c['TAG']}" if c["TAG"] else "")
