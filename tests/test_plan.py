@@ -1,6 +1,8 @@
 """scripts/sweep.sh as a plan (PLAN=FILE, nothing trained) and its executors: the local one (JOBS,
 failures) with a stub interpreter, and scripts/slurm_array.sh with the variables SLURM would set."""
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import shlex
@@ -336,7 +338,7 @@ STUDY = dict(NGPU="0", DATASET="digits", EPOCHS="6", TRAJ="4", WIN="3", RATES="0
 
 
 def stub_sweep(tmp_path, plan_file=None, **env):
-    """Run sweep.sh with the stub as PYTHON; returns (process, [recorded calls])."""
+    """Run the sweep with the stub as PYTHON; returns (result, [recorded calls])."""
     stub = tmp_path / "stub_python"
     if not stub.exists():
         stub.write_text(f"#!{sys.executable}\n" + STUB)
@@ -346,9 +348,11 @@ def stub_sweep(tmp_path, plan_file=None, **env):
     full = dict(os.environ, PYTHON=str(stub), STUB_LOG=str(log), OUT=str(tmp_path / "out"), **{**STUDY, **env})
     if plan_file:
         full["PLAN"] = str(plan_file)
-    p = subprocess.run(["bash", SWEEP], env=full, capture_output=True, text=True, cwd=tmp_path)
+    out, err = io.StringIO(), io.StringIO()   # the sweep in-process (its commands are processes)
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = SWEEP_PY.main(environ=full, cwd=str(tmp_path))
     calls = [json.loads(l) for l in log.read_text().splitlines()] if log.exists() else []
-    return p, calls
+    return Done(status, out.getvalue(), err.getvalue()), calls
 
 
 def plan_argv(tmp_path, **env):
