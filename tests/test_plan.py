@@ -1,5 +1,7 @@
-"""scripts/sweep.sh as a plan (PLAN=FILE, nothing trained) and its executors: the local one (JOBS,
-failures) with a stub interpreter, and scripts/slurm_array.sh with the variables SLURM would set."""
+"""The study as a plan (scripts/sweep.py -> utils/study.py, in-process: PLAN=FILE, nothing trained),
+held to the plans and errors the bash sweep.sh wrote (tests/plans/recorded.json), and its executors:
+the local one (utils/executor.py: JOBS, GPUS, logs, failures, Ctrl-C, progress, plan copies) with a
+stub interpreter, and scripts/slurm_array.sh with the variables SLURM would set."""
 import contextlib
 import importlib.util
 import io
@@ -290,7 +292,8 @@ def test_recorded_plans_and_errors_are_unchanged(name, recorded_tmp, capsys):
 def test_default_plan_is_fast_to_write(tmp_path):
     """The default plan in one process (no interpreter started per score file): just that it works
     through the real entry point; its time is in the docs, measured, not asserted."""
-    p = subprocess.run(["bash", SWEEP], env=dict(os.environ, PLAN=str(tmp_path / "p"), OUT=str(tmp_path / "o")),
+    p = subprocess.run(["bash", SWEEP], env=dict(os.environ, PLAN=str(tmp_path / "p"), OUT=str(tmp_path / "o"),
+                                                 PYTHON=sys.executable),
                        capture_output=True, text=True, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert len(read_stages((tmp_path / "p").read_text())[2]) == 7 * 5
