@@ -11,7 +11,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: utils
 from utils.args import Parser  # noqa: E402
 from utils.errors import UserError  # noqa: E402
-from utils.io import save_text  # noqa: E402
+from utils.io import ensure_writable_dir, save_text  # noqa: E402
 from utils.study import VARIABLES, make_plan, near_misses, plan_text  # noqa: E402
 
 PROG = "sweep.sh"
@@ -45,6 +45,11 @@ def main(environ=None, cwd=None, argv=()):
         print(f"plan: {plan.cfg['PLAN']}: stage 1 {n[1]} commands (in order), stage 2 {n[2]} (independent), "
               f"stage 3 {n[3]} (in order)")
         return 0
+    try:
+        ensure_writable_dir(plan.cfg["OUT"], "OUT")
+    except UserError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
     from utils.executor import Executor
     return Executor(plan, environ).run()
 

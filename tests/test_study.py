@@ -151,3 +151,11 @@ def test_arguments_are_refused_not_ignored(tmp_path, capsys):
     assert not (tmp_path / "p").exists()
     assert SWEEP.main(environ={}, cwd=str(tmp_path), argv=["--help"]) == 0
     assert "RATE_FLAGS [0.8:--batch-size 64 0.9:--batch-size 32]" in capsys.readouterr().out.replace("\n", " ")
+
+
+def test_an_out_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    status = SWEEP.main(environ={"OUT": str(tmp_path / "file" / "out"), "NGPU": "0", "RATES": "0.9"},
+                        cwd=str(tmp_path))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and err[0].startswith("sweep.sh: error: cannot create OUT "), err
