@@ -14,6 +14,7 @@ would; run it on an otherwise idle machine.
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -36,7 +37,7 @@ def sweep(out, env, jobs):
             lines.append(line)
             if stage2_start is None and line.startswith("+ ") and "train_subset.py" in line:
                 stage2_start = time.perf_counter()   # the first subset run is launched
-            if line.startswith("stage 2:"):
+            if re.match(r"stage 2: [0-9]+ runs:", line):   # the summary line, not the progress bar
                 stage2_end = time.perf_counter()
     if p.returncode:
         raise SystemExit(f"sweep.sh failed ({p.returncode}):\n{''.join(lines[-40:])}")

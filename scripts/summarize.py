@@ -6,13 +6,20 @@
 - results.md: method x pruning-rate tables of the FINAL test top-1 accuracy (last epoch) and of the
   BEST test accuracy over epochs (what the published logs report), "mean ± std (n=…)" over seeds
   (sample standard deviation, ddof=1) or the plain value for a single run, with the full-data run
-  as a reference line; then the compute each result cost (the cost ledger, below), the kept set's
-  mean loss weight u for runs with the published score weighting, and, when the
+  as a reference line; then the compute each result cost (in work and in seconds, below), the kept
+  set's mean loss weight u for runs with the published score weighting, and, when the
   runs used --label_noise / --corrupt_ratio, the fraction of the kept set that is mislabeled /
   corrupted.
 - accuracy_vs_pruning.png (one line per method, seed error bars, full data dashed),
-  accuracy_vs_cost.png (accuracy against the total compute), and kept_flagged_vs_pruning.png when
-  there are noisy or corrupted samples.
+  accuracy_vs_cost.png (accuracy against the total compute in work, one point per method and rate,
+  static and dynamic methods, the Pareto front ringed), and kept_flagged_vs_pruning.png when there
+  are noisy or corrupted samples.
+
+Dynamic pruning runs (train.py --dynamic infobatch / rs2: full-data runs that prune as they go) are
+rows beside the static methods, at the column of their --dynamic_ratio. results.md opens with a
+warning where a score-weighted method lands more than 5 points below random at the same rate (the
+published weighting scales every step by the kept set's mean weight u), and says why the reference
+line and the seconds are missing when the folder holds no full-data run.
 
 A run's label is its method ("random" when the selection was random), plus "-ccs" (coverage-centric
 selection), "-beta" (DUAL's Beta sampling), "-cb" (class-balanced), "-unweighted" (--no_score_weighting),
@@ -32,9 +39,12 @@ full-data run stopped at T for its dynamics is the one exception, shown as such 
 line. When OUT/plan.txt (written by scripts/sweep.sh) names runs that have no results, results.md
 lists them first, under "Missing runs".
 
-Cost ledger: seconds of training compute (train_seconds: the training loops, without evaluation)
-and of scoring (importance_evaluation.py's info_<tag>.json), as a fraction of ONE full-data training
-of the same schedule (the full run's seconds per epoch x its --epochs):
+Compute in work (add_work): samples forwarded and backpropagated, as a fraction of one full-data
+training (E epochs x N samples), forward-only passes apart; it does not depend on threads or machines.
+Compute in seconds, the second column: seconds of training compute (train_seconds: the training loops,
+without evaluation) and of scoring (importance_evaluation.py's info_<tag>.json), as a fraction of ONE
+full-data training of the same schedule (the full run's seconds per epoch x its --epochs), in
+thread-seconds where the sweep recorded each run's threads (OUT/threads.json):
   dynamics = the epochs the full-data run recorded (after --stop_epoch), for methods that need them
   scoring  = the importance_evaluation.py call that wrote the scores
   subset   = the subset run itself (with a --teacher, its forward passes included)
@@ -60,12 +70,15 @@ CSV_COLUMNS = ["run", "label", "state", "method", "selection", "class_balanced",
                "seed", "final_acc", "best_acc", "epochs", "steps", "completed_epochs", "finished", "batch_size",
                "num_train_samples", "mean_weight", "beta_c", "kd_alpha", "kd_temperature", "teacher",
                "train_seconds", "teacher_forward_seconds", "seconds", "dataset", "arch", "scored_arch",
+               "dynamic_ratio", "work_dynamics", "work_subset", "work_teacher", "work_total", "work_forward", "threads",
                "cost_dynamics", "cost_scoring", "cost_subset", "cost_teacher", "cost_total",
                "kept_mislabeled_fraction", "mislabeled_kept_fraction", "kept_corrupted_fraction",
                "corrupted_kept_fraction"]
 FULL = "full"  # label of the full-data run(s)
 SEED = "--manualSeed"   # the one setting in which runs averaged as seeds may differ
 FLAGGED = {"mislabeled": "kept_mislabeled_fraction", "corrupted": "kept_corrupted_fraction"}
+DYNAMIC = ("infobatch", "rs2")   # dynamic pruning: a full-data run (train.py --dynamic) that prunes as it goes
+FAR_BELOW = 5.0   # points below random at which a score-weighted method's result gets a warning
 
 
 def run_label(m):
@@ -89,9 +102,14 @@ def run_label(m):
     return label
 
 
+def is_dynamic(m):
+    return m.get("method") in DYNAMIC
+
+
 def collect_runs(out):
     """Every metrics.json under `out`, as dicts with "run" (folder relative to out) and "label" added."""
     runs = []
+    threads = read_threads(out)
     for folder, dirs, files in os.walk(out):
         dirs.sort()  # deterministic order
         if "metrics.json" not in files:
@@ -104,12 +122,13 @@ def collect_runs(out):
             raise UserError(f"cannot read {path}: {e}") from None
         if not isinstance(m, dict) or "final_acc" not in m:
             raise UserError(f"{path} has no final_acc: expected the metrics.json of a training run")
-        m["subset_rate"] = float(m.get("subset_rate", 0.0))
+        m["subset_rate"] = float(m.get("subset_rate") or (m.get("dynamic_ratio") if is_dynamic(m) else 0.0) or 0.0)
         m["final_acc"] = float(m["final_acc"]) if m["final_acc"] is not None else None
         m["run"] = os.path.relpath(folder, out)
         m["path"] = os.path.abspath(folder)
         m["label"] = run_label(m)
         m["is_full"] = m["label"] == FULL
+        m["threads"] = threads.get(m["run"])
         recorded = read_state(folder)   # folder.json: fingerprint and state, read once
         m["fingerprint"] = fingerprint(m, recorded)
         m["state"] = run_state(m, recorded.get("state"))
@@ -119,7 +138,18 @@ def collect_runs(out):
     name_differences([m for m in runs if counts(m)])
     runs.sort(key=lambda m: (not m["is_full"], m["label"], m["subset_rate"], str(m.get("seed")), m["run"]))
     add_costs(runs)
+    add_work(runs)
     return runs
+
+
+def read_threads(out):
+    """{run folder: threads it ran with}, as the sweep's executor recorded them (OUT/threads.json), or {}."""
+    try:
+        with open(os.path.join(out, "threads.json")) as f:
+            threads = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return threads if isinstance(threads, dict) else {}
 
 
 def run_state(m, state):
@@ -272,18 +302,110 @@ def add_costs(runs):
         if full is None:
             continue
         one_training = _epoch_seconds(full) * full.get("epochs", 0)   # seconds of one full-data training
-        if is_full:
-            m["cost_total"] = m.get("train_seconds", 0.0) / one_training
+        # thread-seconds where the sweep recorded the threads: a run beside others got fewer threads each (the
+        # dynamics and the scoring ran alone, in stage 1, with the full-data run's threads)
+        own = m["threads"] / full["threads"] if m.get("threads") and full.get("threads") else 1.0
+        if is_full or is_dynamic(m):
+            m["cost_total"] = m.get("train_seconds", 0.0) * own / one_training
+            if not is_full:
+                m["cost_dynamics"] = m["cost_scoring"] = m["cost_teacher"] = 0.0
+                m["cost_subset"] = m["cost_total"]
             continue
         needs_dynamics = m.get("selection") != "random"
         info = m.get("score_info") or {}
         m["cost_dynamics"] = full.get("train_seconds", 0.0) / one_training if needs_dynamics else 0.0
         m["cost_scoring"] = (info.get("seconds") or 0.0) / one_training if needs_dynamics else 0.0
-        m["cost_subset"] = m.get("train_seconds", 0.0) / one_training
+        m["cost_subset"] = m.get("train_seconds", 0.0) * own / one_training
         charged = needs_dynamics and m.get("teacher_run") == full["path"]   # the teacher recorded the dynamics
         m["cost_teacher"] = (m.get("teacher_train_seconds") or 0.0) / one_training if m.get("teacher") and not charged \
             else 0.0
         m["cost_total"] = m["cost_dynamics"] + m["cost_scoring"] + m["cost_subset"] + m["cost_teacher"]
+
+
+def _trained(m):
+    """Samples forwarded and backpropagated in the run's training (each epoch's "samples")."""
+    history = m.get("history") or []
+    if history and all("samples" in h for h in history):
+        return float(sum(h["samples"] for h in history))
+    return float((m.get("num_train_samples") or 0) * (m.get("completed_epochs") or len(history)))
+
+
+def add_work(runs):
+    """work_*: compute counted in samples forwarded and backpropagated, as a fraction of one full-data
+    training (E epochs x N samples; E and N of the run's own schedule and data set), so that it does not
+    depend on threads, jobs side by side or the machine:
+      full-data and dynamic runs: the samples they trained / (E N)
+      static (subset) runs: work_dynamics = T N / (E N) = T / E, the epochs of the dynamics run its scores
+      used (moderate: the whole run, E / E), 0 for random selection; work_subset = the samples it
+      trained / (E N); work_teacher = the teacher's training where the run distils (E N, less the
+      dynamics already charged when the teacher is the run that recorded them)
+    work_forward counts forward-only passes apart: the teacher's forward pass of every trained sample and
+    moderate's features (N). Evaluation passes are not counted (every run of a schedule evaluates alike)."""
+    full_n = {m.get("dataset"): m.get("num_train_samples") for m in runs if m["is_full"] and m.get("num_train_samples")}
+    for m in runs:
+        n = m.get("full_train_samples") or (m.get("num_train_samples") if m["is_full"] else None) \
+            or (m.get("score_info") or {}).get("num_samples") or full_n.get(m.get("dataset"))
+        e = m.get("epochs")
+        if not n or not e or (not counts(m) and not m["is_full"]):
+            continue
+        one = float(n) * float(e)
+        if m["is_full"] or is_dynamic(m):
+            m.update(work_dynamics=0.0, work_subset=_trained(m) / one, work_teacher=0.0, work_forward=0.0)
+            m["work_total"] = m["work_subset"]
+            if is_dynamic(m):
+                m["dynamic_ratio"] = m.get("dynamic_ratio", m["subset_rate"])
+            continue
+        info = m.get("score_info") or {}
+        if m.get("selection") == "random":
+            dyn = 0.0
+        elif info.get("method") == "moderate" or m.get("method") == "moderate":
+            dyn = 1.0
+        else:
+            dyn = (info.get("trajectory_len") or 0) / e
+        m["work_dynamics"] = dyn
+        m["work_subset"] = _trained(m) / one
+        m["work_teacher"] = (1.0 - dyn if dyn and m.get("teacher_run") == (m.get("score_info") or {}).get(
+            "dynamics_run") else 1.0) if m.get("teacher") else 0.0
+        m["work_forward"] = ((_trained(m) if m.get("teacher") else 0.0) +
+                             (float(n) if m.get("method") == "moderate" else 0.0)) / one
+        m["work_total"] = m["work_dynamics"] + m["work_subset"] + m["work_teacher"]
+
+
+def weighting_warnings(runs):
+    """Where a score-weighted method lands far below random at the same rate: its steps were scaled by
+    the kept set's mean weight u (the published weighting), the likeliest reason."""
+    acc, u = aggregate(runs), aggregate(runs, "mean_weight")
+    random = {rate: v[0] for (label, rate), v in acc.items() if label == "random"}
+    weighted = {(m["label"], m["subset_rate"]) for m in runs if m.get("score_weighting") and counts(m)}
+    lines = []
+    for key in sorted(weighted):
+        if key[1] in random and key in acc and key in u and acc[key][0] < random[key[1]] - FAR_BELOW:
+            label, rate, mean_u = key[0], key[1], u[key][0]
+            lines.append(f"- {label} at {100 * rate:g}%: {acc[key][0]:.2f} against random's {random[rate]:.2f}. "
+                         f"Its runs used the published score weighting: every step is scaled by the kept set's mean "
+                         f"weight u = {mean_u:.3f}, a learning rate about {1 / max(mean_u, 1e-9):.0f}x smaller. "
+                         f"Train with --no_score_weighting (sweep: SUBSET_FLAGS=--no_score_weighting TAG=unweighted) "
+                         f"to compare the selections alone.")
+    return (["## Warning: score weighting", ""] + lines + [""]) if lines else []
+
+
+def why_missing(runs):
+    """Say why the reference line, the seconds ledger and the plot are missing, when they are."""
+    subset = [m for m in runs if not m["is_full"] and counts(m)]
+    if not subset or any(m["is_full"] and counts(m) for m in runs):
+        return []
+    elsewhere = sorted({str((m.get("score_info") or {}).get("dynamics_run")) for m in subset
+                        if (m.get("score_info") or {}).get("dynamics_run")})
+    lines = ["No full-data run in this folder" + (f" (the scores came from dynamics recorded elsewhere: "
+             f"{', '.join(elsewhere)}, e.g. sweep.sh DYNAMICS=)" if elsewhere else "") +
+             ": so there is no full-data reference line, and no compute in seconds (a fraction of that run's "
+             "seconds per epoch)."]
+    if not any(m.get("work_total") is not None for m in subset):
+        lines[0] += " The compute in work needs each run's data-set size and epochs, which these runs do not record: " \
+                    "no compute table and no accuracy_vs_cost.png."
+    else:
+        lines[0] += " The compute in work (samples trained) is counted all the same."
+    return lines + [""]
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -326,11 +448,13 @@ def table(stats, title, fmt="{:.2f}"):
 
 def missing_runs(out, runs):
     """The run folders (relative to out) that OUT/plan.txt names and that have no results yet."""
-    try:
-        with open(os.path.join(out, "plan.txt")) as f:
-            plan = f.read().splitlines()
-    except OSError:
-        return []
+    plan = []
+    for name in ["plan.txt"] + sorted(f for f in os.listdir(out) if f.startswith("plan-") and f.endswith(".txt")):
+        try:   # plan.txt, and plan-<TAG>.txt of each variant (sweep.sh TAG=)
+            with open(os.path.join(out, name)) as f:
+                plan += f.read().splitlines()
+        except OSError:
+            pass
     have = {m["path"] for m in runs if m["final_acc"] is not None}
     planned_out = None   # the OUT the plan was written for (its paths are absolute), if it says
     missing = []
@@ -385,7 +509,9 @@ def markdown(runs, missing=()):
             lines.append(f"| {m['run']} | {m['label']} | {m['state']} | {m.get('completed_epochs') or 0} of "
                          f"{m.get('epochs', '?')} | {acc} |")
         lines.append("")
+    lines += weighting_warnings(runs)
     lines += reference_lines(runs)
+    lines += why_missing(runs)
     n_full = sum(m["is_full"] and counts(m) for m in runs)
     n_sub = sum(not m["is_full"] and counts(m) for m in runs)
     lines.append(f"{n_sub} finished subset runs" + (f" (+ {n_full} full-data run)" if n_full else "") +
@@ -394,10 +520,19 @@ def markdown(runs, missing=()):
     lines.append("")
     lines += table(aggregate(runs), "Final test accuracy (%) — the last epoch")
     lines += table(aggregate(runs, "best_acc"), "Best test accuracy (%) over epochs — what the published logs report")
+    work = aggregate(runs, "work_total")
+    if any(rate > 0 for _, rate in work):
+        lines += table(work, "Compute (work), as a fraction of one full-data training: samples forwarded and "
+                       "backpropagated (static: dynamics epochs used + subset run + teacher; dynamic: the samples it "
+                       "trained)", fmt="{:.3f}")
     cost = aggregate(runs, "cost_total")
     if any(rate > 0 for _, rate in cost):
-        lines += table(cost, "Compute, as a fraction of one full-data training (dynamics + scoring + subset + teacher)",
+        normalized = all(m.get("threads") for m in runs if m.get("cost_total") is not None)
+        lines += table(cost, "Compute (seconds), as a fraction of one full-data training's seconds (dynamics + scoring "
+                       "+ subset + teacher)" + ("; thread-normalized (thread-seconds, threads as the sweep gave them)"
+                                                if normalized else "; not thread-normalized (no threads.json)"),
                        fmt="{:.3f}")
+    if any(rate > 0 for _, rate in work) or any(rate > 0 for _, rate in cost):
         lines += ledger_rows(runs)
     lines += table(aggregate(runs, "mean_weight"), "Mean loss weight u of the kept set — the published score "
                    "weighting scales the effective learning rate by about this factor", fmt="{:.3f}")
@@ -408,11 +543,19 @@ def markdown(runs, missing=()):
 
 def ledger_rows(runs):
     """The parts of each run's cost, one row per run."""
-    rows = [m for m in runs if not m["is_full"] and m.get("cost_total") is not None and counts(m)]
-    lines = ["| run | dynamics | scoring | subset | teacher | total |", "|---|---|---|---|---|---|"]
+    rows = [m for m in runs if not m["is_full"] and counts(m) and
+            (m.get("cost_total") is not None or m.get("work_total") is not None)]
+    lines = ["Each run's compute: work (samples trained, x one full-data training; forward-only passes apart) and "
+             "seconds (x one full-data training's).", "",
+             "| run | work: dynamics | subset | teacher | total | forward-only | seconds: dynamics | scoring | subset "
+             "| teacher | total |", "|---" * 11 + "|"]
+    def f(m, key, fmt="{:.3f}"):
+        return fmt.format(m[key]) if m.get(key) is not None else "–"
     for m in rows:
-        lines.append(f"| {m['run']} | {m['cost_dynamics']:.3f} | {m['cost_scoring']:.4f} | {m['cost_subset']:.3f} | "
-                     f"{m['cost_teacher']:.3f} | {m['cost_total']:.3f} |")
+        lines.append(f"| {m['run']} | {f(m, 'work_dynamics')} | {f(m, 'work_subset')} | {f(m, 'work_teacher')} | "
+                     f"{f(m, 'work_total')} | {f(m, 'work_forward')} | {f(m, 'cost_dynamics')} | "
+                     f"{f(m, 'cost_scoring', '{:.4f}')} | {f(m, 'cost_subset')} | {f(m, 'cost_teacher')} | "
+                     f"{f(m, 'cost_total')} |")
     return lines + [""]
 
 
@@ -452,23 +595,63 @@ def plot(runs, path):
     _save(fig, ax, runs, path, "lower left")  # accuracy falls with the rate: lower left stays empty
 
 
+def pareto_front(points):
+    """The points (compute, accuracy) that no other point beats: none has at most their compute and a
+    higher accuracy, or less compute and at least their accuracy. Sorted by compute."""
+    front = [p for p in points if not any((q[0] <= p[0] and q[1] > p[1]) or (q[0] < p[0] and q[1] >= p[1])
+                                          for q in points)]
+    return sorted(set(front))
+
+
 def plot_cost(runs, path):
-    """Final accuracy against total compute (fraction of one full-data training), a line per label
-    through its pruning rates; the full-data training is the point (1, its accuracy)."""
+    """accuracy_vs_cost.png (cost_figure); returns the Pareto front."""
+    import matplotlib.pyplot as plt
+    fig, _, front = cost_figure(runs)
+    save_figure(path, fig)
+    plt.close(fig)
+    return front
+
+
+def cost_figure(runs):
+    """Final accuracy against total compute in work (fraction of one full-data training), one point per
+    (method, pruning rate) with seed error bars, static methods as circles, dynamic ones as squares, the
+    full-data training a star; the Pareto front (the best accuracy at its compute) joined by a step line
+    and ringed. The legend sits beside the axes, never on a point."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    stats, cost = aggregate(runs), aggregate(runs, "cost_total")
-    stats = {k: v for k, v in stats.items() if k in cost and k[1] > 0}
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    _lines(ax, stats, x_of=lambda label, r: cost[label, r][0])
-    full = [v for (_, rate), v in aggregate(runs).items() if rate == 0]
+    acc, work = aggregate(runs), aggregate(runs, "work_total")
+    keys = sorted(k for k in acc if k in work and k[1] > 0)
+    dynamic = {m["label"] for m in runs if is_dynamic(m)}
+    fig, ax = plt.subplots(figsize=(8.4, 4.6))
+    points = []
+    for i, label in enumerate(sorted({k[0] for k in keys})):
+        ks = [k for k in keys if k[0] == label]
+        x, y, err = [work[k][0] for k in ks], [acc[k][0] for k in ks], [acc[k][1] for k in ks]
+        ax.errorbar(x, y, yerr=err, fmt="s" if label in dynamic else "o", capsize=3, color=f"C{i % 10}",
+                    label=label + (" (dynamic)" if label in dynamic else ""))
+        for k, xi, yi in zip(ks, x, y):
+            ax.annotate(f"{100 * k[1]:g}%", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        points += list(zip(x, y))
+    trained = [m for m in runs if m["is_full"] and m["state"] == "finished"]   # not a run stopped at T
+    full = [(work[k][0], v[0]) for k, v in aggregate(trained).items() if k in aggregate(trained, "work_total")]
     if full:
-        ax.plot([1.0], [full[0][0]], "k*", markersize=12, label=f"full-data training ({full[0][0]:.2f})")
-    ax.set_xlabel("compute: dynamics + scoring + subset training (x one full-data training)")
+        ax.plot([full[0][0]], [full[0][1]], "k*", markersize=12, label=f"full-data training ({full[0][1]:.2f})")
+        points.append(full[0])
+    front = pareto_front(points)
+    if front:
+        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="k", linewidth=0.8, alpha=0.5)
+        ax.scatter([p[0] for p in front], [p[1] for p in front], s=160, facecolors="none", edgecolors="k",
+                   linewidths=1.0, label="Pareto front")
+    ax.set_xlabel("compute: samples trained, x one full-data training (static: dynamics epochs + subset run)")
     ax.set_ylabel("final test accuracy (%)")
-    _save(fig, ax, runs, path, "lower right")
+    ax.grid(alpha=0.3)
+    ax.set_title(" / ".join(", ".join(sorted({str(m.get(k, "?")) for m in runs})) for k in ("dataset", "arch")))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.tight_layout()
+    return fig, ax, front
 
 
 def plot_flagged(runs, path):
@@ -500,7 +683,7 @@ def summarize(out):
     save_text(os.path.join(out, "results.csv"), csv_text(runs))
     save_text(os.path.join(out, "results.md"), text)
     plot(runs, os.path.join(out, "accuracy_vs_pruning.png"))
-    if any(m.get("cost_total") is not None and not m["is_full"] for m in runs):
+    if any(m.get("work_total") is not None and not m["is_full"] for m in runs):
         plot_cost(runs, os.path.join(out, "accuracy_vs_cost.png"))
     if any(m.get(key) is not None for m in runs for key in FLAGGED.values()):
         plot_flagged(runs, os.path.join(out, "kept_flagged_vs_pruning.png"))

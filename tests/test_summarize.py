@@ -127,7 +127,7 @@ def test_cost_ledger_adds_up(tmp_path):
     assert float(t["cost_total"]) == pytest.approx((6 + 1 + 4) / 20)
     assert float(r["cost_dynamics"]) == 0 and float(r["cost_total"]) == pytest.approx(5 / 20)
     md = open(os.path.join(out, "results.md")).read()
-    assert parse_md_table(md, "Compute")["tdds"]["50%"] == "0.550"
+    assert parse_md_table(md, "Compute (seconds)")["tdds"]["50%"] == "0.550"
     assert "after 3 of 10 epochs" in md
     assert os.path.getsize(os.path.join(out, "accuracy_vs_cost.png")) > 1000
 
@@ -286,3 +286,117 @@ def test_runs_on_other_files_of_one_tag_never_share_a_cell(tmp_path):
     labels = {r["run"]: r["label"] for r in csv.DictReader(open(out / "results.csv"))}
     assert labels["tdds/r0.5/s2"] == labels["tdds/r0.5/s3"] != labels["tdds/r0.5/s1"]
     assert labels["tdds/r0.5/s1"].startswith("tdds (scores=win5_ep10) [settings ")
+
+
+def history(samples, seconds=1.0):
+    """metrics.json history rows as the engine writes them: per epoch the samples trained."""
+    return [{"epoch": e, "samples": n, "train_seconds": seconds, "test_acc": 50.0, "train_loss": 1.0} for e, n in
+            enumerate(samples)]
+
+
+def test_static_and_dynamic_runs_on_one_compute_axis(tmp_path):
+    """Work = samples forwarded and backpropagated / (E N): a static run pays the T epochs of dynamics its
+    scores used plus its subset run, a dynamic run (InfoBatch, RS2) the samples it trained; each row
+    adds up; seconds are thread-seconds where the sweep recorded the threads."""
+    out = str(tmp_path / "sweep")
+    N, E = 100, 10
+    write_metrics(out, "full", method="full", subset_rate=0.0, final_acc=80.0, epochs=E, num_train_samples=N,
+                  completed_epochs=3, finished=False, stopped=True, train_seconds=6.0, history=history([N] * 3, 2.0))
+    info = {"method": "tdds", "trajectory_len": 3, "num_samples": N, "seconds": 1.0, "tag": "win3_ep3"}
+    for seed, acc in ((1, 70.0), (2, 72.0)):
+        write_metrics(out, f"tdds/r0.5/s{seed}", method="tdds", subset_rate=0.5, final_acc=acc, seed=seed,
+                      num_train_samples=50, full_train_samples=N, score_info=info, train_seconds=5.0,
+                      history=history([50] * E, 0.5))
+    write_metrics(out, "random/r0.5/s1", method="random", selection="random", subset_rate=0.5, final_acc=60.0,
+                  num_train_samples=50, full_train_samples=N, train_seconds=5.0, history=history([50] * E, 0.5))
+    infobatch = [100] + [70] * 7 + [100, 100]            # pruned epochs, then the full tail
+    # as train.py --dynamic records them: N in full_train_samples (RS2's num_train_samples: its epoch size)
+    write_metrics(out, "infobatch/r0.5/s1", method="infobatch", selection="dynamic", subset_rate=0.5,
+                  dynamic_ratio=0.5, final_acc=78.0, num_train_samples=N, full_train_samples=N, train_seconds=8.0,
+                  history=history(infobatch, 0.8))
+    write_metrics(out, "rs2/r0.5/s1", method="rs2", selection="dynamic", subset_rate=0.0, dynamic_ratio=0.5,
+                  final_acc=75.0, num_train_samples=50, full_train_samples=N, train_seconds=5.0,
+                  history=history([50] * E, 0.5))
+    with open(os.path.join(out, "threads.json"), "w") as f:   # the full run alone (2 threads), the rest side by side
+        json.dump({"full": 2, "tdds/r0.5/s1": 1, "tdds/r0.5/s2": 1, "random/r0.5/s1": 1, "infobatch/r0.5/s1": 1,
+                   "rs2/r0.5/s1": 1}, f)
+    summarize = load_summarize()
+    md = summarize.summarize(out)
+    rows = {r["run"]: r for r in csv.DictReader(open(os.path.join(out, "results.csv")))}
+    expected = {"tdds/r0.5/s1": (3 / E, 500 / 1000), "random/r0.5/s1": (0.0, 0.5),
+                "infobatch/r0.5/s1": (0.0, sum(infobatch) / 1000), "rs2/r0.5/s1": (0.0, 0.5)}
+    for run, (dyn, sub) in expected.items():
+        r = rows[run]
+        assert float(r["work_dynamics"]) == pytest.approx(dyn) and float(r["work_subset"]) == pytest.approx(sub)
+        assert float(r["work_total"]) == pytest.approx(float(r["work_dynamics"]) + float(r["work_subset"]) +
+                                                       float(r["work_teacher"]))
+    assert float(rows["full"]["work_total"]) == pytest.approx(0.3)
+    assert rows["infobatch/r0.5/s1"]["dynamic_ratio"] == "0.5"
+    # seconds: one full training = 2 s/epoch x 10 epochs x 2 threads = 40 thread-seconds; the dynamics (6 s)
+    # and the scoring (1 s) ran alone with the full run's 2 threads, the subset runs with 1 thread each
+    assert float(rows["random/r0.5/s1"]["cost_total"]) == pytest.approx(5.0 / 40)
+    assert float(rows["infobatch/r0.5/s1"]["cost_total"]) == pytest.approx(8.0 / 40)
+    assert float(rows["infobatch/r0.5/s1"]["cost_dynamics"]) == 0.0
+    assert float(rows["tdds/r0.5/s1"]["cost_total"]) == pytest.approx((2 * 6.0 + 2 * 1.0 + 5.0) / 40)
+    work = parse_md_table(md, "Compute (work)")
+    assert work == {"tdds": {"50%": "0.800 ± 0.000 (n=2)"}, "random": {"50%": "0.500"},
+                    "infobatch": {"50%": f"{sum(infobatch) / 1000:.3f}"}, "rs2": {"50%": "0.500"}}
+    assert set(parse_md_table(md)) == {"tdds", "random", "infobatch", "rs2"}    # rows beside the static methods
+    assert "thread-normalized" in md and "| infobatch/r0.5/s1 | 0.000 | 0.790 | 0.000 | 0.790 |" in md
+    # the plot: one point per (method, rate); the front: rs2 (0.5, 75) and infobatch (0.79, 78); the full run
+    # stopped at T is no full-data training (no star); the legend beside the axes
+    fig, ax, front = summarize.cost_figure(summarize.collect_runs(out))
+    assert front == [(0.5, 75.0), (pytest.approx(0.79), 78.0)]
+    fig.canvas.draw()
+    legend, axes = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend.x0 >= axes.x1                                                       # never over a point
+    assert os.path.getsize(os.path.join(out, "accuracy_vs_cost.png")) > 1000
+
+
+def test_pareto_front():
+    front = load_summarize().pareto_front
+    points = [(0.5, 60.0), (0.8, 71.0), (0.73, 78.0), (0.5, 75.0), (1.0, 80.0), (1.2, 80.0), (0.9, 77.0)]   # by hand
+    assert front(points) == [(0.5, 75.0), (0.73, 78.0), (1.0, 80.0)]
+    assert front([(1.0, 1.0)]) == [(1.0, 1.0)]
+
+
+def test_summary_without_a_full_data_run_says_why(tmp_path):
+    """Scores from dynamics recorded elsewhere (sweep.sh DYNAMICS=): the summary says why there is no
+    reference line and no seconds ledger; the work is counted all the same."""
+    out = str(tmp_path / "sweep")
+    info = {"method": "el2n", "trajectory_len": 4, "num_samples": 100, "dynamics_run": "/elsewhere/full"}
+    write_metrics(out, "el2n/r0.5/s1", method="el2n", subset_rate=0.5, final_acc=60.0, full_train_samples=100,
+                  num_train_samples=50, score_info=info, history=history([50] * 10))
+    md = load_summarize().summarize(out)
+    assert "No full-data run in this folder (the scores came from dynamics recorded elsewhere: /elsewhere/full" in md
+    assert "no compute in seconds" in md and "Compute (seconds)" not in md
+    assert parse_md_table(md, "Compute (work)")["el2n"] == {"50%": f"{4 / 10 + 0.5:.3f}"}
+    assert os.path.exists(os.path.join(out, "accuracy_vs_cost.png"))
+
+
+def test_score_weighting_warning(tmp_path):
+    """A score-weighted method far below random at the same rate: the summary names u and the way out."""
+    out = str(tmp_path / "sweep")
+    write_metrics(out, "random/r0.5/s1", method="random", selection="random", subset_rate=0.5, final_acc=92.1)
+    write_metrics(out, "random/r0.9/s1", method="random", selection="random", subset_rate=0.9, final_acc=60.0)
+    write_metrics(out, "tdds/r0.5/s1", method="tdds", subset_rate=0.5, final_acc=27.8, score_weighting=True,
+                  mean_weight=0.077)
+    write_metrics(out, "tdds/r0.9/s1", method="tdds", subset_rate=0.9, final_acc=57.0, score_weighting=True,
+                  mean_weight=0.2)                                           # within 5 points: no warning
+    write_metrics(out, "el2n-unweighted/r0.5/s1", method="el2n", subset_rate=0.5, final_acc=20.0,
+                  score_weighting=False)                                     # unweighted: not this cause
+    md = load_summarize().summarize(out)
+    warning = md.split("## Warning: score weighting", 1)[1].split("\n## ", 1)[0]
+    items = [l for l in warning.splitlines() if l.startswith("- ")]
+    assert len(items) == 1 and items[0].startswith("- tdds at 50%: 27.80 against random's 92.10")
+    assert "u = 0.077" in items[0] and "--no_score_weighting" in items[0]
+
+
+def test_missing_runs_of_a_tagged_variant(tmp_path):
+    out = tmp_path / "sweep"
+    write_metrics(str(out), "random/r0.5/s1", method="random", selection="random", subset_rate=0.5, final_acc=60.0)
+    (out / "plan.txt").write_text(f"# OUT={out}\n# stage 2\npython t.py --save_path {out}/random/r0.5/s1\n")
+    (out / "plan-bs64.txt").write_text(f"# OUT={out}\n# stage 2\npython t.py --save_path {out}/random-bs64/r0.5/s1\n")
+    md = load_summarize().summarize(str(out))
+    missing = md.split("## Missing runs", 1)[1].split("\n## ", 1)[0]
+    assert "- random-bs64/r0.5/s1" in missing and "- random/r0.5/s1" not in missing
