@@ -241,3 +241,28 @@ def test_gpu_check_without_cuda_skips_cleanly():
     assert lines[0].startswith("SKIP cuda ") and "no CUDA device" in lines[0], lines
     assert lines[-1].startswith("gpu_check: 0 passed, 0 failed, ") and "skipped" in lines[-1], lines
     assert all(line.split()[0] in ("PASS", "FAIL", "SKIP") for line in lines[:-1]), lines
+
+
+# ------------------------------------------------------------------------------------------ units
+def test_evaluate_sums_on_the_device_match_a_direct_computation():
+    """1,200 test images: batches of 500, 500 and 200; loss and accuracy as one pass computes them."""
+    from utils.data import Data, DeviceImages
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (1200, 3, 8, 8), dtype=np.uint8), rng.integers(0, 3, 1200)
+    images = DeviceImages(x, y, ([100.0] * 3, [50.0] * 3), torch.device("cpu"), augment=False)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 3))
+    got = engine.evaluate(model, Data("t", images, images, 3))
+    with torch.no_grad():
+        logits = model((torch.from_numpy(x).float() - 100) / 50)
+    target = torch.from_numpy(y)
+    assert got["test_loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, target).item(), rel=1e-5)
+    assert got["test_acc"] == pytest.approx(100 * (logits.argmax(1) == target).double().mean().item())
+
+
+def test_host_copy_is_taken_when_made():
+    from utils.background import HostCopy
+    t = torch.zeros(3)
+    copy = HostCopy({"a": [t], "b": (1, "x")})
+    t += 1
+    got = copy.get()
+    assert torch.equal(got["a"][0], torch.zeros(3)) and got["b"] == (1, "x")

@@ -61,6 +61,15 @@ def set_precision(args, device):
                         f"(with a gradient scaler), or leave out --amp")
 
 
+def cuda_note(args, device):
+    """The log's line about the GPU's numerics, or None on the CPU."""
+    if device.type != "cuda":
+        return None
+    return (f"{torch.cuda.get_device_name(device)}: TF32 {args.tf32} (--tf32), "
+            f"{'amp ' + args.amp_dtype if args.amp else 'float32'}, cudnn.benchmark "
+            f"{'off, deterministic algorithms (--deterministic)' if args.deterministic else 'on (--deterministic turns it off)'}")
+
+
 def amp_dtype(args):
     """The autocast dtype of the run, or None without --amp (the `amp` argument of the functions below)."""
     return getattr(torch, getattr(args, "amp_dtype", "bfloat16")) if args.amp else None
@@ -342,6 +351,8 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
         at = f"epoch {st['epoch']}" + (f", step {st['step']}" if st["step"] else "")
         log(f"resumed from {resume_from} at {at} (best {st['best_acc']:.2f}%)")
 
+    if cuda_note(args, device):
+        log(cuda_note(args, device))
     net = model
     if dist.is_distributed():
         net = torch.nn.parallel.DistributedDataParallel(
