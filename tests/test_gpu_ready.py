@@ -159,6 +159,33 @@ def test_an_imagefolder_run_starts_its_workers_once(images, tmp_path, monkeypatc
     assert started == [2, 2]     # the training loader and the evaluation loader, once each for 3 epochs
 
 
+def test_imagefolder_resumed_mid_epoch_with_other_workers_equals_the_uninterrupted_run(images, tmp_path, monkeypatch):
+    """60 images, batch 16: 4 steps per epoch. A checkpoint at global step 6 (epoch 1, step 2), a crash
+    at step 7, a resume with --workers 0 instead of 2: the final weights are the uninterrupted run's."""
+    def argv(save, workers, *extra):
+        return ["--dataset", "imagefolder", "--data_path", images, "--image_size", "16", "--arch", "resnet20",
+                "--epochs", "3", "--batch-size", "16", "--ngpu", "0", "--workers", str(workers),
+                "--save_path", str(tmp_path / save), *extra]
+
+    train.main(argv("whole", 2))
+    real, steps = engine.note_nonfinite, []
+
+    def crash_at_step_7(*a):
+        steps.append(1)
+        if len(steps) == 7:
+            raise RuntimeError("a crash")
+        real(*a)
+
+    monkeypatch.setattr(engine, "note_nonfinite", crash_at_step_7)
+    with pytest.raises(RuntimeError, match="a crash"):
+        train.main(argv("cut", 2, "--save_every_steps", "6"))
+    assert checkpoint(tmp_path / "cut")["step"] == 2
+    monkeypatch.setattr(engine, "note_nonfinite", real)
+    train.main(argv("cut", 0, "--resume"))
+    a, b = checkpoint(tmp_path / "whole")["model"], checkpoint(tmp_path / "cut")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 # ------------------------------------------------------------------------------------------ epoch ends
 def test_background_writer_runs_in_order_and_stops_at_a_failure():
     w, done = BackgroundWriter(), []
