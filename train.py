@@ -87,7 +87,7 @@ def main(argv=None):
         write_training_set_files(args.save_path, data)
     log(f"{data.name}: {data.n_train} training / {len(data.test)} test images, {data.num_classes} classes | "
         f"{args.arch} on {device}{' x' + str(dist.world_size()) if dist.world_size() > 1 else ''}"
-        f"{' bf16' if args.amp else ''} | {args.epochs} epochs"
+        f"{' amp ' + args.amp_dtype if args.amp else ''} | {args.epochs} epochs"
         f"{f' | {args.dynamic} pruning {args.dynamic_ratio}' if args.dynamic else ''}"
         f"{f', stopping after {args.stop_epoch}' if args.stop_epoch else ''}")
     if args.dynamics and ck is not None and ck.get("epoch") and folder.decision.get("elsewhere"):

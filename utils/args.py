@@ -3,6 +3,7 @@ scripts' (--batch-size, --decay = weight decay, --manualSeed, --ngpu, --save_pat
 published scripts differ from each other (train.py's batch size is 100, train_subset.py's 128) the
 default is a parameter of add_training_args, not a second copy of the flag."""
 import argparse
+import math
 import os
 import sys
 
@@ -40,17 +41,25 @@ DATA_SETTINGS = {"label_noise": 0.0, "noise_type": "symmetric", "noise_seed": 0,
 # settings that only act when another one is non-zero: with --label_noise 0, the noise type and seed
 # change nothing, and likewise for corruption; comparisons of two runs' settings ignore them then
 ONLY_WITH = {"label_noise": ("noise_type", "noise_seed"), "corrupt_ratio": ("corruption", "severity", "corrupt_seed"),
-             "dynamic": ("dynamic", "dynamic_ratio", "dynamic_delta")}   # train.py without --dynamic: as before it existed
+             "dynamic": ("dynamic", "dynamic_ratio", "dynamic_delta"),   # train.py without --dynamic: as before it existed
+             "amp": ("amp_dtype",)}
 # settings that act only at some values of another: InfoBatch's delta, and in train_subset.py the score
 # weighting (a random subset has no score to weight by), ccs's strata, Beta's c
 ONLY_FOR = {"dynamic_delta": ("dynamic", ("infobatch",)), "no_score_weighting": ("selection", ("top", "ccs", "beta")),
             "mis_ratio": ("selection", ("ccs",)), "strata": ("selection", ("ccs",)), "beta_c": ("selection", ("beta",))}
+# settings added after runs were recorded without them: such a record had the value given here
+# (--amp was bf16; convolutions, nearly all of a ResNet's arithmetic, ran in TF32 by PyTorch's default)
+ADDED_LATER = {"amp_dtype": "bfloat16", "tf32": "on"}
+AMP_DTYPES = ("bfloat16", "float16")
 
 
 def without_unused(settings, prefix=""):
     """A copy of {name: value} (names as args attributes, or with `prefix`, e.g. "--") without the
     settings that have no effect because the one they depend on is 0 or unset."""
     out = dict(settings)
+    if prefix + "amp" in out:   # a run's settings (not a partial dict): fill what older records lack
+        for name, value in ADDED_LATER.items():
+            out.setdefault(prefix + name, value)
     for rate, dependents in ONLY_WITH.items():
         if not out.get(prefix + rate):
             for d in dependents:
@@ -75,7 +84,9 @@ def add_training_args(parser, default_save_path, default_batch_size):
     g.add_argument("--download", action="store_true",
                    help="(accepted for the published command lines: missing CIFAR files are always downloaded)")
     g.add_argument("--image_size", type=int, default=224, help="crop size for --dataset imagefolder")
-    g.add_argument("--workers", type=int, default=2, help="data loading workers (imagefolder only)")
+    g.add_argument("--workers", type=_workers, default="auto",
+                   help="DataLoader worker processes per training process (imagefolder only); auto = the CPU cores "
+                        "this process may use, one left for it, at most 16 (docs/GPU.md)")
 
     g = parser.add_argument_group("optimization (SGD, Nesterov, cosine annealing per iteration)")
     g.add_argument("--arch", type=str, default="resnet18",
@@ -122,16 +133,53 @@ def add_training_args(parser, default_save_path, default_batch_size):
     g = parser.add_argument_group("acceleration and randomness")
     g.add_argument("--ngpu", type=int, default=1, help="0 = CPU; >0 = CUDA when present (torchrun for several)")
     g.add_argument("--amp", action="store_true",
-                   help="bf16 autocast (CPU with AMX, or CUDA) + channels_last; recorded logits are bf16-rounded")
+                   help="autocast in --amp_dtype + channels_last; recorded logits are rounded to it")
+    g.add_argument("--amp_dtype", choices=AMP_DTYPES, default="bfloat16",
+                   help="with --amp: bfloat16 (Ampere and newer GPUs, CPUs with AMX) or float16 (any CUDA GPU, "
+                        "e.g. V100/T4; with a gradient scaler, whose state the checkpoint keeps)")
+    g.add_argument("--tf32", choices=("on", "off"), default="on",
+                   help="CUDA (Ampere and newer): TF32 for float32 convolutions and matrix products "
+                        "(recorded in the run's settings; no effect on CPU)")
     g.add_argument("--deterministic", action="store_true",
                    help="CUDA: cudnn.benchmark off, deterministic algorithms where PyTorch has them "
-                        "(bit-exact reruns and resumes; slower)")
+                        "(bit-exact reruns and resumes on the same GPU model and software; slower)")
     g.add_argument("--manualSeed", type=int, default=42, help="seed of every random stream")
     return parser
 
 
+def _workers(text):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: a number or auto") from None
+
+
+def default_workers():
+    """--workers auto: the CPU cores this process may use (torchrun's processes on a node share them),
+    one left for the process itself, at least 1 and at most 16."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:   # macOS
+        cores = os.cpu_count() or 1
+    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return max(1, min(16, per_process - 1))
+
+
+def check_finite(args):
+    """Every float setting must be a number: `--learning_rate nan` would train to chance and exit 0."""
+    from .errors import UserError
+    for dest, value in sorted(vars(args).items()):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{flag_name(dest)} must be a finite number, got {value}")
+
+
 def check_training_args(args):
     from .errors import UserError
+    check_finite(args)
+    if args.workers == "auto":
+        args.workers = default_workers()
     for flag, value, low in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
                              ("--print_freq", args.print_freq, 1), ("--workers", args.workers, 0),
                              ("--save_every_steps", args.save_every_steps, 0),

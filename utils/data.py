@@ -185,7 +185,9 @@ class DeviceImages:
 
 
 class _Indexed(torch.utils.data.Dataset):
-    """(image, label, dataset index); the label comes from `labels` (which --label_noise may change)."""
+    """(image, label, dataset index); the label comes from `labels` (which --label_noise may change).
+    Asked for (i, seed), the random transform of sample i draws from its own stream seeded by (seed, i):
+    what a sample gets is then the same whichever worker, and however many, load it."""
 
     def __init__(self, folder, transform, labels):
         self.folder, self.transform, self.labels = folder, transform, labels
@@ -193,13 +195,34 @@ class _Indexed(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.folder)
 
-    def __getitem__(self, i):
+    def __getitem__(self, key):
+        i, seed = key if isinstance(key, tuple) else (key, None)
         img = self.folder.loader(self.folder.samples[i][0])
-        return self.transform(img), int(self.labels[i]), i
+        if seed is None:
+            return self.transform(img), int(self.labels[i]), i
+        with torch.random.fork_rng(devices=[]):   # (a worker's global stream, or the main process's, untouched)
+            torch.manual_seed((seed + i * 0x9E3779B97F4A7C15) % 2**64)
+            return self.transform(img), int(self.labels[i]), i
+
+
+class _EpochBatches:
+    """The batch sampler of a DataLoader built once per run: the batches of the epoch at hand."""
+
+    def __init__(self):
+        self.batches = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
 
 
 class FolderImages:
-    """ImageFolder through a DataLoader with workers; standard ImageNet augmentation."""
+    """ImageFolder through a DataLoader with workers; standard ImageNet augmentation. The DataLoader is
+    built once per run (its workers persist from epoch to epoch; pinned memory on CUDA, a few batches
+    prefetched per worker); `close()` ends its workers."""
+    PREFETCH = 4   # batches each worker prepares ahead
 
     def __init__(self, folder, train, image_size, device, workers, channels_last=False):
         from torchvision import transforms as T
@@ -211,6 +234,7 @@ class FolderImages:
         self.labels = torch.as_tensor(folder.targets, dtype=torch.int64)
         self.dataset = _Indexed(folder, tf, self.labels.numpy())
         self.device, self.workers = device, workers
+        self._loader, self._sampler = None, _EpochBatches()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __len__(self):
@@ -220,18 +244,32 @@ class FolderImages:
         self.labels = torch.as_tensor(labels, dtype=torch.int64)
         self.dataset.labels = self.labels.numpy()
 
+    def loader(self):
+        """The run's DataLoader (built on first use)."""
+        if self._loader is None:
+            workers = self.workers
+            if workers == "auto":
+                from .args import default_workers
+                workers = default_workers()
+            self._loader = torch.utils.data.DataLoader(
+                self.dataset, batch_sampler=self._sampler, num_workers=workers, persistent_workers=workers > 0,
+                prefetch_factor=self.PREFETCH if workers > 0 else None, pin_memory=self.device.type == "cuda",
+                generator=torch.Generator().manual_seed(0))   # its own seeds are unused: see _Indexed
+        return self._loader
+
+    def close(self):
+        self._loader = None   # the workers end with the last reference to their loader
+
     def batches(self, index_batches, gen=None):
-        """Yield (x, y, idx) on the device. The workers' seeds are drawn from `gen` (the per-rank
-        augmentation stream, saved in checkpoints); DataLoader draws them with a CPU generator, and
-        `gen` lives on the training device, so one seed is drawn from it for a CPU generator."""
-        cpu_gen = None
+        """Yield (x, y, idx) on the device. With `gen` (the per-rank augmentation stream, saved in
+        checkpoints) one seed is drawn from it per epoch, and each sample's transform is seeded by it
+        and the sample's index (_Indexed): an epoch, or the rest of one after a resume, is the same
+        with any number of workers."""
+        seed = None
         if gen is not None:
             seed = torch.randint(0, 2**62, (1,), device=gen.device, generator=gen).item()
-            cpu_gen = torch.Generator().manual_seed(seed)
-        loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=[b.tolist() for b in index_batches], num_workers=self.workers,
-            pin_memory=self.device.type == "cuda", generator=cpu_gen)
-        for x, y, idx in loader:
+        self._sampler.batches = [[(i, seed) for i in b.tolist()] for b in index_batches]
+        for x, y, idx in self.loader():
             x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             yield x, y.to(self.device, non_blocking=True), idx.to(self.device, non_blocking=True)
 

@@ -1,6 +1,7 @@
 """Distributed training is switched on by the environment torchrun sets (RANK, WORLD_SIZE,
-LOCAL_RANK), not by flags: NCCL on GPUs, gloo on CPU. Single-process runs use the same code, where
-every collective below is a no-op."""
+LOCAL_RANK, MASTER_ADDR), not by flags: NCCL on GPUs, gloo on CPU. `torchrun --nproc_per_node 1` joins a
+process group of one, so that it runs the multi-GPU code path. Runs started without torchrun use the
+same code, where every collective below is a no-op."""
 import os
 
 import torch
@@ -29,16 +30,24 @@ def setup(ngpu):
     use_cuda = ngpu > 0 and torch.cuda.is_available()
     if ngpu > 0 and not use_cuda and int(os.environ.get("RANK", 0)) == 0:
         print("note: no CUDA device found, running on CPU (pass --ngpu 0 to silence this)")
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_distributed():
+    if launched_by_torchrun() and not is_distributed():
         local = int(os.environ.get("LOCAL_RANK", 0))
         if use_cuda:
-            torch.cuda.set_device(local)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-        return torch.device("cuda", local) if use_cuda else torch.device("cpu")
+            device = torch.device("cuda", local)
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl", device_id=device)   # NCCL's communicator bound to this GPU now
+            return device
+        dist.init_process_group("gloo")
+        return torch.device("cpu")
     if ngpu > 1 and use_cuda:
         print(f"note: --ngpu {ngpu} in one process uses one GPU; for several, launch with "
               f"torchrun --nproc_per_node={ngpu}")
     return torch.device("cuda") if use_cuda else torch.device("cpu")
+
+
+def launched_by_torchrun():
+    """torchrun (or another launcher of the same environment) started this process, with any number of them."""
+    return "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
 
 
 def cleanup():
@@ -50,6 +59,13 @@ def all_reduce_sum(t):
     """Sum `t` over ranks in place (every rank gets the result)."""
     if is_distributed():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_max(t):
+    """The maximum of `t` over ranks, in place (every rank gets the result)."""
+    if is_distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
 
 

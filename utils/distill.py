@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .args import DATA_SETTINGS, without_unused
+from .engine import amp_dtype, autocast, channels_last
 from .errors import UserError
 from .folder import CHECKPOINT, array_sha256, file_sha256, load_checkpoint
 
@@ -35,7 +36,7 @@ def kd_loss(student, teacher, losses, alpha, tau):
 class Distiller:
     """The frozen teacher and the loss; train_one_epoch calls loss() once per batch."""
 
-    def __init__(self, model, alpha, tau, amp=False):
+    def __init__(self, model, alpha, tau, amp=None):
         self.model, self.alpha, self.tau, self.amp = model.eval().requires_grad_(False), alpha, tau, amp
         self._cpu_seconds, self._events = 0.0, []
 
@@ -48,7 +49,7 @@ class Distiller:
             start.record()
         else:
             t = time.perf_counter()
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        with autocast(x.device, self.amp):
             z = self.model(x).float()
         if cuda:
             end.record()
@@ -143,7 +144,10 @@ def load_teacher(args, data, device):
              "teacher_run": folder, "teacher_finished": metrics.get("finished"),
              "teacher_train_seconds": metrics.get("train_seconds"),   # the teacher's own training, for the ledger
              "kd_alpha": args.kd_alpha, "kd_temperature": args.kd_temperature}
-    return Distiller(model.to(device), args.kd_alpha, args.kd_temperature, amp=args.amp), facts
+    model = model.to(device)
+    if channels_last(args, device):   # the student's memory format and autocast dtype
+        model = model.to(memory_format=torch.channels_last)
+    return Distiller(model, args.kd_alpha, args.kd_temperature, amp=amp_dtype(args)), facts
 
 
 def _checkpoint_fingerprint(folder, path):

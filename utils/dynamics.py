@@ -15,12 +15,12 @@ Two layouts (docs/METHODS.md, "Dynamics files"):
 Both write targets.npy (N,) int64 in dataset order beside them.
 """
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 from . import dist
+from .background import BackgroundWriter, HostCopy
 from .features import FEATURES, FILE_TAGS, epoch_features
 from .folder import record_epoch
 from .io import save_npy
@@ -45,8 +45,7 @@ class DynamicsRecorder:
             self.prev_logp = torch.zeros(n, num_classes, device=device)      # (N, C) log(p_{e-1}+1e-8)
             self.has_prev = False
             self.feats = {k: torch.zeros(n, device=device) for k in FEATURES}  # each (N,)
-        self._writer = ThreadPoolExecutor(max_workers=1)
-        self._pending = None
+        self.writer = BackgroundWriter()   # the training engine queues its epoch-end writes behind ours
         if dist.is_main_process():
             os.makedirs(folder, exist_ok=True)
             save_npy(os.path.join(folder, "targets.npy"), targets.cpu().numpy().astype(np.int64))
@@ -76,9 +75,9 @@ class DynamicsRecorder:
 
     @torch.no_grad()
     def end_epoch(self, epoch, owned):
-        """Gather the epoch (every sample exactly once over ranks) into rank 0 and start writing it.
-        `owned` (M,) are the dataset indices this rank visited this epoch."""
-        self.wait()  # never two epochs in flight
+        """Gather the epoch (every sample exactly once over ranks) into rank 0 and start writing it: host
+        copies that do not wait for the device, the files on the background writer. `owned` (M,) are the
+        dataset indices this rank visited this epoch."""
         bufs = {"Loss": self.loss}
         if self.fmt == "logits":
             bufs["Output"] = self.out
@@ -96,18 +95,19 @@ class DynamicsRecorder:
         if not dist.is_main_process():
             return
         bad = self.count != 1 if self.every_sample else self.count > 1
-        if bool(bad.any()):
-            raise RuntimeError(f"dynamics of epoch {epoch}: {bad.sum().item()} samples were not visited "
-                               f"{'exactly' if self.every_sample else 'at most'} once")
-        host = {tag: v.to("cpu", copy=True).numpy() for tag, v in bufs.items()}  # one copy per epoch
-        host["Index"] = np.arange(self.n, dtype=np.int64)
-        if not self.every_sample:   # the rows of the samples trained this epoch, in dataset order
-            trained = (self.count > 0).cpu().numpy()
-            host = {tag: v[trained] for tag, v in host.items()}
-        self._pending = self._writer.submit(self._write, epoch, host)
+        host = HostCopy({"bufs": bufs, "bad": bad.sum(), "trained": self.count > 0})   # one copy per epoch
+        self.writer.submit(self._write, epoch, host)
 
     def _write(self, epoch, host):
-        files = {f"{epoch}_{tag}.npy": arr for tag, arr in host.items()}
+        host = host.get()
+        if host["bad"]:
+            raise RuntimeError(f"dynamics of epoch {epoch}: {int(host['bad'])} samples were not visited "
+                               f"{'exactly' if self.every_sample else 'at most'} once")
+        files = {f"{epoch}_{tag}.npy": arr.numpy() for tag, arr in host["bufs"].items()}
+        files[f"{epoch}_Index.npy"] = np.arange(self.n, dtype=np.int64)
+        if not self.every_sample:   # the rows of the samples trained this epoch, in dataset order
+            trained = host["trained"].numpy()
+            files = {name: arr[trained] for name, arr in files.items()}
         for name, arr in files.items():
             save_npy(os.path.join(self.folder, name), arr)
         if self.run_id is not None:   # after the files: the manifest vouches only for what is on disk
@@ -115,9 +115,7 @@ class DynamicsRecorder:
 
     def wait(self):
         """Block until the last epoch is on disk (re-raises a failed write)."""
-        if self._pending is not None:
-            self._pending.result()
-            self._pending = None
+        self.writer.wait()
 
     def _epoch_buffers(self):
         """{name: buffer} of what this epoch has recorded so far (zero where nothing was)."""
@@ -143,8 +141,8 @@ class DynamicsRecorder:
             visited = dist.all_reduce_sum(mine.to(torch.int32)) > 0
             self.prev_logp[~mine & (visited | (not main))] = 0
             dist.all_reduce_sum(self.prev_logp)
-        if self.fmt == "contrib" and main:
-            state["prev_logp"] = self.prev_logp.cpu()
+        if self.fmt == "contrib" and main:   # at an epoch end the engine copies it without waiting (HostCopy)
+            state["prev_logp"] = self.prev_logp.cpu() if mid_epoch else self.prev_logp
         if mid_epoch:
             for name, buf in self._epoch_buffers().items():   # ranks visited disjoint samples: sum = merge
                 dist.reduce_sum_to_main(buf)

@@ -5,6 +5,7 @@ a pruned subset), and owns everything that makes a run trustworthy: exact resume
 scheduler, curves and every random stream in the checkpoint), atomic checkpoints/metrics/plots,
 the log, and torchrun's DistributedDataParallel. Both functions return plain dicts of metrics.
 """
+import functools
 import json
 import math
 import os
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import dist
+from .background import BackgroundWriter, HostCopy
 from .data import FolderImages, make_batches
 from .errors import Preempted, UserError
 from .io import save_json, save_torch
@@ -44,6 +46,7 @@ def setup(args):
     check_writable(args.save_path, "--save_path")
     device = dist.setup(args.ngpu)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not args.deterministic
+    set_precision(args, device)
     data = load_data(args, device, channels_last(args, device))
     return device, data
 
@@ -52,13 +55,39 @@ def channels_last(args, device):
     return args.amp or device.type == "cuda"
 
 
+def set_precision(args, device):
+    """--tf32 for CUDA's float32 convolutions and matrix products; --amp_dtype where the device has it."""
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32 == "on"
+    if args.amp and args.amp_dtype == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"--amp: {torch.cuda.get_device_name(device)} has no bfloat16; use --amp --amp_dtype float16 "
+                        f"(with a gradient scaler), or leave out --amp")
+
+
+def cuda_note(args, device):
+    """The log's line about the GPU's numerics, or None on the CPU."""
+    if device.type != "cuda":
+        return None
+    return (f"{torch.cuda.get_device_name(device)}: TF32 {args.tf32} (--tf32), "
+            f"{'amp ' + args.amp_dtype if args.amp else 'float32'}, cudnn.benchmark "
+            f"{'off, deterministic algorithms (--deterministic)' if args.deterministic else 'on (--deterministic turns it off)'}")
+
+
+def amp_dtype(args):
+    """The autocast dtype of the run, or None without --amp (the `amp` argument of the functions below)."""
+    return getattr(torch, getattr(args, "amp_dtype", "bfloat16")) if args.amp else None
+
+
+def autocast(device, amp):
+    """torch.autocast for `amp`: None/False (off), True (bfloat16) or a dtype."""
+    return torch.autocast(device.type, dtype=amp if isinstance(amp, torch.dtype) else torch.bfloat16,
+                          enabled=bool(amp))
+
+
 def run_facts(args, data, device):
-    """Facts of a run that its flags do not show, for the run fingerprint (utils/run_folder.py)."""
-    facts = {"device": device.type, "processes": dist.world_size(), "training samples": data.n_train,
-             "training labels": array_sha256(data.targets)}
-    if args.dataset == "imagefolder":   # each DataLoader worker draws its own augmentation stream
-        facts["DataLoader workers (--workers)"] = args.workers
-    return facts
+    """Facts of a run that its flags do not show, for the run fingerprint (utils/run_folder.py). The
+    DataLoader's worker count is none: ImageFolder augmentation is seeded per sample (utils/data.py)."""
+    return {"device": device.type, "processes": dist.world_size(), "training samples": data.n_train,
+            "training labels": array_sha256(data.targets)}
 
 
 def stream_seed(seed, *key):
@@ -132,22 +161,23 @@ def set_rng_state(state, order_gen, aug_gen, per_batch=True):
 # --------------------------------------------------------------------------------------------------
 def train_one_epoch(model, data, batches, optimizer, scheduler, aug_gen, *, amp=False, recorder=None,
                     weights=None, log=None, epoch=0, print_freq=200, start=0, sums=None, after_step=None,
-                    distill=None, sample_weights=None, observe=None):
+                    distill=None, sample_weights=None, observe=None, scaler=None):
     """One pass over this rank's `batches` (lists of dataset indices). `weights` (N,) scales each
     batch's mean loss by sum(u[batch]) / batch_size (the published score weighting); `sample_weights`
     (N,) makes the loss the mean of w_i * loss_i (dynamic pruning), and observe(idx, losses) receives
     each batch's unweighted per-sample losses.
     A resumed epoch trains batches[start:], `sums` being the statistics of batches[:start]
     (epoch_sums). after_step(steps_done, sums) runs after every optimizer step (fit's checkpoints
-    and signals; it raises to end the run there). Returns a dict."""
+    and signals; it raises to end the run there). `scaler`: float16's GradScaler. A loss that is not
+    finite ends the run (NonFiniteLoss) at the next point where the host waits anyway. Returns a dict."""
     model.train()
     device = next(model.parameters()).device
-    sums = sums or epoch_sums(device)
+    sums = {**epoch_sums(device), **(sums or {})}
     bar = tqdm(total=len(batches), initial=start, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
                disable=not (dist.is_main_process() and sys.stderr.isatty()))
     t0 = time.perf_counter() - sums["seconds"]
     for step, (x, y, idx) in enumerate(data.train.batches(batches[start:], aug_gen), start):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with autocast(device, amp):
             logits = model(x)
         logits = logits.float()                                    # (B, C)
         losses = F.cross_entropy(logits, y, reduction="none")      # (B,) per-sample, for the dynamics
@@ -156,8 +186,8 @@ def train_one_epoch(model, data, batches, optimizer, scheduler, aug_gen, *, amp=
         if weights is not None:
             loss = loss * weights[idx].sum() / len(idx)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        backward_step(loss, optimizer, scaler)
+        note_nonfinite(sums, loss, step)
         scheduler.step()                                           # cosine annealing per iteration
         if recorder is not None:
             recorder.record(idx, logits, losses)
@@ -167,6 +197,8 @@ def train_one_epoch(model, data, batches, optimizer, scheduler, aug_gen, *, amp=
         sums["correct"] += (logits.argmax(1) == y).sum()
         sums["seen"] += len(y)
         bar.update()
+        if (step + 1) % print_freq == 0:
+            check_loss_finite(sums, epoch)
         if (step + 1) % print_freq == 0 and log is not None:
             log(f"  epoch {epoch} [{step + 1}/{len(batches)}] loss {sums['loss'].item() / sums['seen']:.4f} "
                 f"acc {100 * sums['correct'].item() / sums['seen']:.2f} lr {scheduler.get_last_lr()[0]:.5f}",
@@ -174,6 +206,7 @@ def train_one_epoch(model, data, batches, optimizer, scheduler, aug_gen, *, amp=
         if after_step is not None:
             sums["seconds"] = time.perf_counter() - t0
             after_step(step + 1, sums)
+    check_loss_finite(sums, epoch)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -186,9 +219,48 @@ def train_one_epoch(model, data, batches, optimizer, scheduler, aug_gen, *, amp=
 
 
 def epoch_sums(device):
-    """This rank's running statistics of an epoch: summed loss, correct predictions, samples, seconds."""
+    """This rank's running statistics of an epoch: summed loss, correct predictions, samples, seconds,
+    and the first step whose loss was not finite (-1: none)."""
     return {"loss": torch.zeros((), device=device), "correct": torch.zeros((), device=device, dtype=torch.int64),
-            "seen": 0, "seconds": 0.0}
+            "seen": 0, "seconds": 0.0, "nonfinite": torch.full((), -1, device=device, dtype=torch.int64)}
+
+
+def backward_step(loss, optimizer, scaler=None):
+    """loss.backward() and the optimizer step; with float16's GradScaler, scaled (a step whose gradients
+    overflow is skipped and the scale lowered, by design)."""
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+
+def make_scaler(args, device):
+    """The GradScaler of --amp --amp_dtype float16, or None (bfloat16 and float32 need none)."""
+    return torch.amp.GradScaler(device.type) if amp_dtype(args) == torch.float16 else None
+
+
+class NonFiniteLoss(UserError):
+    """The training loss became NaN or infinite: the run ends in one line, marked failed."""
+
+
+def note_nonfinite(sums, loss, step):
+    """Remember, on the device (no waiting), the first step of the epoch whose loss is NaN or inf."""
+    first = sums["nonfinite"]
+    sums["nonfinite"] = torch.where((first < 0) & ~torch.isfinite(loss.detach()), step, first)
+
+
+def check_loss_finite(sums, epoch):
+    """Raise NonFiniteLoss if a step of this epoch had a NaN/inf loss on any rank (a collective)."""
+    first = dist.all_reduce_max(sums["nonfinite"].clone())
+    if first.item() >= 0:
+        raise NonFiniteLoss(
+            f"the training loss became NaN or infinite at epoch {epoch}, step {first.item() + 1}: the run stopped "
+            f"and is marked failed; its last checkpoint, written before that step, is kept. Start again with a "
+            f"lower --learning_rate, or --amp_dtype bfloat16 (or without --amp), and --overwrite; --resume repeats "
+            f"the run from that checkpoint")
 
 
 @torch.no_grad()
@@ -197,19 +269,50 @@ def evaluate(model, data, *, amp=False):
     model.eval()
     device = next(model.parameters()).device
     batches = make_batches(torch.arange(len(data.test)), EVAL_BATCH, None, dist.rank(), dist.world_size())
-    sums = torch.zeros(3, device=device, dtype=torch.float64)
+    sums = torch.zeros(2, device=device, dtype=torch.float64)   # loss, correct: summed on the device
+    seen = 0                                                     # counted on the host: no wait per batch
     for x, y, _ in data.test.batches(batches):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with autocast(device, amp):
             logits = model(x).float()
-        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
-                             (logits.argmax(1) == y).sum().double(), torch.tensor(len(y), device=device).double()])
-    dist.all_reduce_sum(sums)
+        sums[0] += F.cross_entropy(logits, y, reduction="sum")
+        sums[1] += (logits.argmax(1) == y).sum()
+        seen += len(y)
+    sums = dist.all_reduce_sum(torch.cat([sums, torch.tensor([float(seen)], dtype=torch.float64).to(device)]))
     return {"test_loss": (sums[0] / sums[2]).item(), "test_acc": (100 * sums[1] / sums[2]).item()}
 
 
 # --------------------------------------------------------------------------------------------------
 # The whole run
 # --------------------------------------------------------------------------------------------------
+def finishes_writes(fn):
+    """A run that ends with an exception first lets the background writer finish what it was given
+    (complete, committed epochs), so that the folder's final state follows its last files."""
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except BaseException:
+            BackgroundWriter.drain_all()
+            raise
+    return wrapper
+
+
+def writes_done(writer, wait=False):
+    """Raise on every rank if rank 0's background writes failed (rank 0 raises the write's own error, e.g.
+    the full disk's). `wait`: wait for them first. A collective where several processes run."""
+    error = None
+    if dist.is_main_process():
+        try:
+            writer.wait() if wait else writer.check()
+        except Exception as e:
+            error = e
+    if dist.broadcast_object(error is not None) and error is None:
+        raise UserError("process 0 could not write the run's files (its error says why); this process stops too")
+    if error is not None:
+        raise error
+
+
+@finishes_writes
 def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=None, resume_from=None,
         recorder=None, weights=None, total_steps=None, stop_epoch=None, log, distill=None, sampler=None):
     """Train `model` on `train_indices`, evaluating every epoch; write checkpoint.pth.tar,
@@ -244,6 +347,8 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     order_gen = torch.Generator().manual_seed(stream_seed(args.manualSeed, ORDER))             # data order
     aug_gen = torch.Generator(device=device).manual_seed(stream_seed(args.manualSeed, AUGMENT, rank))  # crops/flips
+    scaler = make_scaler(args, device)                                # float16 only
+    writer = recorder.writer if recorder is not None else BackgroundWriter()   # epoch ends, in order
     # step: optimizer steps taken in epoch `epoch` (0 at an epoch boundary)
     st = {"epoch": 0, "step": 0, "best_acc": 0.0, "history": [], "train_seconds": 0.0, "seconds": 0.0}
 
@@ -251,6 +356,8 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
+        if scaler is not None and ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
         set_rng_state(ck["rng"], order_gen, aug_gen, per_batch=not isinstance(data.train, FolderImages))
         if recorder is not None:
             recorder.load_state_dict(ck["recorder"])
@@ -260,6 +367,8 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
         at = f"epoch {st['epoch']}" + (f", step {st['step']}" if st["step"] else "")
         log(f"resumed from {resume_from} at {at} (best {st['best_acc']:.2f}%)")
 
+    if cuda_note(args, device):
+        log(cuda_note(args, device))
     net = model
     if dist.is_distributed():
         net = torch.nn.parallel.DistributedDataParallel(
@@ -279,27 +388,60 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
                 "seconds": st["seconds"] + time.perf_counter() - wall_start,
                 "history": st["history"]}
 
-    def save_checkpoint(epoch_start=None, sums=None):
+    def save_checkpoint(epoch_start=None, sums=None, then=None):
         """checkpoint.pth.tar at (st["epoch"], st["step"]); in the middle of an epoch, `epoch_start`
-        (rng_state) and `sums`, this rank's statistics of the epoch so far. A collective: every rank calls it."""
+        (rng_state) and `sums`, this rank's statistics of the epoch so far, written now. At an epoch end,
+        `then(state)` writes the epoch's other files after it, all on the background writer from host
+        copies taken here (the next epoch does not wait). A collective: every rank calls it."""
+        if sums is not None:
+            check_loss_finite(sums, st["epoch"])        # never a checkpoint of weights a NaN step made
+            writes_done(writer, wait=True)              # the epoch end's files first, then this one
         rng = rng_state(order_gen, aug_gen, epoch_start)
         partial = None if sums is None else dist.all_gather_objects(
             {k: v.cpu() if torch.is_tensor(v) else v for k, v in sums.items()})
         rec = recorder.state_dict(mid_epoch=sums is not None) if recorder is not None else {}
         samp = {"sampler": sampler.state_dict()} if sampler is not None else {}
         if dist.is_main_process():
-            save_torch(os.path.join(args.save_path, CHECKPOINT), {
-                **st, **samp, "global_step": global_step(), "partial": partial,
-                "seconds": st["seconds"] + time.perf_counter() - wall_start, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
-                "recorder": rec, "run_info": run_info, "args": vars(args), "arch": args.arch,
-                "fingerprint": fingerprint})
-        dist.barrier()   # on disk before any rank goes on (or exits)
+            state = {**st, **samp, "history": list(st["history"]), "global_step": global_step(),
+                     "partial": partial, "seconds": st["seconds"] + time.perf_counter() - wall_start,
+                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                     "rng": rng, "recorder": rec, "run_info": run_info, "args": dict(vars(args)), "arch": args.arch,
+                     "fingerprint": fingerprint}
+            if then is None:
+                save_torch(os.path.join(args.save_path, CHECKPOINT), state)
+            else:
+                host = HostCopy(state)
+                writer.submit(commit_epoch, host, then)
+        if then is None:
+            dist.barrier()   # on disk before any rank goes on (or exits)
+
+    def commit_epoch(host, then):
+        """(background) The epoch end's checkpoint, then the files that follow it."""
+        state = host.get()
+        save_torch(os.path.join(args.save_path, CHECKPOINT), state)
+        then(state)
+
+    def epoch_files(is_best, epoch):
+        """What follows an epoch's checkpoint (rank 0): model_best.pth.tar, metrics.json, curve.png."""
+        m, history = metrics(False), list(st["history"])
+        m["history"] = history
+        title = f"{run_info.get('dataset')} {args.arch} ({run_info.get('num_train_samples')} samples)"
+
+        def write(state):
+            if is_best:
+                save_torch(os.path.join(args.save_path, BEST), {"model": state["model"], "epoch": epoch + 1,
+                                                                "best_acc": state["best_acc"], "arch": args.arch})
+            save_json(os.path.join(args.save_path, "metrics.json"), m)
+            plot_curves(history, os.path.join(args.save_path, "curve.png"), title=title)
+        return write
 
     def preempted(signum):
         name = signal.Signals(signum).name
         status = EXIT_STATUS[signum]
         where = f"step {st['step']} of epoch {st['epoch']}" if st["step"] else f"the start of epoch {st['epoch']}"
+        writes_done(writer, wait=True)   # the last epoch end's files on disk before the process ends
+        dist.barrier()
         log(f"{name}: checkpoint at {where} (global step {global_step()}) in "
             f"{os.path.join(args.save_path, CHECKPOINT)}; run the same command with --resume to continue "
             f"(exit status {status})")
@@ -334,19 +476,17 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
             if signum:
                 raise preempted(signum)
 
-        tr = train_one_epoch(net, data, batches, optimizer, scheduler, aug_gen, amp=args.amp,
+        tr = train_one_epoch(net, data, batches, optimizer, scheduler, aug_gen, amp=amp_dtype(args),
                              recorder=recorder, weights=weights, log=log, epoch=epoch,
                              print_freq=args.print_freq, start=st["step"], sums=sums, after_step=after_step,
                              distill=distill, sample_weights=None if sampler is None else sampler.weights,
-                             observe=None if sampler is None else sampler.observe)
+                             observe=None if sampler is None else sampler.observe, scaler=scaler)
         if sampler is not None:
             sampler.sync()                                 # every rank holds every sample's score
         if recorder is not None:
-            recorder.end_epoch(epoch, torch.cat(batches))   # written in the background...
+            recorder.end_epoch(epoch, torch.cat(batches))   # written in the background, before the checkpoint
         dist.broadcast_buffers(model)                      # every rank evaluates rank 0's model...
-        ev = evaluate(model, data, amp=args.amp)          # ...unwrapped: no DDP collectives in eval
-        if recorder is not None:
-            recorder.wait()                                # ...and on disk before the checkpoint
+        ev = evaluate(model, data, amp=amp_dtype(args))   # ...unwrapped: no DDP collectives in eval
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "steps": len(batches), **tr, **ev}
         st["history"].append(row)
         st["train_seconds"] += tr["train_seconds"]
@@ -357,21 +497,18 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
             log(f"epoch {epoch:3d}/{n_epochs} train loss {tr['train_loss']:.4f} acc {tr['train_acc']:6.2f} | "
                 f"test loss {ev['test_loss']:.4f} acc {ev['test_acc']:6.2f} (best {st['best_acc']:.2f}) | "
                 f"{tr['samples'] / tr['train_seconds']:.0f} img/s")
-        save_checkpoint()
-        if dist.is_main_process():
-            if is_best:
-                save_torch(os.path.join(args.save_path, BEST), {"model": model.state_dict(), "epoch": epoch + 1,
-                                                                "best_acc": st["best_acc"], "arch": args.arch})
-            save_json(os.path.join(args.save_path, "metrics.json"), metrics(False))
-            plot_curves(st["history"], os.path.join(args.save_path, "curve.png"),
-                        title=f"{run_info.get('dataset')} {args.arch} ({run_info.get('num_train_samples')} samples)")
-        dist.barrier()
+        writes_done(writer)                               # an earlier epoch's failed write ends the run
+        save_checkpoint(then=epoch_files(is_best, epoch))  # written in the background
         signum = signals.agreed(now=True)   # a signal during evaluation: the checkpoint above is where we are
         if signum and epoch + 1 < stop_at:
             raise preempted(signum)
     signals.close()   # (a crash leaves the handler, which only records a signal, until the process ends)
+    for images in (data.train, data.test):
+        if isinstance(images, FolderImages):
+            images.close()                  # the DataLoader workers, kept from epoch to epoch, end here
 
     done = st["epoch"] >= n_epochs
+    writes_done(writer, wait=True)
     final = metrics(done)
     if dist.is_main_process():
         save_json(os.path.join(args.save_path, "metrics.json"), final)
@@ -393,7 +530,7 @@ def evaluate_only(args, model, data):
         if not os.path.isfile(path):
             raise UserError(f"--evaluate: no checkpoint at {path}")
         model.load_state_dict(load_checkpoint(path)["model"])
-    ev = evaluate(model, data, amp=args.amp)
+    ev = evaluate(model, data, amp=amp_dtype(args))
     if dist.is_main_process():
         print(json.dumps(ev))
     return ev
