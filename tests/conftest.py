@@ -1,12 +1,22 @@
-"""Small data sets in the real on-disk formats, built once per test session."""
+"""Shared test tools: small data sets in the real on-disk formats (built once per session), `cli` (a
+script's main in this process, as a user's command would end), `run_script` (a separate process),
+the TDDS reference in plain loops, and a guard that no test leaves global state behind."""
+import contextlib
 import hashlib
+import importlib
+import inspect
+import io
 import os
 import pickle
+import random
+import signal
 import subprocess
 import sys
+from typing import NamedTuple
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tests never download a data set: a missing CIFAR folder is an error, not 170 MB of network traffic.
@@ -64,6 +74,132 @@ def run_script(*args, check=True, env=None, timeout=600):
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
+
+
+# ---------------------------------------------------------------- commands in this process, global state
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+def global_state():
+    """The process-wide settings a test or a script's main may change for every test after it."""
+    dist = torch.distributed
+    return {
+        "deterministic algorithms": (torch.are_deterministic_algorithms_enabled(),
+                                     torch.is_deterministic_algorithms_warn_only_enabled()),
+        "cudnn flags": (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+                        torch.backends.cudnn.enabled),
+        "default dtype": torch.get_default_dtype(),
+        "torch threads": torch.get_num_threads(),
+        "float32 matmul precision": torch.get_float32_matmul_precision(),
+        "grad mode": torch.is_grad_enabled(),
+        "process group": dist.is_available() and dist.is_initialized(),
+        "environment": {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"},   # pytest's own
+        "cwd": os.getcwd(),
+        "signal handlers": {s: signal.getsignal(s) for s in SIGNALS},
+    }
+
+
+def changed_state(before, after):
+    """Names of what differs between two global_state()s (environment variables by name)."""
+    out = [k for k in before if k != "environment" and before[k] != after[k]]
+    env_a, env_b = before["environment"], after["environment"]
+    out += [f"${k}" for k in sorted(set(env_a) | set(env_b)) if env_a.get(k) != env_b.get(k)]
+    return out
+
+
+def set_global_state(state):
+    """Put back a global_state() snapshot."""
+    mode, warn_only = state["deterministic algorithms"]
+    torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+     torch.backends.cudnn.enabled) = state["cudnn flags"]
+    torch.set_default_dtype(state["default dtype"])
+    if torch.get_num_threads() != state["torch threads"]:
+        torch.set_num_threads(state["torch threads"])
+    torch.set_float32_matmul_precision(state["float32 matmul precision"])
+    torch.set_grad_enabled(state["grad mode"])
+    if not state["process group"] and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    env = state["environment"]
+    for k in set(os.environ) - set(env) - {"PYTEST_CURRENT_TEST"}:
+        del os.environ[k]
+    os.environ.update({k: v for k, v in env.items() if os.environ.get(k) != v})
+    os.chdir(state["cwd"])
+    for sig, handler in state["signal handlers"].items():
+        if handler is not None and signal.getsignal(sig) is not handler:
+            signal.signal(sig, handler)
+
+
+@pytest.fixture(autouse=True)
+def no_global_state_leak():
+    """Every test leaves the process as it found it (a script's main switches deterministic mode on,
+    installs signal handlers, ...): a test that does not is failed, and the state is put back so that
+    the tests after it are unaffected."""
+    before = global_state()
+    yield
+    leaked = changed_state(before, global_state())
+    if leaked:
+        set_global_state(before)
+        pytest.fail(f"the test changed global state for the tests after it: {', '.join(leaked)} "
+                    f"(run scripts through conftest.cli, or restore it)", pytrace=False)
+
+
+class Result(NamedTuple):
+    """How a command ended: its exit status and what it printed (also under CompletedProcess's names)."""
+    code: int
+    out: str
+    err: str
+
+    @property
+    def returncode(self):
+        return self.code
+
+    @property
+    def stdout(self):
+        return self.out
+
+    @property
+    def stderr(self):
+        return self.err
+
+
+def cli(script, *argv, check=True, env=None, cwd=ROOT):
+    """`python SCRIPT ARGV...` in this process: SCRIPT is a path from the repository root (train.py,
+    train_subset.py, importance_evaluation.py, scripts/summarize.py, scripts/report.py, a benchmark).
+    Its main runs as under `if __name__ == "__main__"`: through utils.errors.run (a UserError prints one
+    `error: ...` line and ends with 2, a full disk with 1, a preemption with 143/138), argparse's exits,
+    sys.argv, cwd (the repository root, as run_script) and the environment (updated with `env`) as a
+    process would see them. Returns Result(code, out, err); check=True raises unless code is 0. A bug
+    raises its exception (a process would print its traceback). Afterwards every global state is put
+    back: deterministic mode, cudnn flags, default dtype, threads, random streams, environment, cwd,
+    signal handlers."""
+    from utils.errors import run
+    module = importlib.import_module(os.path.splitext(script)[0].replace("/", "."))
+    argv = [str(a) for a in argv]
+    state, streams, saved_argv = global_state(), (random.getstate(), np.random.get_state(), torch.get_rng_state()), sys.argv
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    try:
+        os.environ.update(env or {})
+        os.chdir(cwd)
+        sys.argv = [script, *argv]
+        takes_argv = bool(inspect.signature(module.main).parameters)   # the benchmarks read sys.argv
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                run(lambda: module.main(argv) if takes_argv else module.main())
+            except SystemExit as e:      # sys.exit(message) prints it and ends with 1, as Python does
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        sys.argv = saved_argv
+        set_global_state(state)
+        random.setstate(streams[0])
+        np.random.set_state(streams[1])
+        torch.set_rng_state(streams[2])
+    result = Result(code, out.getvalue(), err.getvalue())
+    if check and result.code:
+        raise AssertionError(f"{script} {' '.join(argv)} ended with {result.code}:\n{result.out[-3000:]}\n{result.err[-3000:]}")
+    return result
 
 
 def assert_user_error(p, *fragments):
