@@ -17,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 import torch
+import torchvision  # noqa: F401  (its first import sets $TORCHINDUCTOR_CACHE_DIR: here, not inside a test)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tests never download a data set: a missing CIFAR folder is an error, not 170 MB of network traffic.
@@ -64,6 +65,57 @@ def cifar10_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def cifar100_dir(tmp_path_factory):
     return write_cifar(str(tmp_path_factory.mktemp("c100")), "cifar100", 200, 100, seed=1)
+
+
+# ---------------------------------------------------------------- shared runs (read-only: copy before writing)
+# the small full-data dynamics run: train.py on cifar10_dir (160 images), resnet20, 5 epochs of 5 steps
+FULL_RUN = ["--dataset", "cifar10", "--arch", "resnet20", "--epochs", "5", "--batch-size", "32", "--ngpu", "0",
+            "--dynamics"]
+
+
+def _shared_run(cifar10_dir, tmp_path_factory, *extra):
+    save = str(tmp_path_factory.mktemp("shared") / "run")
+    cli("train.py", "--data_path", cifar10_dir, *FULL_RUN, *extra, "--save_path", save)
+    digest = folder_digest(save)
+    yield save
+    assert folder_digest(save) == digest, f"a test wrote into the shared run {save}: copy it first"
+
+
+@pytest.fixture(scope="session")
+def full_run(cifar10_dir, tmp_path_factory):
+    """train.py --data_path cifar10_dir FULL_RUN (--dynamics_format logits): its save_path, shared by
+    the session; the session ends with a check that no test changed a byte of it."""
+    yield from _shared_run(cifar10_dir, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def full_run_contrib(cifar10_dir, tmp_path_factory):
+    """full_run's training recorded with --dynamics_format contrib (shared, read-only)."""
+    yield from _shared_run(cifar10_dir, tmp_path_factory, "--dynamics_format", "contrib")
+
+
+CLASSES = ("cat", "dog", "eel")                      # ImageFolder sorts class folders: 0, 1, 2
+COLOURS = ((220, 40, 40), (40, 220, 40), (40, 40, 220))
+N_PER_CLASS = {"train": 20, "val": 6}
+
+
+def write_image_folder(root, splits=("train", "val"), size=32, seed=0):
+    """root/<split>/<class>/<k>.png: flat class colour plus noise, RGB PNGs written with PIL."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        for name, colour in zip(CLASSES, COLOURS):
+            os.makedirs(os.path.join(root, split, name))
+            for k in range(N_PER_CLASS[split]):
+                img = np.clip(np.array(colour) + rng.integers(-30, 31, (size, size, 3)), 0, 255)
+                Image.fromarray(img.astype(np.uint8)).save(os.path.join(root, split, name, f"{k:03d}.png"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    """An ImageFolder tree (train/ and val/, 3 classes of 20 and 6 PNGs), shared read-only."""
+    return write_image_folder(str(tmp_path_factory.mktemp("imgs")))
 
 
 def run_script(*args, check=True, env=None, timeout=600):
@@ -142,6 +194,29 @@ def no_global_state_leak():
         set_global_state(before)
         pytest.fail(f"the test changed global state for the tests after it: {', '.join(leaked)} "
                     f"(run scripts through conftest.cli, or restore it)", pytrace=False)
+
+
+@pytest.fixture
+def signal_at_step(monkeypatch):
+    """signal_at_step(k, sig=SIGTERM): the next training run in this process gets `sig`, sent to this
+    process by kill(2), right after its k-th optimizer step (fit asks StopSignals after every step),
+    so cli(...) ends as a preempted command (143 / 138). A run whose handler is not installed fails
+    the test instead of ending pytest."""
+    from utils.preemption import StopSignals
+    agreed = StopSignals.agreed
+
+    def arm(k, sig=signal.SIGTERM):
+        calls = []
+
+        def counting(self, now=False):
+            if not now:
+                calls.append(1)
+                if len(calls) == k:
+                    assert getattr(signal.getsignal(sig), "__self__", None) is self, f"no handler for {sig.name}"
+                    os.kill(os.getpid(), sig)
+            return agreed(self, now)
+        monkeypatch.setattr(StopSignals, "agreed", counting)
+    return arm
 
 
 class Result(NamedTuple):
