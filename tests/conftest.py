@@ -20,6 +20,10 @@ import torch
 import torchvision  # noqa: F401  (its first import sets $TORCHINDUCTOR_CACHE_DIR: here, not inside a test)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.environ.get("PYTEST_XDIST_WORKER"):     # pytest -n 2: one thread per worker, one worker per core
+    torch.set_num_threads(1)
+# the processes a test starts compute with as many threads as this one: runs are compared byte for byte
+os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(torch.get_num_threads())
 # Tests never download a data set: a missing CIFAR folder is an error, not 170 MB of network traffic.
 os.environ["TDDS_OFFLINE"] = "1"
 
@@ -285,6 +289,38 @@ def assert_user_error(p, *fragments):
     assert len(lines) == 1 and lines[0].startswith("error:"), p.stderr
     for frag in fragments:
         assert frag in lines[0], (frag, lines[0])
+
+
+def assert_same_state(a, b, skip=(), where=""):
+    """a and b equal exactly, recursively: tensors and arrays in dtype, shape and every value, dicts
+    with the same keys, lists, tuples and scalars by ==; keys named in `skip` are left out at any depth."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict), where
+        ka, kb = set(a) - set(skip), set(b) - set(skip)
+        assert ka == kb, f"{where}: keys {sorted(map(str, ka ^ kb))} in one only"
+        for k in ka:
+            assert_same_state(a[k], b[k], skip, f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, skip, f"{where}[{i}]")
+    elif torch.is_tensor(a) or isinstance(a, np.ndarray):
+        assert type(a) is type(b) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert (torch.equal(a, b) if torch.is_tensor(a) else np.array_equal(a, b)), f"{where}: values differ"
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+# what legitimately differs between the checkpoints of two runs of the same training: clocks, the run's
+# id, and args (--save_path, --resume; the settings themselves are compared through the fingerprint)
+CHECKPOINT_VARIES = ("seconds", "train_seconds", "teacher_seconds", "run_id", "args")
+
+
+def assert_same_checkpoint(a, b, skip=CHECKPOINT_VARIES):
+    """The checkpoint.pth.tar files of two runs (their folders) hold the same training state: model,
+    optimizer, scheduler, every random stream, recorder, position, curves and fingerprint."""
+    load = lambda d: torch.load(os.path.join(d, "checkpoint.pth.tar"), map_location="cpu", weights_only=True)
+    assert_same_state(load(a), load(b), skip, "checkpoint")
 
 
 def folder_digest(path):
