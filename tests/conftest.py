@@ -68,7 +68,7 @@ def cifar10_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def cifar100_dir(tmp_path_factory):
-    return write_cifar(str(tmp_path_factory.mktemp("c100")), "cifar100", 200, 100, seed=1)
+    return write_cifar(str(tmp_path_factory.mktemp("c100")), "cifar100", 100, 20, seed=1)
 
 
 # ---------------------------------------------------------------- shared runs (read-only: copy before writing)

@@ -26,6 +26,7 @@ from .preemption import EXIT_STATUS, StopSignals
 from .run_folder import BEST, CHECKPOINT, array_sha256, find_resume, load_checkpoint
 
 EVAL_BATCH = 500
+PLOT_EVERY = 30.0   # seconds: curve.png is redrawn after an epoch at most this often, and after the last one
 
 
 # --------------------------------------------------------------------------------------------------
@@ -286,6 +287,7 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
         return Preempted(status)
 
     save_every = args.save_every_steps
+    last_plot = -math.inf   # drawing takes ~0.3 s: after every epoch of a short run it would cost more than training
     signals = StopSignals()
     stop_at = min(n_epochs, stop_epoch or n_epochs)
     for epoch in range(st["epoch"], stop_at):
@@ -333,8 +335,10 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
                 save_torch(os.path.join(args.save_path, BEST), {"model": model.state_dict(), "epoch": epoch + 1,
                                                                 "best_acc": st["best_acc"], "arch": args.arch})
             save_json(os.path.join(args.save_path, "metrics.json"), metrics(False))
-            plot_curves(st["history"], os.path.join(args.save_path, "curve.png"),
-                        title=f"{run_info.get('dataset')} {args.arch} ({run_info.get('num_train_samples')} samples)")
+            if epoch + 1 == stop_at or time.perf_counter() - last_plot >= PLOT_EVERY:
+                plot_curves(st["history"], os.path.join(args.save_path, "curve.png"),
+                            title=f"{run_info.get('dataset')} {args.arch} ({run_info.get('num_train_samples')} samples)")
+                last_plot = time.perf_counter()
         dist.barrier()
         signum = signals.agreed(now=True)   # a signal during evaluation: the checkpoint above is where we are
         if signum and epoch + 1 < stop_at:
