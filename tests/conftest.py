@@ -253,7 +253,8 @@ def cli(script, *argv, check=True, env=None, cwd=ROOT):
     back: deterministic mode, cudnn flags, default dtype, threads, random streams, environment, cwd,
     signal handlers."""
     from utils.errors import run
-    module = importlib.import_module(os.path.splitext(script)[0].replace("/", "."))
+    script = os.path.relpath(script, ROOT) if os.path.isabs(script) else script
+    module = importlib.import_module(os.path.splitext(script)[0].replace(os.sep, "."))
     argv = [str(a) for a in argv]
     state, streams, saved_argv = global_state(), (random.getstate(), np.random.get_state(), torch.get_rng_state()), sys.argv
     out, err, code = io.StringIO(), io.StringIO(), 0

@@ -17,7 +17,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, run_script
+from conftest import ROOT, assert_same_checkpoint, cli, run_script
 
 STEPS_PER_EPOCH = 45                      # ceil(1437 / 32)
 EVERY = 10                                # --save_every_steps of the interrupted runs
@@ -65,7 +65,8 @@ def npy_bytes(save):
 
 
 def assert_same_run(ref, cut, epochs=2, dynamics=True):
-    """cut's first `epochs` epochs are ref's: curves, accuracies and (with dynamics) every .npy byte."""
+    """cut's first `epochs` epochs are ref's: curves, accuracies, (with dynamics) every .npy byte, and
+    (finished runs) the final checkpoint's state: model, optimizer, scheduler, random streams."""
     a, b = metrics(ref), metrics(cut)
     assert b["completed_epochs"] == epochs and b["finished"] == (epochs == 2) and a["finished"]
     for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "samples", "steps"):
@@ -77,13 +78,15 @@ def assert_same_run(ref, cut, epochs=2, dynamics=True):
         expected = sorted(f for f in ref_files if f == "targets.npy" or int(f.split("_")[0]) < epochs)
         assert sorted(cut_files) == expected and len(expected) == 1 + 3 * epochs
         assert [f for f in expected if cut_files[f] != ref_files[f]] == []
+    if epochs == 2:
+        assert_same_checkpoint(ref, cut)
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The uninterrupted run (no --save_every_steps: checkpoints change nothing)."""
     save = tmp_path_factory.mktemp("ref") / "run"
-    run_script(*train_cmd(save, "--dynamics"), env=ENV)
+    cli(*train_cmd(save, "--dynamics")[1:])
     return save
 
 
@@ -122,7 +125,7 @@ def test_sigkill_then_sigterm_mid_epoch_and_resume_equal_uninterrupted(reference
     assert len(line) == 1 and f"step {ck['step']} of epoch 0" in line[0] and "--resume" in line[0]
     assert not (save / "metrics.json").exists()                 # written at the end of an epoch only
 
-    p = run_script(*cmd, "--resume", env=ENV)
+    p = cli(*cmd[1:], "--resume")
     assert f"at epoch 0, step {ck['step']}" in p.stdout
     assert_same_run(reference, save)
 
@@ -139,7 +142,7 @@ def test_slurm_array_requeues_a_score_weighted_train_subset_on_sigusr1(tmp_path)
     flags = ("--subset_rate", "0.7", "--mask_path", str(tmp_path / "mask.npy"), "--score_path",
              str(tmp_path / "score.npy"))
     ref, save = tmp_path / "ref", tmp_path / "task0"
-    run_script(*train_cmd(ref, *flags, script="train_subset.py"), env=ENV)
+    cli(*train_cmd(ref, *flags, script="train_subset.py")[1:])
 
     stub = tmp_path / "bin"
     stub.mkdir()
@@ -169,8 +172,8 @@ def test_slurm_array_requeues_a_score_weighted_train_subset_on_sigusr1(tmp_path)
 
 
 def test_bench_checkpoint_runs():
-    p = run_script("benchmarks/bench_checkpoint.py", "--archs", "resnet20", "--n", "500", "--classes", "10",
-                   "--batch-size", "16", "--steps", "2", "--repeat", "1", "--threads", "1", timeout=120)
+    p = cli("benchmarks/bench_checkpoint.py", "--archs", "resnet20", "--n", "500", "--classes", "10",
+                   "--batch-size", "16", "--steps", "2", "--repeat", "1", "--threads", "1")
     assert "resnet20 (0.27 M parameters): step" in p.stdout and "--save_every_steps costs N=100:" in p.stdout
 
 
