@@ -125,3 +125,29 @@ def test_published_commands_cifar10_resnet18(tmp_path):
         "--score_path", masks / "score_win3_ep3.npy", "--no_score_weighting")
     m = json.loads((tmp_path / "sub" / "metrics.json").read_text())
     assert m["num_train_samples"] == 4 and m["score_weighting"] is False
+
+
+def test_amp_end_to_end(tmp_path):
+    """--amp (bf16 autocast, channels_last) on the CPU through the three steps: the runs finish with
+    --amp in their fingerprint, and the recorded logits are bf16 values (docs/SCALE.md: --amp rounds them)."""
+    import torch
+    data = write_cifar(str(tmp_path / "data"), "cifar10", 64, 16)
+    full, masks, sub = tmp_path / "full", tmp_path / "masks", tmp_path / "sub"
+    common = ["--data_path", data, "--dataset", "cifar10", "--arch", "resnet20", "--batch-size", "32", "--ngpu", "0",
+              "--amp"]
+    p = cli("train.py", *common, "--epochs", "3", "--dynamics", "--save_path", full)
+    assert "resnet20 on cpu bf16" in p.out
+    for e in range(3):
+        z = np.load(full / "npy" / f"{e}_Output.npy")
+        assert z.dtype == np.float32 and np.isfinite(z).all() and len(np.unique(z)) > 10
+        bf16 = torch.from_numpy(z).to(torch.bfloat16).float().numpy()
+        assert np.array_equal(z, bf16), e                        # every logit is a bf16 value
+    cli("importance_evaluation.py", "--dynamics_path", full / "npy", "--mask_path", masks, "--trajectory_len", "3",
+        "--window_size", "3", "--no_plot")
+    cli("train_subset.py", *common, "--epochs", "1", "--subset_rate", "0.5", "--save_path", sub,
+        "--mask_path", masks / "data_mask_win3_ep3.npy", "--score_path", masks / "score_win3_ep3.npy")
+    for run in (full, sub):
+        m = json.loads((run / "metrics.json").read_text())
+        assert m["finished"] and all(np.isfinite(h["train_loss"]) for h in m["history"]), run
+        ck = torch.load(run / "checkpoint.pth.tar", weights_only=True)
+        assert ck["fingerprint"]["--amp"] is True, run
