@@ -63,12 +63,16 @@ def write_cifar(root, name, n_train, n_test, seed=0):
 
 @pytest.fixture(scope="session")
 def cifar10_dir(tmp_path_factory):
-    return write_cifar(str(tmp_path_factory.mktemp("c10")), "cifar10", 160, 80)
+    """CIFAR-10's layout: 160 training and 80 test images (shared, read-only)."""
+    with built_once(tmp_path_factory, "c10") as (folder, needed):
+        return write_cifar(str(folder), "cifar10", 160, 80) if needed else str(folder)
 
 
 @pytest.fixture(scope="session")
 def cifar100_dir(tmp_path_factory):
-    return write_cifar(str(tmp_path_factory.mktemp("c100")), "cifar100", 100, 20, seed=1)
+    """CIFAR-100's layout: 100 training and 20 test images (shared, read-only)."""
+    with built_once(tmp_path_factory, "c100") as (folder, needed):
+        return write_cifar(str(folder), "cifar100", 100, 20, seed=1) if needed else str(folder)
 
 
 # ---------------------------------------------------------------- shared runs (read-only: copy before writing)
@@ -77,10 +81,27 @@ FULL_RUN = ["--dataset", "cifar10", "--arch", "resnet20", "--epochs", "5", "--ba
             "--dynamics"]
 
 
-def _shared_run(cifar10_dir, tmp_path_factory, *extra):
-    save = str(tmp_path_factory.mktemp("shared") / "run")
-    cli("train.py", "--data_path", cifar10_dir, *FULL_RUN, *extra, "--save_path", save)
-    digest = folder_digest(save)
+@contextlib.contextmanager
+def built_once(tmp_path_factory, name):
+    """(folder, needed): a folder for `name` shared by every process of this pytest session (the
+    workers of pytest -n), `needed` true in the one that must build it; the others wait until it is
+    built (an exclusive lock) and then find it ready."""
+    import fcntl
+    base = tmp_path_factory.getbasetemp()
+    base = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base   # the session's, not the worker's
+    folder, done = base / f"shared-{name}", base / f"shared-{name}.done"
+    with open(base / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield folder, not done.exists()
+        done.touch()
+
+
+def _shared_run(cifar10_dir, tmp_path_factory, name, *extra):
+    with built_once(tmp_path_factory, name) as (folder, needed):
+        save = str(folder / "run")
+        if needed:
+            cli("train.py", "--data_path", cifar10_dir, *FULL_RUN, *extra, "--save_path", save)
+        digest = folder_digest(save)
     yield save
     assert folder_digest(save) == digest, f"a test wrote into the shared run {save}: copy it first"
 
@@ -89,13 +110,13 @@ def _shared_run(cifar10_dir, tmp_path_factory, *extra):
 def full_run(cifar10_dir, tmp_path_factory):
     """train.py --data_path cifar10_dir FULL_RUN (--dynamics_format logits): its save_path, shared by
     the session; the session ends with a check that no test changed a byte of it."""
-    yield from _shared_run(cifar10_dir, tmp_path_factory)
+    yield from _shared_run(cifar10_dir, tmp_path_factory, "full_run")
 
 
 @pytest.fixture(scope="session")
 def full_run_contrib(cifar10_dir, tmp_path_factory):
     """full_run's training recorded with --dynamics_format contrib (shared, read-only)."""
-    yield from _shared_run(cifar10_dir, tmp_path_factory, "--dynamics_format", "contrib")
+    yield from _shared_run(cifar10_dir, tmp_path_factory, "full_run_contrib", "--dynamics_format", "contrib")
 
 
 CLASSES = ("cat", "dog", "eel")                      # ImageFolder sorts class folders: 0, 1, 2
@@ -119,7 +140,8 @@ def write_image_folder(root, splits=("train", "val"), size=32, seed=0):
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory):
     """An ImageFolder tree (train/ and val/, 3 classes of 20 and 6 PNGs), shared read-only."""
-    return write_image_folder(str(tmp_path_factory.mktemp("imgs")))
+    with built_once(tmp_path_factory, "imgs") as (folder, needed):
+        return write_image_folder(str(folder)) if needed else str(folder)
 
 
 def run_script(*args, check=True, env=None, timeout=600):
