@@ -17,7 +17,10 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 import torch
-import torchvision  # noqa: F401  (its first import sets $TORCHINDUCTOR_CACHE_DIR: here, not inside a test)
+# first imports that set environment variables ($TORCHINDUCTOR_CACHE_DIR, $KMP_DUPLICATE_LIB_OK, ...): here,
+# before the guard below compares the environment around each test
+import sklearn  # noqa: F401,E402
+import torchvision  # noqa: F401,E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.environ.get("PYTEST_XDIST_WORKER"):     # pytest -n 2: one thread per worker, one worker per core
@@ -226,8 +229,8 @@ def no_global_state_leak():
 def signal_at_step(monkeypatch):
     """signal_at_step(k, sig=SIGTERM): the next training run in this process gets `sig`, sent to this
     process by kill(2), right after its k-th optimizer step (fit asks StopSignals after every step),
-    so cli(...) ends as a preempted command (143 / 138). A run whose handler is not installed fails
-    the test instead of ending pytest."""
+    so cli(...) ends as a preempted command (143 / 138; SIGINT: Ctrl-C, 130). A run whose handler is
+    not installed fails the test instead of ending pytest. Arming again replaces the previous one."""
     from utils.preemption import StopSignals
     agreed = StopSignals.agreed
 
@@ -238,7 +241,9 @@ def signal_at_step(monkeypatch):
             if not now:
                 calls.append(1)
                 if len(calls) == k:
-                    assert getattr(signal.getsignal(sig), "__self__", None) is self, f"no handler for {sig.name}"
+                    handler = signal.getsignal(sig)
+                    assert (handler is signal.default_int_handler if sig == signal.SIGINT else
+                            getattr(handler, "__self__", None) is self), f"no handler for {sig.name}"
                     os.kill(os.getpid(), sig)
             return agreed(self, now)
         monkeypatch.setattr(StopSignals, "agreed", counting)

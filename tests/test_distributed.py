@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, assert_same_checkpoint, cli, run_script, write_cifar
+from conftest import ROOT, assert_same_checkpoint, assert_user_error, cli, folder_digest, run_script, write_cifar
 from utils.data import make_batches
 from utils.errors import UserError
 
@@ -242,3 +242,14 @@ def test_torchrun_killed_and_resumed_equals_uninterrupted(easy_dir, two_proc, tm
     differ = [f for f in files if open(f"{ref}/npy/{f}", "rb").read() != open(f"{cut}/npy/{f}", "rb").read()]
     assert differ == []
     assert_same_checkpoint(ref, cut)
+
+
+@pytest.mark.slow
+def test_resume_with_another_number_of_processes_is_refused(easy_dir, two_proc):
+    """docs/SCALE.md: resume with the same number of processes. One process on the two-process run's
+    folder: one error line naming the processes, nothing changed."""
+    save = two_proc[0]
+    before = folder_digest(save)
+    p = cli(*train_cmd(easy_dir, save, 1)[1:], "--resume", check=False)
+    assert_user_error(p, "processes")
+    assert folder_digest(save) == before

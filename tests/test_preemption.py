@@ -17,7 +17,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, assert_same_checkpoint, cli, run_script
+from conftest import FULL_RUN, ROOT, assert_same_checkpoint, cli, run_script
 
 STEPS_PER_EPOCH = 45                      # ceil(1437 / 32)
 EVERY = 10                                # --save_every_steps of the interrupted runs
@@ -221,3 +221,69 @@ def test_torchrun_signal_to_one_rank_then_resume_equals_uninterrupted(cifar10_di
     ref_files, cut_files = npy_bytes(ref), npy_bytes(cut)
     assert sorted(cut_files) == sorted(ref_files) and "1_Contrib.npy" in ref_files
     assert [f for f in ref_files if cut_files[f] != ref_files[f]] == []
+
+
+def test_sigint_sigusr1_with_a_second_signal_sigterm_in_evaluation_then_resume_equals_uninterrupted(
+        full_run, cifar10_dir, tmp_path, signal_at_step, monkeypatch):
+    """The shared full_run's command (5 epochs of 5 steps) stopped three times, in this process, by real
+    signals (kill(2) to itself): Ctrl-C at global step 4 with --save_every_steps 3 (exit 130, the last
+    checkpoint is step 3's); resumed, SIGUSR1 at global step 7 and a SIGTERM while that checkpoint is
+    written (ignored: exit 138, the first signal's); resumed without --save_every_steps (not a setting
+    of the run), SIGTERM during epoch 3's evaluation (the run stops after that epoch's checkpoint,
+    143); resumed to the end: every .npy byte, metrics.json and the final checkpoint are full_run's."""
+    import utils.engine
+    save = tmp_path / "cut"
+    cmd = ["train.py", "--data_path", cifar10_dir, *FULL_RUN, "--save_path", save]
+
+    signal_at_step(4, signal.SIGINT)
+    p = cli(*cmd, "--save_every_steps", "3", check=False)
+    assert (p.code, p.err) == (130, "interrupted\n"), p
+    ck = checkpoint(save)
+    assert (ck["global_step"], ck["epoch"], ck["step"]) == (3, 0, 3)
+
+    save_torch, second = utils.engine.save_torch, []
+
+    def save_with_a_second_signal(path, obj):
+        if obj.get("global_step") == 7 and not second:
+            second.append(os.kill(os.getpid(), signal.SIGTERM))
+        return save_torch(path, obj)
+    monkeypatch.setattr(utils.engine, "save_torch", save_with_a_second_signal)
+    signal_at_step(4, signal.SIGUSR1)                    # the resumed run's 4th step: global step 7
+    p = cli(*cmd, "--save_every_steps", "3", "--resume", check=False)
+    assert p.code == 138 and second, p
+    lines = [l for l in p.out.splitlines() if l.startswith("SIG")]     # one line, the first signal's
+    assert len(lines) == 1 and lines[0].startswith("SIGUSR1: checkpoint at step 2 of epoch 1 (global step 7)"), p.out
+    assert (checkpoint(save)["global_step"], checkpoint(save)["step"]) == (7, 2)
+
+    monkeypatch.setattr(utils.engine, "save_torch", save_torch)
+    signal_at_step(10 ** 6)                              # disarmed
+    evaluate, evals = utils.engine.evaluate, []
+
+    def evaluate_with_a_signal(*a, **k):
+        evals.append(1)
+        if len(evals) == 3:                             # epochs 1, 2, 3: epoch 3's
+            os.kill(os.getpid(), signal.SIGTERM)
+        return evaluate(*a, **k)
+    monkeypatch.setattr(utils.engine, "evaluate", evaluate_with_a_signal)
+    p = cli(*cmd, "--resume", check=False)
+    assert p.code == 143 and "SIGTERM: checkpoint at the start of epoch 4 (global step 20)" in p.out, p
+    assert metrics(save)["completed_epochs"] == 4 and checkpoint(save)["epoch"] == 4
+
+    monkeypatch.setattr(utils.engine, "evaluate", evaluate)
+    cli(*cmd, "--resume")
+    assert metrics(save)["finished"]
+    ref, cut = npy_bytes(full_run), npy_bytes(save)
+    assert sorted(cut) == sorted(ref) and [f for f in ref if cut[f] != ref[f]] == []
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "samples", "steps"):
+        assert [h[key] for h in metrics(save)["history"]] == [h[key] for h in metrics(full_run)["history"]], key
+    assert_same_checkpoint(full_run, save)
+
+
+def test_a_signal_before_training_ends_the_process_and_writes_nothing(tmp_path):
+    """SIGTERM while the script still imports (no handler yet): the default action, nothing written."""
+    save = tmp_path / "run"
+    proc = start(train_cmd(save))
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGTERM and not save.exists()
