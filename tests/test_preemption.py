@@ -4,8 +4,10 @@ loses only the steps since the last --save_every_steps checkpoint; scripts/slurm
 SLURM's SIGUSR1 to a train_subset.py run, waits for the checkpoint and requeues its task; under
 torchrun a signal to one rank stops both at the same step.
 
-digits (1,437 training images), resnet20, 2 epochs of 45 steps (batch 32). "Mid-epoch" is hit without
-sleeps: the signal is sent as soon as the first --save_every_steps checkpoint file appears."""
+digits (1,437 training images), resnet20, 2 epochs of 45 steps (batch 32); the SLURM task and the
+in-process scenarios on the small CIFAR-10 layout. "Mid-epoch" is hit without sleeps: the signal is
+sent as soon as the first --save_every_steps checkpoint file appears (or, in this process, by kill(2)
+right after a given step)."""
 import json
 import os
 import re
@@ -25,9 +27,12 @@ ENV = {"OMP_NUM_THREADS": "1"}
 SLURM = os.path.join(ROOT, "scripts", "slurm_array.sh")
 
 
-def train_cmd(save, *extra, script="train.py"):
-    return [sys.executable, os.path.join(ROOT, script), "--dataset", "digits", "--arch", "resnet20", "--epochs", "2",
-            "--batch-size", "32", "--ngpu", "0", "--save_path", str(save), *extra]
+DIGITS = ("--dataset", "digits", "--batch-size", "32")
+
+
+def train_cmd(save, *extra, script="train.py", data=DIGITS):
+    return [sys.executable, os.path.join(ROOT, script), *data, "--arch", "resnet20", "--epochs", "2",
+            "--ngpu", "0", "--save_path", str(save), *extra]
 
 
 def start(cmd):
@@ -84,9 +89,12 @@ def assert_same_run(ref, cut, epochs=2, dynamics=True):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The uninterrupted run (no --save_every_steps: checkpoints change nothing)."""
+    """The uninterrupted run (no --save_every_steps: checkpoints change nothing). On the real digits a
+    ResNet-20 learns: >= 80% test accuracy after these 2 epochs (87.5% measured; a broken loss,
+    augmentation or normalisation stays far below)."""
     save = tmp_path_factory.mktemp("ref") / "run"
     cli(*train_cmd(save, "--dynamics")[1:])
+    assert metrics(save)["final_acc"] >= 80.0, metrics(save)["history"]
     return save
 
 
@@ -130,26 +138,27 @@ def test_sigkill_then_sigterm_mid_epoch_and_resume_equal_uninterrupted(reference
     assert_same_run(reference, save)
 
 
-def test_slurm_array_requeues_a_score_weighted_train_subset_on_sigusr1(tmp_path):
+def test_slurm_array_requeues_a_score_weighted_train_subset_on_sigusr1(cifar10_dir, tmp_path):
     """A stage-2 task (score-weighted train_subset.py) under scripts/slurm_array.sh. SLURM with
     --signal=B:USR1@120 signals the batch shell only: the script forwards SIGUSR1 to the run, waits for
     its checkpoint (exit 138) and calls `scontrol requeue 77_0` (a stub); the requeued task (the same
-    script again) resumes at that step and ends with the uninterrupted run's curves and metrics."""
+    script again) resumes at that step and ends with the uninterrupted run's curves, metrics and state.
+    cifar10_dir's 160 images, half kept, batch 8: 10 steps an epoch."""
     import numpy as np
-    n = 1437
+    n = 160
     np.save(tmp_path / "mask.npy", np.random.default_rng(0).permutation(n))
     np.save(tmp_path / "score.npy", np.sort(np.random.default_rng(1).random(n)).astype(np.float32))
-    flags = ("--subset_rate", "0.7", "--mask_path", str(tmp_path / "mask.npy"), "--score_path",
-             str(tmp_path / "score.npy"))
+    data = ("--data_path", cifar10_dir, "--dataset", "cifar10", "--batch-size", "8")
+    flags = ("--subset_rate", "0.5", "--mask_path", str(tmp_path / "mask.npy"), "--score_path", str(tmp_path / "score.npy"))
     ref, save = tmp_path / "ref", tmp_path / "task0"
-    cli(*train_cmd(ref, *flags, script="train_subset.py")[1:])
+    cli(*train_cmd(ref, *flags, script="train_subset.py", data=data)[1:])
 
     stub = tmp_path / "bin"
     stub.mkdir()
     (stub / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/scontrol.log\n")
     (stub / "scontrol").chmod(0o755)
     plan = tmp_path / "study.plan"
-    line = " ".join(train_cmd(save, *flags, "--resume", "--save_every_steps", "4", script="train_subset.py"))
+    line = " ".join(train_cmd(save, *flags, "--resume", "--save_every_steps", "4", script="train_subset.py", data=data))
     plan.write_text(f"# stage 1\n# stage 2\n{line}\n# stage 3\n")
     env = {**os.environ, **ENV, "PATH": f"{stub}:{os.environ['PATH']}", "SLURM_ARRAY_JOB_ID": "77",
            "SLURM_ARRAY_TASK_ID": "0", "SLURM_JOB_ID": "78"}
@@ -160,7 +169,7 @@ def test_slurm_array_requeues_a_score_weighted_train_subset_on_sigusr1(tmp_path)
     assert (tmp_path / "scontrol.log").read_text() == "requeue 77_0\n"
     assert "SIGUSR1: checkpoint at step" in out and "requeueing 77_0" in err
     ck = checkpoint(save)
-    assert 0 < ck["step"] < 14 and ck["epoch"] == 0            # 432 kept samples: 14 steps an epoch
+    assert 0 < ck["step"] < 10 and ck["epoch"] == 0            # 80 kept samples: 10 steps an epoch
     assert ck["run_info"]["score_weighting"] is True
 
     again = subprocess.run(["bash", SLURM, str(plan), "2"], capture_output=True, text=True, env=env)
@@ -168,7 +177,7 @@ def test_slurm_array_requeues_a_score_weighted_train_subset_on_sigusr1(tmp_path)
     assert f"at epoch 0, step {ck['step']}" in again.stdout
     assert (tmp_path / "scontrol.log").read_text() == "requeue 77_0\n"     # no second requeue
     assert_same_run(ref, save, dynamics=False)
-    assert metrics(save)["history"][0]["steps"] == 14
+    assert metrics(save)["history"][0]["steps"] == 10
 
 
 def test_bench_checkpoint_runs():
