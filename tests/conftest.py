@@ -227,20 +227,21 @@ def no_global_state_leak():
 
 @pytest.fixture
 def signal_at_step(monkeypatch):
-    """signal_at_step(k, sig=SIGTERM): the next training run in this process gets `sig`, sent to this
-    process by kill(2), right after its k-th optimizer step (fit asks StopSignals after every step),
-    so cli(...) ends as a preempted command (143 / 138; SIGINT: Ctrl-C, 130). A run whose handler is
-    not installed fails the test instead of ending pytest. Arming again replaces the previous one."""
+    """signal_at_step(k, *sigs): the next training run in this process gets the signals `sigs`, sent to
+    this process by kill(2) in that order, right after its k-th optimizer step (fit asks StopSignals
+    after every step), so cli(...) ends as a preempted command (143 / 138; SIGINT: Ctrl-C, 130). A run
+    whose handler is not installed fails the test instead of ending pytest. Arming again replaces the
+    previous one; no signals: disarmed."""
     from utils.preemption import StopSignals
     agreed = StopSignals.agreed
 
-    def arm(k, sig=signal.SIGTERM):
+    def arm(k, *sigs):
         calls = []
 
         def counting(self, now=False):
             if not now:
                 calls.append(1)
-                if len(calls) == k:
+                for sig in sigs if len(calls) == k else ():
                     handler = signal.getsignal(sig)
                     assert (handler is signal.default_int_handler if sig == signal.SIGINT else
                             getattr(handler, "__self__", None) is self), f"no handler for {sig.name}"

@@ -4,6 +4,7 @@ through the DataLoader to every row; with --workers 0, a run stopped in the midd
 resumed writes the uninterrupted run's bytes (docs/PREEMPTION.md)."""
 import json
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -36,7 +37,7 @@ def test_imagefolder_dynamics_and_exact_mid_epoch_resume(image_folder, tmp_path,
     cli(*train_cmd(image_folder, save, *flags))
     # 60 images, batch 16: 4 steps an epoch; SIGTERM after global step 6 = step 2 of epoch 1
     cut = str(tmp_path / "cut")
-    signal_at_step(6)
+    signal_at_step(6, signal.SIGTERM)
     p = cli(*train_cmd(image_folder, cut, *flags), check=False)
     assert p.code == 143 and "SIGTERM: checkpoint at step 2 of epoch 1" in p.out, p
     p = cli(*train_cmd(image_folder, cut, *flags, "--resume"))

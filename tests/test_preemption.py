@@ -236,10 +236,11 @@ def test_sigint_sigusr1_with_a_second_signal_sigterm_in_evaluation_then_resume_e
         full_run, cifar10_dir, tmp_path, signal_at_step, monkeypatch):
     """The shared full_run's command (5 epochs of 5 steps) stopped three times, in this process, by real
     signals (kill(2) to itself): Ctrl-C at global step 4 with --save_every_steps 3 (exit 130, the last
-    checkpoint is step 3's); resumed, SIGUSR1 at global step 7 and a SIGTERM while that checkpoint is
-    written (ignored: exit 138, the first signal's); resumed without --save_every_steps (not a setting
-    of the run), SIGTERM during epoch 3's evaluation (the run stops after that epoch's checkpoint,
-    143); resumed to the end: every .npy byte, metrics.json and the final checkpoint are full_run's."""
+    checkpoint is step 3's); resumed, SIGUSR1 then SIGTERM at global step 7 and another SIGTERM while
+    that checkpoint is written (the first decides: exit 138, one line); resumed without
+    --save_every_steps (not a setting of the run), SIGTERM during epoch 3's evaluation (the run stops
+    after that epoch's checkpoint, 143); resumed to the end: every .npy byte, metrics.json and the
+    final checkpoint are full_run's."""
     import utils.engine
     save = tmp_path / "cut"
     cmd = ["train.py", "--data_path", cifar10_dir, *FULL_RUN, "--save_path", save]
@@ -257,7 +258,8 @@ def test_sigint_sigusr1_with_a_second_signal_sigterm_in_evaluation_then_resume_e
             second.append(os.kill(os.getpid(), signal.SIGTERM))
         return save_torch(path, obj)
     monkeypatch.setattr(utils.engine, "save_torch", save_with_a_second_signal)
-    signal_at_step(4, signal.SIGUSR1)                    # the resumed run's 4th step: global step 7
+    signal_at_step(4, signal.SIGUSR1, signal.SIGTERM)    # the resumed run's 4th step (global step 7): both
+    # signals before the run asks: the first decides (138); then a third one while the checkpoint is written
     p = cli(*cmd, "--save_every_steps", "3", "--resume", check=False)
     assert p.code == 138 and second, p
     lines = [l for l in p.out.splitlines() if l.startswith("SIG")]     # one line, the first signal's
@@ -265,7 +267,7 @@ def test_sigint_sigusr1_with_a_second_signal_sigterm_in_evaluation_then_resume_e
     assert (checkpoint(save)["global_step"], checkpoint(save)["step"]) == (7, 2)
 
     monkeypatch.setattr(utils.engine, "save_torch", save_torch)
-    signal_at_step(10 ** 6)                              # disarmed
+    signal_at_step(0)                                    # disarmed
     evaluate, evals = utils.engine.evaluate, []
 
     def evaluate_with_a_signal(*a, **k):
