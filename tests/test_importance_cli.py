@@ -150,3 +150,20 @@ def test_bad_input(base, tmp_path):
     argv = jobs['nan logits']
     assert_user_error(run_script(*argv, check=False), *BAD['nan logits'][2])
     assert not os.path.exists(argv[argv.index('--mask_path') + 1])
+
+
+def test_same_command_rewrites_nothing_and_repairs_a_changed_file(base, tmp_path):
+    """A second call with the same settings and inputs finds the scoring done (nothing rewritten);
+    an output changed behind info_<tag>.json's sha256 is found and written again."""
+    from conftest import folder_digest
+    out = str(tmp_path / 'masks')
+    cli(*command(base, out))
+    digest = folder_digest(out)
+    p = cli(*command(base, out))
+    assert 'already scored' in p.out and folder_digest(out) == digest
+    score = os.path.join(out, 'score_win3_ep6.npy')
+    np.save(score, np.load(score)[::-1].copy())            # the same shape and dtype, other bytes
+    p = cli(*command(base, out))
+    assert 'already scored' not in p.out
+    arrays = lambda d: {f: h for f, h in d.items() if f.endswith('.npy')}   # info_<tag>.json: a new `seconds`
+    assert arrays(folder_digest(out)) == arrays(digest) and len(arrays(digest)) == 3
