@@ -438,3 +438,10 @@ def ref_tdds(Z, T, K, beta):
     """The TDDS score S of docs/METHODS.md from (>= T, N, C) logits in dataset order, float64:
     only epochs 0..T-1 are used."""
     return ref_tdds_from_contributions(ref_contributions(np.asarray(Z)[:T]), K, beta)
+
+
+def pytest_collection_modifyitems(items):
+    """Files with slow tests first (a stable sort): under pytest -n their long runs start at once
+    instead of ending the session on one worker while the other waits."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
