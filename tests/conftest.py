@@ -1,14 +1,32 @@
-"""Small data sets in the real on-disk formats, built once per test session."""
+"""Shared test tools: small data sets in the real on-disk formats (built once per session), `cli` (a
+script's main in this process, as a user's command would end), `run_script` (a separate process),
+the TDDS reference in plain loops, and a guard that no test leaves global state behind."""
+import contextlib
 import hashlib
+import importlib
+import inspect
+import io
 import os
 import pickle
+import random
+import signal
 import subprocess
 import sys
+from typing import NamedTuple
 
 import numpy as np
 import pytest
+import torch
+# first imports that set environment variables ($TORCHINDUCTOR_CACHE_DIR, $KMP_DUPLICATE_LIB_OK, ...): here,
+# before the guard below compares the environment around each test
+import sklearn  # noqa: F401,E402
+import torchvision  # noqa: F401,E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.environ.get("PYTEST_XDIST_WORKER"):     # pytest -n 2: one thread per worker, one worker per core
+    torch.set_num_threads(1)
+# the processes a test starts compute with as many threads as this one: runs are compared byte for byte
+os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(torch.get_num_threads())
 # Tests never download a data set: a missing CIFAR folder is an error, not 170 MB of network traffic.
 os.environ["TDDS_OFFLINE"] = "1"
 
@@ -48,12 +66,85 @@ def write_cifar(root, name, n_train, n_test, seed=0):
 
 @pytest.fixture(scope="session")
 def cifar10_dir(tmp_path_factory):
-    return write_cifar(str(tmp_path_factory.mktemp("c10")), "cifar10", 160, 80)
+    """CIFAR-10's layout: 160 training and 80 test images (shared, read-only)."""
+    with built_once(tmp_path_factory, "c10") as (folder, needed):
+        return write_cifar(str(folder), "cifar10", 160, 80) if needed else str(folder)
 
 
 @pytest.fixture(scope="session")
 def cifar100_dir(tmp_path_factory):
-    return write_cifar(str(tmp_path_factory.mktemp("c100")), "cifar100", 200, 100, seed=1)
+    """CIFAR-100's layout: 100 training and 20 test images (shared, read-only)."""
+    with built_once(tmp_path_factory, "c100") as (folder, needed):
+        return write_cifar(str(folder), "cifar100", 100, 20, seed=1) if needed else str(folder)
+
+
+# ---------------------------------------------------------------- shared runs (read-only: copy before writing)
+# the small full-data dynamics run: train.py on cifar10_dir (160 images), resnet20, 5 epochs of 5 steps
+FULL_RUN = ["--dataset", "cifar10", "--arch", "resnet20", "--epochs", "5", "--batch-size", "32", "--ngpu", "0",
+            "--dynamics"]
+
+
+@contextlib.contextmanager
+def built_once(tmp_path_factory, name):
+    """(folder, needed): a folder for `name` shared by every process of this pytest session (the
+    workers of pytest -n), `needed` true in the one that must build it; the others wait until it is
+    built (an exclusive lock) and then find it ready."""
+    import fcntl
+    base = tmp_path_factory.getbasetemp()
+    base = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base   # the session's, not the worker's
+    folder, done = base / f"shared-{name}", base / f"shared-{name}.done"
+    with open(base / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield folder, not done.exists()
+        done.touch()
+
+
+def _shared_run(cifar10_dir, tmp_path_factory, name, *extra):
+    with built_once(tmp_path_factory, name) as (folder, needed):
+        save = str(folder / "run")
+        if needed:
+            cli("train.py", "--data_path", cifar10_dir, *FULL_RUN, *extra, "--save_path", save)
+        digest = folder_digest(save)
+    yield save
+    assert folder_digest(save) == digest, f"a test wrote into the shared run {save}: copy it first"
+
+
+@pytest.fixture(scope="session")
+def full_run(cifar10_dir, tmp_path_factory):
+    """train.py --data_path cifar10_dir FULL_RUN (--dynamics_format logits): its save_path, shared by
+    the session; the session ends with a check that no test changed a byte of it."""
+    yield from _shared_run(cifar10_dir, tmp_path_factory, "full_run")
+
+
+@pytest.fixture(scope="session")
+def full_run_contrib(cifar10_dir, tmp_path_factory):
+    """full_run's training recorded with --dynamics_format contrib (shared, read-only)."""
+    yield from _shared_run(cifar10_dir, tmp_path_factory, "full_run_contrib", "--dynamics_format", "contrib")
+
+
+CLASSES = ("cat", "dog", "eel")                      # ImageFolder sorts class folders: 0, 1, 2
+COLOURS = ((220, 40, 40), (40, 220, 40), (40, 40, 220))
+N_PER_CLASS = {"train": 20, "val": 6}
+
+
+def write_image_folder(root, splits=("train", "val"), size=32, seed=0):
+    """root/<split>/<class>/<k>.png: flat class colour plus noise, RGB PNGs written with PIL."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        for name, colour in zip(CLASSES, COLOURS):
+            os.makedirs(os.path.join(root, split, name))
+            for k in range(N_PER_CLASS[split]):
+                img = np.clip(np.array(colour) + rng.integers(-30, 31, (size, size, 3)), 0, 255)
+                Image.fromarray(img.astype(np.uint8)).save(os.path.join(root, split, name, f"{k:03d}.png"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    """An ImageFolder tree (train/ and val/, 3 classes of 20 and 6 PNGs), shared read-only."""
+    with built_once(tmp_path_factory, "imgs") as (folder, needed):
+        return write_image_folder(str(folder)) if needed else str(folder)
 
 
 def run_script(*args, check=True, env=None, timeout=600):
@@ -66,6 +157,159 @@ def run_script(*args, check=True, env=None, timeout=600):
     return p
 
 
+# ---------------------------------------------------------------- commands in this process, global state
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+def global_state():
+    """The process-wide settings a test or a script's main may change for every test after it."""
+    dist = torch.distributed
+    return {
+        "deterministic algorithms": (torch.are_deterministic_algorithms_enabled(),
+                                     torch.is_deterministic_algorithms_warn_only_enabled()),
+        "cudnn flags": (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+                        torch.backends.cudnn.enabled),
+        "default dtype": torch.get_default_dtype(),
+        "torch threads": torch.get_num_threads(),
+        "float32 matmul precision": torch.get_float32_matmul_precision(),
+        "grad mode": torch.is_grad_enabled(),
+        "process group": dist.is_available() and dist.is_initialized(),
+        "environment": {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"},   # pytest's own
+        "cwd": os.getcwd(),
+        "signal handlers": {s: signal.getsignal(s) for s in SIGNALS},
+    }
+
+
+def changed_state(before, after):
+    """Names of what differs between two global_state()s (environment variables by name)."""
+    out = [k for k in before if k != "environment" and before[k] != after[k]]
+    env_a, env_b = before["environment"], after["environment"]
+    out += [f"${k}" for k in sorted(set(env_a) | set(env_b)) if env_a.get(k) != env_b.get(k)]
+    return out
+
+
+def set_global_state(state):
+    """Put back a global_state() snapshot."""
+    mode, warn_only = state["deterministic algorithms"]
+    torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+     torch.backends.cudnn.enabled) = state["cudnn flags"]
+    torch.set_default_dtype(state["default dtype"])
+    if torch.get_num_threads() != state["torch threads"]:
+        torch.set_num_threads(state["torch threads"])
+    torch.set_float32_matmul_precision(state["float32 matmul precision"])
+    torch.set_grad_enabled(state["grad mode"])
+    if not state["process group"] and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    env = state["environment"]
+    for k in set(os.environ) - set(env) - {"PYTEST_CURRENT_TEST"}:
+        del os.environ[k]
+    os.environ.update({k: v for k, v in env.items() if os.environ.get(k) != v})
+    os.chdir(state["cwd"])
+    for sig, handler in state["signal handlers"].items():
+        if handler is not None and signal.getsignal(sig) is not handler:
+            signal.signal(sig, handler)
+
+
+@pytest.fixture(autouse=True)
+def no_global_state_leak():
+    """Every test leaves the process as it found it (a script's main switches deterministic mode on,
+    installs signal handlers, ...): a test that does not is failed, and the state is put back so that
+    the tests after it are unaffected."""
+    before = global_state()
+    yield
+    leaked = changed_state(before, global_state())
+    if leaked:
+        set_global_state(before)
+        pytest.fail(f"the test changed global state for the tests after it: {', '.join(leaked)} "
+                    f"(run scripts through conftest.cli, or restore it)", pytrace=False)
+
+
+@pytest.fixture
+def signal_at_step(monkeypatch):
+    """signal_at_step(k, *sigs): the next training run in this process gets the signals `sigs`, sent to
+    this process by kill(2) in that order, right after its k-th optimizer step (fit asks StopSignals
+    after every step), so cli(...) ends as a preempted command (143 / 138; SIGINT: Ctrl-C, 130). A run
+    whose handler is not installed fails the test instead of ending pytest. Arming again replaces the
+    previous one; no signals: disarmed."""
+    from utils.preemption import StopSignals
+    agreed = StopSignals.agreed
+
+    def arm(k, *sigs):
+        calls = []
+
+        def counting(self, now=False):
+            if not now:
+                calls.append(1)
+                for sig in sigs if len(calls) == k else ():
+                    handler = signal.getsignal(sig)
+                    assert (handler is signal.default_int_handler if sig == signal.SIGINT else
+                            getattr(handler, "__self__", None) is self), f"no handler for {sig.name}"
+                    os.kill(os.getpid(), sig)
+            return agreed(self, now)
+        monkeypatch.setattr(StopSignals, "agreed", counting)
+    return arm
+
+
+class Result(NamedTuple):
+    """How a command ended: its exit status and what it printed (also under CompletedProcess's names)."""
+    code: int
+    out: str
+    err: str
+
+    @property
+    def returncode(self):
+        return self.code
+
+    @property
+    def stdout(self):
+        return self.out
+
+    @property
+    def stderr(self):
+        return self.err
+
+
+def cli(script, *argv, check=True, env=None, cwd=ROOT):
+    """`python SCRIPT ARGV...` in this process: SCRIPT is a path from the repository root (train.py,
+    train_subset.py, importance_evaluation.py, scripts/summarize.py, scripts/report.py, a benchmark).
+    Its main runs as under `if __name__ == "__main__"`: through utils.errors.run (a UserError prints one
+    `error: ...` line and ends with 2, a full disk with 1, a preemption with 143/138), argparse's exits,
+    sys.argv, cwd (the repository root, as run_script) and the environment (updated with `env`) as a
+    process would see them. Returns Result(code, out, err); check=True raises unless code is 0. A bug
+    raises its exception (a process would print its traceback). Afterwards every global state is put
+    back: deterministic mode, cudnn flags, default dtype, threads, random streams, environment, cwd,
+    signal handlers."""
+    from utils.errors import run
+    script = os.path.relpath(script, ROOT) if os.path.isabs(script) else script
+    module = importlib.import_module(os.path.splitext(script)[0].replace(os.sep, "."))
+    argv = [str(a) for a in argv]
+    state, streams, saved_argv = global_state(), (random.getstate(), np.random.get_state(), torch.get_rng_state()), sys.argv
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    try:
+        os.environ.update(env or {})
+        os.chdir(cwd)
+        sys.argv = [script, *argv]
+        takes_argv = bool(inspect.signature(module.main).parameters)   # the benchmarks read sys.argv
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                run(lambda: module.main(argv) if takes_argv else module.main())
+            except SystemExit as e:      # sys.exit(message) prints it and ends with 1, as Python does
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        sys.argv = saved_argv
+        set_global_state(state)
+        random.setstate(streams[0])
+        np.random.set_state(streams[1])
+        torch.set_rng_state(streams[2])
+    result = Result(code, out.getvalue(), err.getvalue())
+    if check and result.code:
+        raise AssertionError(f"{script} {' '.join(argv)} ended with {result.code}:\n{result.out[-3000:]}\n{result.err[-3000:]}")
+    return result
+
+
 def assert_user_error(p, *fragments):
     """One clear `error:` line on stderr, exit 2, no traceback."""
     assert p.returncode == 2, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
@@ -74,6 +318,38 @@ def assert_user_error(p, *fragments):
     assert len(lines) == 1 and lines[0].startswith("error:"), p.stderr
     for frag in fragments:
         assert frag in lines[0], (frag, lines[0])
+
+
+def assert_same_state(a, b, skip=(), where=""):
+    """a and b equal exactly, recursively: tensors and arrays in dtype, shape and every value, dicts
+    with the same keys, lists, tuples and scalars by ==; keys named in `skip` are left out at any depth."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict), where
+        ka, kb = set(a) - set(skip), set(b) - set(skip)
+        assert ka == kb, f"{where}: keys {sorted(map(str, ka ^ kb))} in one only"
+        for k in ka:
+            assert_same_state(a[k], b[k], skip, f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, skip, f"{where}[{i}]")
+    elif torch.is_tensor(a) or isinstance(a, np.ndarray):
+        assert type(a) is type(b) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert (torch.equal(a, b) if torch.is_tensor(a) else np.array_equal(a, b)), f"{where}: values differ"
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+# what legitimately differs between the checkpoints of two runs of the same training: clocks, the run's
+# id, and args (--save_path, --resume; the settings themselves are compared through the fingerprint)
+CHECKPOINT_VARIES = ("seconds", "train_seconds", "teacher_seconds", "run_id", "args")
+
+
+def assert_same_checkpoint(a, b, skip=CHECKPOINT_VARIES):
+    """The checkpoint.pth.tar files of two runs (their folders) hold the same training state: model,
+    optimizer, scheduler, every random stream, recorder, position, curves and fingerprint."""
+    load = lambda d: torch.load(os.path.join(d, "checkpoint.pth.tar"), map_location="cpu", weights_only=True)
+    assert_same_state(load(a), load(b), skip, "checkpoint")
 
 
 def folder_digest(path):
@@ -162,3 +438,10 @@ def ref_tdds(Z, T, K, beta):
     """The TDDS score S of docs/METHODS.md from (>= T, N, C) logits in dataset order, float64:
     only epochs 0..T-1 are used."""
     return ref_tdds_from_contributions(ref_contributions(np.asarray(Z)[:T]), K, beta)
+
+
+def pytest_collection_modifyitems(items):
+    """Files with slow tests first (a stable sort): under pytest -n their long runs start at once
+    instead of ending the session on one worker while the other waits."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)

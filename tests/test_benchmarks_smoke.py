@@ -1,4 +1,6 @@
-"""The benchmark scripts still run and print their figures (tiny sizes: this times nothing).
+"""The benchmark scripts still run and print their figures (tiny sizes: this times nothing). Their
+drivers run in this process (conftest.cli), except bench_memory, which imports its sibling as a top-level
+module; the workers they measure are their own fresh processes.
 
 bench_scoring also checks its re-implementation of the published scorer against ours, so a drift
 between the two (or in the published layout writer) fails here."""
@@ -7,7 +9,7 @@ import re
 
 import pytest
 
-from conftest import run_script, write_published
+from conftest import cli, run_script, write_published
 
 NUM = r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?"
 
@@ -19,8 +21,8 @@ def lines_matching(out, pattern):
 
 
 def test_bench_scoring(tmp_path):
-    p = run_script("benchmarks/bench_scoring.py", "--n", "300", "--classes", "7", "--trajectory_len", "5",
-                   "--window_size", "3", "--repeat", "1", "--dir", str(tmp_path), timeout=120)
+    p = cli("benchmarks/bench_scoring.py", "--n", "300", "--classes", "7", "--trajectory_len", "5",
+            "--window_size", "3", "--repeat", "1", "--dir", str(tmp_path))
     for name in (r"published approach \(re-impl\.\)", r"ours: compute_score \(library\)",
                  r"ours: importance_evaluation\.py"):
         lines_matching(p.stdout, rf"^{name}\s+{NUM}\s+{NUM}\s+{NUM}\s+{NUM}\s+{NUM}\s+{NUM}$")
@@ -46,7 +48,7 @@ def test_bench_memory(tmp_path):
 
 
 def test_bench_training():
-    p = run_script("benchmarks/bench_training.py", "--n", "48", "--epochs", "1", "--batch-size", "32", timeout=120)
+    p = cli("benchmarks/bench_training.py", "--n", "48", "--epochs", "1", "--batch-size", "32", "--threads", "1")
     lines_matching(p.stdout, rf"^epoch 1: bare {NUM} img/s, train_one_epoch {NUM} img/s, ratio {NUM}$")
     lines_matching(p.stdout, rf"^\(a\) bare loop:\s+{NUM} img/s")
     lines_matching(p.stdout, rf"^\(b\) train_one_epoch:\s+{NUM} img/s")
@@ -54,7 +56,7 @@ def test_bench_training():
 
 
 def test_bench_grid():
-    p = run_script("benchmarks/bench_grid.py", "--n", "300", "--classes", "7", "--repeat", "1", timeout=180)
+    p = cli("benchmarks/bench_grid.py", "--n", "300", "--classes", "7", "--repeat", "1")
     m = lines_matching(p.stdout, rf"1 combination .*: ({NUM}) s; 12 combinations .*: ({NUM}) s; ratio ({NUM})")[0]
     assert float(m[3]) == pytest.approx(float(m[2]) / float(m[1]), abs=0.01)
 
@@ -63,7 +65,7 @@ def test_bench_amp_logits(tmp_path):
     import numpy as np
     Z = 3 * np.random.default_rng(0).standard_normal((4, 200, 5))
     write_published(tmp_path, Z, shuffle=False)   # float32 logits in dataset order, as train.py records them
-    p = run_script("benchmarks/bench_amp_logits.py", "--dynamics_path", str(tmp_path), "--trajectory_len", "4",
-                   "--window_size", "3", timeout=120)
+    p = cli("benchmarks/bench_amp_logits.py", "--dynamics_path", str(tmp_path), "--trajectory_len", "4",
+            "--window_size", "3")
     lines_matching(p.stdout, rf"relative change of the TDDS score from bf16 logits: median {NUM}%")
     assert len(lines_matching(p.stdout, rf"pruning rate {NUM}: \d+ of \d+ kept samples differ")) == 4

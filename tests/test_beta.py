@@ -2,12 +2,11 @@
 follows them, the same seed gives the same subset, and train_subset.py refuses what cannot work."""
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-from conftest import assert_user_error, run_script
+from conftest import assert_user_error, cli
 from utils.errors import UserError
 from utils.selection import beta_weights, kept_count, select
 
@@ -103,17 +102,13 @@ REFUSED = [([], "mean_p_dual_ep3.npy"),                                   # not 
 
 
 def test_train_subset_refuses(masks, tmp_path):
-    """One error line each, nothing written; the three scripts run at once to keep the file fast."""
-    def refused(case):
-        i, (extra, _) = case
+    """One error line each, nothing written."""
+    for i, (extra, fragment) in enumerate(REFUSED):
         extra = [str(masks / e) if e.endswith(".npy") else e for e in extra]
-        return run_script("train_subset.py", "--dataset", "digits", "--arch", "resnet20", "--epochs", "1",
-                          "--ngpu", "0", "--subset_rate", "0.9", "--selection", "beta",
-                          "--mask_path", str(masks / "data_mask_dual_ep3.npy"),
-                          "--score_path", str(masks / "score_dual_ep3.npy"), "--save_path", str(tmp_path / f"run{i}"),
-                          *extra, check=False)
-    with ThreadPoolExecutor(len(REFUSED)) as pool:
-        results = list(pool.map(refused, enumerate(REFUSED)))
-    for (_, fragment), p in zip(REFUSED, results):
+        p = cli("train_subset.py", "--dataset", "digits", "--arch", "resnet20", "--epochs", "1",
+                "--ngpu", "0", "--subset_rate", "0.9", "--selection", "beta",
+                "--mask_path", masks / "data_mask_dual_ep3.npy",
+                "--score_path", masks / "score_dual_ep3.npy", "--save_path", tmp_path / f"run{i}",
+                *extra, check=False)
         assert_user_error(p, fragment)
     assert not os.listdir(tmp_path)

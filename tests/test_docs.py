@@ -19,8 +19,6 @@ from utils.errors import UserError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ["README.md"] + sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))
 SCRIPTS = ("train.py", "importance_evaluation.py", "train_subset.py")
-# documents that other branches bring: until they are merged, the README's links to them may dangle
-PENDING = {"docs/AGGRESSIVE_PRUNING.md", "docs/PREEMPTION.md"}
 LAUNCHERS = ("python", "python3", "torchrun")
 PLACEHOLDER = re.compile(r"<[^<>\s]+>|\.\.\.|…")         # <T>, <epoch>, "..." stand for something else
 ENV_PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")      # VAR=value before a command
@@ -163,8 +161,7 @@ def test_every_relative_link_resolves():
             dest = os.path.normpath(os.path.join(os.path.dirname(doc), path)) if path else doc
             checked += 1
             if not os.path.exists(os.path.join(ROOT, dest)):
-                if dest.replace(os.sep, "/") not in PENDING:
-                    bad.append(f"{doc}: ({target}): {dest} does not exist")
+                bad.append(f"{doc}: ({target}): {dest} does not exist")
             elif anchor and dest.endswith(".md") and anchor not in anchors(dest):
                 bad.append(f"{doc}: ({target}): no heading with anchor #{anchor} in {dest}")
     assert checked >= 30, checked

@@ -1,31 +1,17 @@
 """--dataset imagefolder (ImageNet, Tiny-ImageNet, a user's own tree): train.py on a small PNG tree
 records the published dynamics layout, with ImageFolder's labels and the dataset index carried
-through the DataLoader to every row."""
+through the DataLoader to every row; with --workers 0, a run stopped in the middle of an epoch and
+resumed writes the uninterrupted run's bytes (docs/PREEMPTION.md)."""
 import json
 import os
+import signal
 
 import numpy as np
 import pytest
 
-from conftest import assert_user_error, run_script
+from conftest import CLASSES, N_PER_CLASS, assert_user_error, cli, write_image_folder
 
-CLASSES = ("cat", "dog", "eel")                      # ImageFolder sorts class folders: 0, 1, 2
-COLOURS = ((220, 40, 40), (40, 220, 40), (40, 40, 220))
-N_PER_CLASS = {"train": 20, "val": 6}
 N_TRAIN = N_PER_CLASS["train"] * len(CLASSES)
-
-
-def write_image_folder(root, splits=("train", "val"), size=32, seed=0):
-    """root/<split>/<class>/<k>.png: flat class colour plus noise, RGB PNGs written with PIL."""
-    from PIL import Image
-    rng = np.random.default_rng(seed)
-    for split in splits:
-        for name, colour in zip(CLASSES, COLOURS):
-            os.makedirs(os.path.join(root, split, name))
-            for k in range(N_PER_CLASS[split]):
-                img = np.clip(np.array(colour) + rng.integers(-30, 31, (size, size, 3)), 0, 255)
-                Image.fromarray(img.astype(np.uint8)).save(os.path.join(root, split, name, f"{k:03d}.png"))
-    return root
 
 
 def train_cmd(data, save, *extra):
@@ -39,22 +25,34 @@ def cross_entropy(z, y):
     return m[:, 0] + np.log(np.exp(z - m).sum(1)) - z[np.arange(len(y)), y]
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return write_image_folder(str(tmp_path_factory.mktemp("imgs")))
+def npy_bytes(folder):
+    """{file: bytes} of a dynamics folder, manifest.json (which names its run's id) left out."""
+    return {f: open(os.path.join(folder, f), "rb").read() for f in sorted(os.listdir(folder)) if f != "manifest.json"}
 
 
-def test_imagefolder_dynamics(folder, tmp_path):
+def test_imagefolder_dynamics_and_exact_mid_epoch_resume(image_folder, tmp_path, signal_at_step):
     import torchvision
     save = str(tmp_path / "run")
-    run_script(*train_cmd(folder, save, "--arch", "resnet20", "--image_size", "32", "--epochs", "2", "--dynamics"),
-               env={"OMP_NUM_THREADS": "1"})
+    flags = ("--arch", "resnet20", "--image_size", "32", "--epochs", "2", "--dynamics")
+    cli(*train_cmd(image_folder, save, *flags))
+    # 60 images, batch 16: 4 steps an epoch; SIGTERM after global step 6 = step 2 of epoch 1
+    cut = str(tmp_path / "cut")
+    signal_at_step(6, signal.SIGTERM)
+    p = cli(*train_cmd(image_folder, cut, *flags), check=False)
+    assert p.code == 143 and "SIGTERM: checkpoint at step 2 of epoch 1" in p.out, p
+    p = cli(*train_cmd(image_folder, cut, *flags, "--resume"))
+    assert "at epoch 1, step 2" in p.out
+    assert npy_bytes(f"{cut}/npy") == npy_bytes(f"{save}/npy") and len(npy_bytes(f"{save}/npy")) == 7
+    with open(f"{save}/metrics.json") as f, open(f"{cut}/metrics.json") as g:
+        a, b = json.load(f), json.load(g)
+    keys = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "samples", "steps")
+    assert [[h[k] for k in keys] for h in a["history"]] == [[h[k] for k in keys] for h in b["history"]]
     files = sorted(os.listdir(f"{save}/npy"))
     assert files == sorted([f"{e}_{t}.npy" for e in range(2) for t in ("Output", "Loss", "Index")] +
                            ["targets.npy", "manifest.json"])
 
     y = np.load(f"{save}/npy/targets.npy")
-    expected = torchvision.datasets.ImageFolder(os.path.join(folder, "train")).targets
+    expected = torchvision.datasets.ImageFolder(os.path.join(image_folder, "train")).targets
     assert y.dtype == np.int64 and y.tolist() == expected == [c for c in range(3) for _ in range(20)]
     for e in range(2):
         out, loss, idx = (np.load(f"{save}/npy/{e}_{t}.npy") for t in ("Output", "Loss", "Index"))
@@ -73,10 +71,9 @@ def test_imagefolder_dynamics(folder, tmp_path):
     assert (out.argmax(1) == y).mean() > 0.6, (out.argmax(1) == y).mean()
 
 
-def test_imagefolder_torchvision_model(folder, tmp_path):
+def test_imagefolder_torchvision_model(image_folder, tmp_path):
     save = str(tmp_path / "tv")
-    run_script(*train_cmd(folder, save, "--arch", "tv_resnet18", "--image_size", "64", "--epochs", "1", "--dynamics"),
-               env={"OMP_NUM_THREADS": "1"})
+    cli(*train_cmd(image_folder, save, "--arch", "tv_resnet18", "--image_size", "64", "--epochs", "1", "--dynamics"))
     assert np.load(f"{save}/npy/0_Output.npy").shape == (N_TRAIN, 3)
     with open(f"{save}/metrics.json") as f:
         m = json.load(f)
@@ -85,6 +82,6 @@ def test_imagefolder_torchvision_model(folder, tmp_path):
 
 def test_imagefolder_without_val_folder(tmp_path):
     data = write_image_folder(str(tmp_path / "noval"), splits=("train",))
-    p = run_script(*train_cmd(data, str(tmp_path / "run"), "--arch", "resnet20", "--image_size", "32",
-                              "--epochs", "1"), check=False)
+    p = cli(*train_cmd(data, str(tmp_path / "run"), "--arch", "resnet20", "--image_size", "32", "--epochs", "1"),
+            check=False)
     assert_user_error(p, os.path.join(data, "val"), "not found")

@@ -1,14 +1,14 @@
 """importance_evaluation.py as a user runs it: the files it writes, and one clear error line (exit 2,
-nothing written) for every kind of bad input. Scripts run in parallel to keep the file fast."""
+nothing written) for every kind of bad input (conftest.cli: its main in this process, ending as the
+command would; one case also as a separate process)."""
 import json
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-from conftest import assert_user_error, run_script, write_published
+from conftest import assert_user_error, cli, run_script, write_published
 
 N, C, T = 40, 5, 6
 
@@ -21,7 +21,7 @@ def base(tmp_path_factory):
     return write_published(str(tmp_path_factory.mktemp('dyn') / 'npy'), Z, rng.integers(0, C, N), seed=1)
 
 
-def cli(dyn, out, *extra):
+def command(dyn, out, *extra):
     return ('importance_evaluation.py', '--dynamics_path', dyn, '--mask_path', out,
             '--trajectory_len', str(T), '--window_size', '3', '--no_plot', *extra)
 
@@ -51,10 +51,10 @@ def check_outputs(dyn, out, method, tag, seed=42, plot=False):
 
 def test_outputs(base, tmp_path):
     out = tmp_path / 'masks' / 'deeper'   # created, parents included; trailing slashes accepted
-    tdds = cli(base + '/', f'{out}/')[:-1]   # with the histogram
-    rand = cli(base, str(tmp_path / 'r'), '--method', 'random', '--manualSeed', '3')
-    with ThreadPoolExecutor(2) as pool:
-        p, _ = pool.map(lambda argv: run_script(*argv), [tdds, rand])
+    tdds = command(base + '/', f'{out}/')[:-1]   # with the histogram
+    rand = command(base, str(tmp_path / 'r'), '--method', 'random', '--manualSeed', '3')
+    p = cli(*tdds)
+    cli(*rand)
     for f in check_outputs(base, str(out), 'tdds', 'win3_ep6', plot=True):   # one summary line per file
         assert f'wrote {out}/{f}' in p.stdout, (f, p.stdout)
     assert 'done in' in p.stdout and p.stderr == ''
@@ -74,8 +74,8 @@ def test_labels_from_the_data_set(base, tmp_path, monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(utils.data, 'load_targets', lambda path, name: calls.append((path, name)) or y)
     for method in ('aum', 'el2n'):
-        importance_evaluation.main(list(cli(dyn, str(tmp_path / method), '--method', method, '--data_path',
-                                            'D', '--dataset', 'cifar10', '--device', 'cpu')[1:]))
+        importance_evaluation.main(list(command(dyn, str(tmp_path / method), '--method', method, '--data_path',
+                                                'D', '--dataset', 'cifar10', '--device', 'cpu')[1:]))
         check_outputs(base, str(tmp_path / method), method, f'{method}_ep6')   # same as with targets.npy
     assert calls == [('D', 'cifar10')] * 2
     assert 'wrote' in capsys.readouterr().out
@@ -137,13 +137,33 @@ def test_bad_input(base, tmp_path):
         if breaks:
             breaks(dyn)
         out = str(tmp_path / name.replace(' ', '_') / 'masks')
-        jobs[name] = cli(dyn, out, *extra)
-    with ThreadPoolExecutor(4) as pool:
-        procs = dict(zip(jobs, pool.map(lambda argv: run_script(*argv, check=False), jobs.values())))
-    for name, p in procs.items():
+        jobs[name] = command(dyn, out, *extra)
+    for name, argv in jobs.items():
+        p = cli(*argv, check=False)
         try:
             assert_user_error(p, *BAD[name][2])
         except AssertionError as e:
             raise AssertionError(f'{name}: {e}') from None
-        out = jobs[name][jobs[name].index('--mask_path') + 1]
+        out = argv[argv.index('--mask_path') + 1]
         assert not os.path.exists(out), name   # not even an empty folder
+    # the same ending from a separate process: exit status 2, one line on stderr
+    argv = jobs['nan logits']
+    assert_user_error(run_script(*argv, check=False), *BAD['nan logits'][2])
+    assert not os.path.exists(argv[argv.index('--mask_path') + 1])
+
+
+def test_same_command_rewrites_nothing_and_repairs_a_changed_file(base, tmp_path):
+    """A second call with the same settings and inputs finds the scoring done (nothing rewritten);
+    an output changed behind info_<tag>.json's sha256 is found and written again."""
+    from conftest import folder_digest
+    out = str(tmp_path / 'masks')
+    cli(*command(base, out))
+    digest = folder_digest(out)
+    p = cli(*command(base, out))
+    assert 'already scored' in p.out and folder_digest(out) == digest
+    score = os.path.join(out, 'score_win3_ep6.npy')
+    np.save(score, np.load(score)[::-1].copy())            # the same shape and dtype, other bytes
+    p = cli(*command(base, out))
+    assert 'already scored' not in p.out
+    arrays = lambda d: {f: h for f, h in d.items() if f.endswith('.npy')}   # info_<tag>.json: a new `seconds`
+    assert arrays(folder_digest(out)) == arrays(digest) and len(arrays(digest)) == 3

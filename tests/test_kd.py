@@ -1,5 +1,6 @@
 """Distillation from the full-data model (train_subset.py --teacher): the loss is the formula, --kd_alpha 0
-is exactly the run without a teacher, a teacher of another training set is refused before anything is
+is exactly the run without a teacher, with --kd_alpha 1 the student follows the teacher (its
+predictions, mistakes included), a teacher of another training set is refused before anything is
 written, and the cost ledger charges the teacher."""
 import json
 import os
@@ -9,9 +10,8 @@ import pytest
 import torch
 
 import train
-import train_subset
+from conftest import assert_user_error, cli
 from utils.distill import kd_loss
-from utils.errors import UserError
 
 COMMON = ["--dataset", "digits", "--arch", "resnet20", "--ngpu", "0"]
 
@@ -35,58 +35,92 @@ def test_loss_is_the_formula():
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    """A full-data digits run of one epoch: its model_best.pth.tar is the teacher."""
+    """A full-data digits run of one epoch (~60% test accuracy: a teacher with mistakes to follow):
+    its model_best.pth.tar is the teacher."""
     save = str(tmp_path_factory.mktemp("kd") / "full")
-    train.main([*COMMON, "--epochs", "1", "--batch-size", "128", "--save_path", save])
+    cli("train.py", *COMMON, "--epochs", "1", "--batch-size", "32", "--save_path", save)
     return os.path.join(save, "model_best.pth.tar")
 
 
-def subset(save, *extra):
-    return train_subset.main([*COMMON, "--epochs", "2", "--batch-size", "32", "--subset_rate", "0.9",
-                              "--selection", "random", "--save_path", str(save), *extra])
+def subset(save, *extra, epochs=8):
+    """A random 10% of the digits (144 images), 8 epochs of 5 steps; its metrics."""
+    cli("train_subset.py", *COMMON, "--epochs", epochs, "--batch-size", "32", "--subset_rate", "0.9",
+        "--selection", "random", "--save_path", save, *extra)
+    with open(os.path.join(save, "metrics.json")) as f:
+        return json.load(f)
 
 
-def test_alpha_zero_is_the_run_without_teacher(teacher, tmp_path):
+def logits_on_test_set(checkpoint):
+    """The logits of a checkpoint's model on the digits test set (360 images)."""
+    from models import create_model
+    from utils.data import load_data
+    data = load_data(train.parse_args(COMMON), torch.device("cpu"))
+    model = create_model("resnet20", 10).eval()
+    model.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
+    with torch.no_grad():
+        return torch.cat([model(x) for x, _, _ in data.test.batches([torch.arange(len(data.test))])]), data.test.labels
+
+
+def test_alpha_zero_is_the_run_without_teacher_and_alpha_one_follows_the_teacher(teacher, tmp_path):
     plain = subset(tmp_path / "plain")
     zero = subset(tmp_path / "zero", "--teacher", teacher, "--kd_alpha", "0")
     key = ("train_loss", "train_acc", "test_loss", "test_acc")
     assert [[h[k] for k in key] for h in plain["history"]] == [[h[k] for k in key] for h in zero["history"]]
     a, b = (torch.load(tmp_path / d / "checkpoint.pth.tar", weights_only=True)["model"] for d in ("plain", "zero"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    # ... and the teacher is used: alpha 1 trains another model; metrics.json records the teacher's costs
+    # ... and the teacher is used: with alpha 1 the student learns the teacher's function. On the test
+    # set it is closer to the teacher (KL at the temperature, what distillation minimises), agrees with
+    # its predictions more, and repeats its mistakes more, than the same run without it. (Measured:
+    # KL 0.012 vs 0.077, agreement 0.60 vs 0.22, mistakes repeated 0.57 vs 0.15; seed 7: 0.011 vs
+    # 0.054, 0.59 vs 0.31, 0.57 vs 0.30.)
     one = subset(tmp_path / "one", "--teacher", teacher, "--kd_alpha", "1")
-    assert [h["train_loss"] for h in one["history"]] != [h["train_loss"] for h in plain["history"]]
+    zt, y = logits_on_test_set(teacher)
+    wrong = zt.argmax(1) != y
+    assert 0.3 < wrong.float().mean() < 0.7, wrong.float().mean()        # a teacher with mistakes to follow
+    follow = {}
+    for run in ("plain", "one"):
+        z, _ = logits_on_test_set(tmp_path / run / "checkpoint.pth.tar")
+        kl = torch.nn.functional.kl_div(torch.log_softmax(z / 4, 1), torch.log_softmax(zt / 4, 1), log_target=True,
+                                        reduction="batchmean").item()
+        agree = z.argmax(1) == zt.argmax(1)
+        follow[run] = (kl, agree.float().mean().item(), agree[wrong].float().mean().item())
+    assert follow["one"][0] < follow["plain"][0] / 2, follow
+    assert follow["one"][1] > follow["plain"][1] + 0.1 and follow["one"][2] > follow["plain"][2] + 0.1, follow
+    # metrics.json records the teacher's costs
     m = json.load(open(tmp_path / "one" / "metrics.json"))
     full = json.load(open(os.path.join(os.path.dirname(teacher), "metrics.json")))
-    assert m["teacher_train_seconds"] == full["train_seconds"] > 0 and m["kd_alpha"] == 1.0
+    assert m["teacher_train_seconds"] == full["train_seconds"] > 0 and m["kd_alpha"] == 1.0 == one["kd_alpha"]
     assert all(0 < h["teacher_seconds"] < h["train_seconds"] for h in m["history"])
     ck = torch.load(tmp_path / "one" / "checkpoint.pth.tar", weights_only=True)
     assert ck["fingerprint"]["content of --teacher"] == m["teacher_sha256"]
     assert "--teacher" not in ck["fingerprint"]                              # the path may move, its content may not
 
 
+def refused(save, *extra, fragment):
+    """train_subset.py with these flags ends with one error line naming `fragment`, writing nothing."""
+    p = cli("train_subset.py", *COMMON, "--epochs", "1", "--subset_rate", "0.9", "--selection", "random",
+            "--save_path", save, *extra, check=False)
+    assert_user_error(p, fragment)
+    assert not os.path.exists(save)
+
+
 def test_foreign_teacher_refused(teacher, tmp_path):
     ck = torch.load(teacher, weights_only=True)
     ck["fingerprint"] = dict(json.load(open(os.path.join(os.path.dirname(teacher), "folder.json")))["fingerprint"])
-    cases = {"labels": {"training labels": "0" * 64}, "dataset": {"--dataset": "cifar10"},
-             "noise": {"--label_noise": 0.2}}
-    for what, change in cases.items():
+    cases = {"labels": ({"training labels": "0" * 64}, "other training labels"),
+             "dataset": ({"--dataset": "cifar10"}, "cifar10"), "noise": ({"--label_noise": 0.2}, "--label_noise 0.2")}
+    for what, (change, fragment) in cases.items():
         path = tmp_path / f"{what}.pth.tar"
         torch.save({**ck, "fingerprint": {**ck["fingerprint"], **change}}, path)
-        with pytest.raises(UserError, match={"labels": "other training labels", "dataset": "cifar10",
-                                             "noise": "--label_noise 0.2"}[what]):
-            subset(tmp_path / what, "--teacher", str(path), "--kd_alpha", "1")
-        assert not (tmp_path / what).exists()
+        refused(tmp_path / what, "--teacher", path, "--kd_alpha", "1", fragment=fragment)
     from models import create_model   # the right fingerprint, the wrong number of classes
     torch.save({**ck, "model": create_model("resnet20", 7).state_dict()}, tmp_path / "classes.pth.tar")
-    with pytest.raises(UserError, match="do not fit 10 classes"):
-        subset(tmp_path / "classes", "--teacher", str(tmp_path / "classes.pth.tar"), "--kd_alpha", "1")
+    refused(tmp_path / "classes", "--teacher", tmp_path / "classes.pth.tar", "--kd_alpha", "1",
+            fragment="do not fit 10 classes")
     for extra, message in ((["--teacher", teacher], "needs --kd_alpha"), (["--kd_alpha", "0.5"], "needs --teacher"),
-                           (["--teacher", teacher, "--kd_alpha", "1.5"], r"\[0, 1\]"),
+                           (["--teacher", teacher, "--kd_alpha", "1.5"], "[0, 1]"),
                            (["--teacher", str(tmp_path), "--kd_alpha", "1"], "no such file")):
-        with pytest.raises(UserError, match=message):
-            subset(tmp_path / "flags", *extra)
-    assert not (tmp_path / "flags").exists()
+        refused(tmp_path / "flags", *extra, fragment=message)
 
 
 def test_ledger_charges_the_teacher(tmp_path):

@@ -1,18 +1,17 @@
 """The Moderate baseline: penultimate features, distances to the class median, the middle-band
 score, and importance_evaluation.py --method moderate on a checkpoint of train.py."""
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
 
-import importance_evaluation
-import train
 from models import create_model
 from utils.data import CIFAR_STATS, DeviceImages
 from utils.moderate import moderate_score, penultimate_features
 from utils.selection import kept_count
-from conftest import assert_user_error, run_script
+from conftest import assert_user_error, cli
 
 
 def reference(features, targets):
@@ -60,37 +59,35 @@ def test_penultimate_features_are_the_final_layers_input():
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_cli_on_a_checkpoint_of_train_py(cifar10_dir, tmp_path):
-    train.main(["--data_path", cifar10_dir, "--dataset", "cifar10", "--arch", "resnet20", "--epochs", "1",
-                "--batch-size", "32", "--ngpu", "0", "--save_path", str(tmp_path / "full")])
+def test_cli_on_a_checkpoint_of_train_py(full_run, cifar10_dir, tmp_path):
+    ck = os.path.join(full_run, "checkpoint.pth.tar")
     out = tmp_path / "masks"
-    importance_evaluation.main(["--method", "moderate", "--checkpoint", str(tmp_path / "full" / "checkpoint.pth.tar"),
-                                "--mask_path", str(out), "--no_plot"])
+    cli("importance_evaluation.py", "--method", "moderate", "--checkpoint", ck, "--mask_path", out, "--no_plot")
     score = np.load(out / "dataset_score_moderate.npy")
     assert np.array_equal(np.load(out / "data_mask_moderate.npy"), np.argsort(score, kind="stable"))
     info = json.loads((out / "info_moderate.json").read_text())
-    assert info["method"] == "moderate" and info["arch"] == "resnet20" and info["checkpoint_epoch"] == 1
+    assert info["method"] == "moderate" and info["arch"] == "resnet20" and info["checkpoint_epoch"] == 5
     # the same score from the features of the saved model, computed here
     from utils.data import read_cifar
     x, y = read_cifar(cifar10_dir, "cifar10", True)
     model = create_model("resnet20", 10)
-    model.load_state_dict(torch.load(tmp_path / "full" / "checkpoint.pth.tar", weights_only=True)["model"])
+    model.load_state_dict(torch.load(ck, weights_only=True)["model"])
     feats = penultimate_features(model, DeviceImages(x, y, CIFAR_STATS["cifar10"], torch.device("cpu"), False), len(y))
     np.testing.assert_array_equal(score, moderate_score(feats, y)[1])
-    with pytest.raises(importance_evaluation.UserError, match="--method moderate needs --checkpoint"):
-        importance_evaluation.main(["--method", "moderate", "--mask_path", str(tmp_path / "m2")])
+    assert_user_error(cli("importance_evaluation.py", "--method", "moderate", "--mask_path", tmp_path / "m2",
+                          check=False), "--method moderate needs --checkpoint")
     # a checkpoint that is not one: a folder, an empty, a truncated or a foreign file, the weights-only
     # model_best.pth.tar: one line each, naming what to pass instead
-    ck = tmp_path / "full" / "checkpoint.pth.tar"
     (tmp_path / "empty.pth.tar").write_bytes(b"")
-    (tmp_path / "cut.pth.tar").write_bytes(ck.read_bytes()[:len(ck.read_bytes()) // 2])
+    data = open(ck, "rb").read()
+    (tmp_path / "cut.pth.tar").write_bytes(data[:len(data) // 2])
     np.save(tmp_path / "scores.npy", np.arange(3))
-    for path, fragment in ((tmp_path / "full", "is a folder: give"), (tmp_path / "empty.pth.tar", "it is empty"),
+    for path, fragment in ((full_run, "is a folder: give"), (tmp_path / "empty.pth.tar", "it is empty"),
                            (tmp_path / "cut.pth.tar", "not a complete checkpoint"),
                            (tmp_path / "scores.npy", "not a PyTorch checkpoint"),
-                           (tmp_path / "full" / "model_best.pth.tar", "give checkpoint.pth.tar of the same run")):
-        p = run_script("importance_evaluation.py", "--method", "moderate", "--checkpoint", str(path),
-                       "--mask_path", str(tmp_path / "refused"), check=False)
+                           (os.path.join(full_run, "model_best.pth.tar"), "give checkpoint.pth.tar of the same run")):
+        p = cli("importance_evaluation.py", "--method", "moderate", "--checkpoint", path,
+                "--mask_path", tmp_path / "refused", check=False)
         assert_user_error(p, fragment)
     assert not (tmp_path / "refused").exists()
 
@@ -98,21 +95,19 @@ def test_cli_on_a_checkpoint_of_train_py(cifar10_dir, tmp_path):
 def test_a_relative_data_path_is_found_from_the_folder_the_run_started_in(cifar10_dir, tmp_path, monkeypatch):
     """moderate and the report read the run's recorded --data_path; a relative one is resolved against
     the folder that run was started in (args.json's cwd) when it holds no data from here."""
-    import os
     import shutil
 
     from utils.data import recorded_data_path
     start = tmp_path / "project"
     shutil.copytree(cifar10_dir, start / "data")
-    monkeypatch.chdir(start)
-    train.main(["--data_path", "./data", "--dataset", "cifar10", "--arch", "resnet20", "--epochs", "1",
-                "--batch-size", "32", "--ngpu", "0", "--save_path", "runs/full"])
+    cli("train.py", "--data_path", "./data", "--dataset", "cifar10", "--arch", "resnet20", "--epochs", "1",
+        "--batch-size", "32", "--ngpu", "0", "--save_path", "runs/full", cwd=start)
     assert json.loads((start / "runs" / "full" / "args.json").read_text())["cwd"] == str(start)
     monkeypatch.chdir(tmp_path)                         # elsewhere: ./data holds nothing here
     run = str(start / "runs" / "full")
     assert recorded_data_path("cifar10", "./data", run) == os.path.join(str(start), "./data")
     assert recorded_data_path("cifar10", "/abs/data", run) == "/abs/data"            # absolute: as recorded
     assert recorded_data_path("cifar10", "./nowhere", run) == "./nowhere"            # not there either: as is
-    importance_evaluation.main(["--method", "moderate", "--checkpoint", f"{run}/checkpoint.pth.tar",
-                                "--mask_path", str(tmp_path / "masks"), "--no_plot"])
+    cli("importance_evaluation.py", "--method", "moderate", "--checkpoint", f"{run}/checkpoint.pth.tar",
+        "--mask_path", tmp_path / "masks", "--no_plot", cwd=tmp_path)
     assert np.load(tmp_path / "masks" / "dataset_score_moderate.npy").shape == (160,)

@@ -6,22 +6,21 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_script
+from conftest import (FULL_RUN, ROOT, assert_same_checkpoint, assert_same_state, assert_user_error, cli,
+                      folder_digest)
 from utils.io import save_npy
 
 
-def _train_cmd(script, data_dir, save, epochs, *extra):
-    return [sys.executable, script, "--data_path", data_dir, "--dataset", "cifar10", "--arch", "resnet20",
-            "--epochs", str(epochs), "--batch-size", "32", "--ngpu", "0", "--save_path", str(save), *extra]
-
-
-def _kill_after_epochs(cmd, save, k, timeout=300):
-    """Start cmd, SIGKILL it as soon as metrics.json reports >= k completed epochs."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _kill_after_epochs(script, flags, save, k, timeout=300):
+    """Start `python script flags` as a process, SIGKILL it as soon as metrics.json reports >= k
+    completed epochs; its exit status."""
+    proc = subprocess.Popen([sys.executable, script, *flags], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
     try:
         while time.time() < deadline and proc.poll() is None:
@@ -39,32 +38,37 @@ def _kill_after_epochs(cmd, save, k, timeout=300):
     return proc.returncode
 
 
+def assert_same_metrics(ref, cut):
+    a = json.loads((ref / "metrics.json").read_text())
+    b = json.loads((cut / "metrics.json").read_text())
+    assert b["finished"] and b["completed_epochs"] == a["completed_epochs"]
+    assert_same_state(a, b, skip=("seconds", "train_seconds", "run_id"), where="metrics.json")
+
+
 @pytest.mark.parametrize("fmt", ["logits", "contrib"])
-def test_train_killed_and_resumed_equals_uninterrupted(cifar10_dir, tmp_path, fmt):
-    epochs = 5
-    ref, cut = tmp_path / "ref", tmp_path / "cut"
-    extra = ("--dynamics", "--dynamics_format", fmt)
-    subprocess.run(_train_cmd("train.py", cifar10_dir, ref, epochs, *extra), cwd=ROOT, check=True,
-                   capture_output=True)
-    rc = _kill_after_epochs(_train_cmd("train.py", cifar10_dir, cut, epochs, *extra), cut, 2)
+def test_train_killed_and_resumed_equals_uninterrupted(request, cifar10_dir, tmp_path, fmt):
+    """The shared full_run (or its contrib twin), and the same command SIGKILLed after 2 of its 5
+    epochs, refused without --resume, then resumed: every .npy byte, metrics.json and the final
+    checkpoint's state (model, optimizer, scheduler, random streams) are the uninterrupted run's."""
+    ref = Path(request.getfixturevalue("full_run" if fmt == "logits" else "full_run_contrib"))
+    cut = tmp_path / "cut"
+    flags = ["--data_path", cifar10_dir, *FULL_RUN, "--dynamics_format", fmt, "--save_path", str(cut)]
+    rc = _kill_after_epochs("train.py", flags, cut, 2)
     assert rc == -signal.SIGKILL, "the run finished before it could be killed: make it longer"
     assert json.loads((cut / "metrics.json").read_text())["finished"] is False
     # without --resume the half-done run is not overwritten
-    p = run_script(*_train_cmd("train.py", cifar10_dir, cut, epochs, *extra)[1:], check=False)
-    assert p.returncode == 2 and "already holds a run" in p.stderr
+    before = folder_digest(cut)
+    assert_user_error(cli("train.py", *flags, check=False), "already holds a run")
+    assert folder_digest(cut) == before
     (cut / "npy" / ".3_Output.npy.tmp12345").write_bytes(b"half a file")  # what a kill mid-write leaves
-    run_script(*_train_cmd("train.py", cifar10_dir, cut, epochs, *extra, "--resume")[1:])
+    cli("train.py", *flags, "--resume")
     assert not (cut / "npy" / ".3_Output.npy.tmp12345").exists()
-    a = json.loads((ref / "metrics.json").read_text())
-    b = json.loads((cut / "metrics.json").read_text())
-    assert b["finished"] and b["completed_epochs"] == epochs
-    assert (a["final_acc"], a["best_acc"]) == (b["final_acc"], b["best_acc"])
-    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):   # exactly, as the README says
-        assert [h[key] for h in a["history"]] == [h[key] for h in b["history"]], key
+    assert_same_metrics(ref, cut)
     files = sorted(f for f in os.listdir(ref / "npy") if f.endswith(".npy"))
-    assert files == sorted(f for f in os.listdir(cut / "npy") if f.endswith(".npy")) and len(files) > epochs
+    assert files == sorted(f for f in os.listdir(cut / "npy") if f.endswith(".npy")) and len(files) > 5
     # bit-identical: on CPU the resumed run does the same float operations in the same order
     assert [f for f in files if (cut / "npy" / f).read_bytes() != (ref / "npy" / f).read_bytes()] == []
+    assert_same_checkpoint(ref, cut)
     assert not [f for f in os.listdir(cut) if ".tmp" in f]
 
 
@@ -73,18 +77,16 @@ def test_train_subset_killed_and_resumed(cifar10_dir, tmp_path):
     order = np.random.default_rng(0).permutation(n)
     np.save(tmp_path / "mask.npy", order)
     np.save(tmp_path / "score.npy", np.sort(np.random.default_rng(1).random(n)).astype(np.float32))
-    flags = ("--subset_rate", "0.25", "--mask_path", str(tmp_path / "mask.npy"), "--score_path",
-             str(tmp_path / "score.npy"))
     ref, cut = tmp_path / "ref", tmp_path / "cut"
-    run_script(*_train_cmd("train_subset.py", cifar10_dir, ref, 6, *flags)[1:])
-    rc = _kill_after_epochs(_train_cmd("train_subset.py", cifar10_dir, cut, 6, *flags), cut, 2)
+    flags = ["--data_path", cifar10_dir, "--dataset", "cifar10", "--arch", "resnet20", "--epochs", "6",
+             "--batch-size", "32", "--ngpu", "0", "--subset_rate", "0.25", "--mask_path", str(tmp_path / "mask.npy"),
+             "--score_path", str(tmp_path / "score.npy")]
+    cli("train_subset.py", *flags, "--save_path", str(ref))
+    rc = _kill_after_epochs("train_subset.py", [*flags, "--save_path", str(cut)], cut, 2)
     assert rc == -signal.SIGKILL
-    run_script(*_train_cmd("train_subset.py", cifar10_dir, cut, 6, *flags, "--resume")[1:])
-    a = json.loads((ref / "metrics.json").read_text())
-    b = json.loads((cut / "metrics.json").read_text())
-    assert b["finished"] and b["completed_epochs"] == 6
-    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
-        assert [h[key] for h in a["history"]] == [h[key] for h in b["history"]], key
+    cli("train_subset.py", *flags, "--save_path", str(cut), "--resume")
+    assert_same_metrics(ref, cut)
+    assert_same_checkpoint(ref, cut)
 
 
 def test_interrupted_write_keeps_old_file(tmp_path, monkeypatch):

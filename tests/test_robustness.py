@@ -19,13 +19,32 @@ def test_symmetric_noise_flips_exactly_and_never_to_the_true_class(rate):
     noisy, flipped = apply_label_noise(Y, 10, rate, "symmetric", seed=3)
     assert flipped.sum() == round(rate * len(Y))
     assert np.array_equal(noisy != Y, flipped)           # every flipped label changed, nothing else
-    if rate:   # the new labels spread over all other classes: each (true -> new) pair gets ~1/9
-        pairs = np.zeros((10, 10))
-        np.add.at(pairs, (Y[flipped], noisy[flipped]), 1)
-        share = pairs / pairs.sum(1, keepdims=True)
-        assert np.all(np.diag(share) == 0)
-        off = share[~np.eye(10, dtype=bool)]
-        assert off.min() > 0 and abs(off.mean() - 1 / 9) < 1e-9 and off.max() < 0.3
+    if rate:   # the new label is uniform over the 9 other classes, for every true class
+        assert (noisy[flipped] != Y[flipped]).all()
+        assert pearson_other_classes(Y[flipped], noisy[flipped]) < CHI2_80_999
+
+
+def pearson_other_classes(y, new, k=10):
+    """Pearson's statistic of the (true, new) label counts against a uniform choice among the k - 1
+    other classes per true class: k (k - 2) degrees of freedom."""
+    pairs = np.zeros((k, k))
+    np.add.at(pairs, (y, new), 1)
+    expected = pairs.sum(1, keepdims=True) / (k - 1)
+    return (((pairs - expected) ** 2 / expected)[~np.eye(k, dtype=bool)]).sum()
+
+
+# the 99.9% quantile of chi-square with 80 degrees of freedom (Wilson-Hilferty, z = 3.0902)
+CHI2_80_999 = 80 * (1 - 2 / 720 + 3.0902 * np.sqrt(2 / 720)) ** 3
+
+
+def test_the_uniformity_check_can_fail():
+    """A label map that sends a third of each class to the next class is far beyond the bound; the
+    bound is the chi-square table's 124.84."""
+    y = np.repeat(np.arange(10), 100)
+    i = np.arange(1000)
+    skewed = np.where(i % 3 == 0, (y + 1) % 10, (y + 1 + i % 9) % 10)
+    assert pearson_other_classes(y, skewed) > 2 * CHI2_80_999
+    assert abs(CHI2_80_999 - 124.84) < 0.6
 
 
 def test_asymmetric_noise_follows_the_maps():

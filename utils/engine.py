@@ -29,6 +29,7 @@ from .folder import BEST, CHECKPOINT, array_sha256, load_checkpoint
 from .run_folder import check_writable
 
 EVAL_BATCH = 500
+PLOT_EVERY = 30.0   # seconds: curve.png is redrawn after an epoch at most this often, and after the last one
 
 
 # --------------------------------------------------------------------------------------------------
@@ -423,17 +424,22 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
         then(state)
 
     def epoch_files(is_best, epoch):
-        """What follows an epoch's checkpoint (rank 0): model_best.pth.tar, metrics.json, curve.png."""
+        """What follows an epoch's checkpoint (rank 0): model_best.pth.tar, metrics.json, curve.png (after
+        the first and the last epoch, and at most every PLOT_EVERY seconds between)."""
         m, history = metrics(False), list(st["history"])
         m["history"] = history
         title = f"{run_info.get('dataset')} {args.arch} ({run_info.get('num_train_samples')} samples)"
+        draw = epoch + 1 == stop_at or time.perf_counter() - last_plot[0] >= PLOT_EVERY
+        if draw:
+            last_plot[0] = time.perf_counter()
 
         def write(state):
             if is_best:
                 save_torch(os.path.join(args.save_path, BEST), {"model": state["model"], "epoch": epoch + 1,
                                                                 "best_acc": state["best_acc"], "arch": args.arch})
             save_json(os.path.join(args.save_path, "metrics.json"), m)
-            plot_curves(history, os.path.join(args.save_path, "curve.png"), title=title)
+            if draw:
+                plot_curves(history, os.path.join(args.save_path, "curve.png"), title=title)
         return write
 
     def preempted(signum):
@@ -450,6 +456,7 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
         return Preempted(status)
 
     save_every = args.save_every_steps
+    last_plot = [-math.inf]   # when curve.png was drawn: ~0.3 s a plot, more than a short run's epoch
     signals = StopSignals()
     stop_at = min(n_epochs, stop_epoch or n_epochs)
     for epoch in range(st["epoch"], stop_at):
