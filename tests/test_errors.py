@@ -5,18 +5,18 @@ import json
 import numpy as np
 import pytest
 
-from conftest import assert_user_error, run_script
+from conftest import assert_user_error, cli
 
 CPU = ("--ngpu", "0", "--arch", "resnet20", "--epochs", "1")
 
 
 def _train(data, save, *extra):
-    return run_script("train.py", "--data_path", data, "--dataset", "cifar10", *CPU, "--save_path", str(save),
+    return cli("train.py", "--data_path", data, "--dataset", "cifar10", *CPU, "--save_path", str(save),
                       *extra, check=False)
 
 
 def _subset(data, save, *extra):
-    return run_script("train_subset.py", "--data_path", data, "--dataset", "cifar10", *CPU,
+    return cli("train_subset.py", "--data_path", data, "--dataset", "cifar10", *CPU,
                       "--save_path", str(save), *extra, check=False)
 
 
@@ -34,7 +34,7 @@ def test_train_bad_flags(cifar10_dir, tmp_path, extra, fragments):
 
 
 def test_dataset_not_found(tmp_path):
-    p = run_script("train.py", "--data_path", str(tmp_path / "nowhere"), "--dataset", "cifar100", *CPU,
+    p = cli("train.py", "--data_path", str(tmp_path / "nowhere"), "--dataset", "cifar100", *CPU,
                    "--save_path", str(tmp_path / "run"), check=False)
     assert_user_error(p, "cifar100 not found", "nowhere/cifar-100-python/train", "cifar-100-python.tar.gz",
                       "unpack it into")
@@ -49,7 +49,7 @@ def test_unwritable_output(cifar10_dir, tmp_path):
 
 def test_existing_run_is_not_overwritten(cifar10_dir, tmp_path):
     save = tmp_path / "run"
-    run_script("train.py", "--data_path", cifar10_dir, "--dataset", "cifar10", *CPU, "--save_path", str(save))
+    cli("train.py", "--data_path", cifar10_dir, "--dataset", "cifar10", *CPU, "--save_path", str(save))
     before = (save / "metrics.json").read_bytes()
     assert_user_error(_train(cifar10_dir, save, "--decay", "0.001"), "finished run", "--decay 0.0005 (now 0.001)",
                       "--overwrite")
@@ -107,7 +107,7 @@ def test_train_subset_bad_inputs(cifar10_dir, tmp_path, masks, flags, fragments)
 
 def test_resume_with_other_settings_is_refused(cifar10_dir, tmp_path):
     save = tmp_path / "run"
-    run_script("train.py", "--data_path", cifar10_dir, "--dataset", "cifar10", *CPU, "--save_path", str(save))
-    p = run_script("train.py", "--data_path", cifar10_dir, "--dataset", "cifar10", "--ngpu", "0", "--arch",
+    cli("train.py", "--data_path", cifar10_dir, "--dataset", "cifar10", *CPU, "--save_path", str(save))
+    p = cli("train.py", "--data_path", cifar10_dir, "--dataset", "cifar10", "--ngpu", "0", "--arch",
                    "resnet20", "--epochs", "3", "--save_path", str(save), "--resume", check=False)
     assert_user_error(p, "--epochs 1 (now 3)", "--overwrite")

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, assert_user_error, folder_digest, run_script
+from conftest import ROOT, assert_user_error, cli, folder_digest, run_script
 from utils.errors import UserError
 from utils.folder import FolderLock, check_trajectory, check_unlocked, record_epoch
 from utils.scoring import Dynamics, compute_score
@@ -33,7 +33,7 @@ def test_one_writer_and_a_dead_holder_is_taken_over(tmp_path, capsys):
         with pytest.raises(UserError, match=f"pid {holder.pid}"):
             FolderLock(str(tmp_path), "--save_path").acquire()
         before = folder_digest(tmp_path)
-        p = run_script("train.py", *DIGITS, "--epochs", "1", "--save_path", str(tmp_path), "--overwrite", check=False)
+        p = cli("train.py", *DIGITS, "--epochs", "1", "--save_path", str(tmp_path), "--overwrite", check=False)
         assert_user_error(p, f"pid {holder.pid}", "one writer per folder", "python -m utils.folder unlock")
         assert folder_digest(tmp_path) == before and sorted(os.listdir(tmp_path)) == [".holder.json", ".lock"]
         # the manual takeover refuses while the holder lives
@@ -83,20 +83,20 @@ def test_scorer_refuses_two_runs_and_changed_files(tmp_path):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     save = tmp_path_factory.mktemp("run") / "full"
-    run_script("train.py", *DIGITS, "--epochs", "3", "--dynamics", "--save_path", str(save))
+    cli("train.py", *DIGITS, "--epochs", "3", "--dynamics", "--save_path", str(save))
     return save
 
 
 def test_deleted_checkpoint_same_command_is_done_other_command_refused(finished, tmp_path):
     os.remove(finished / "checkpoint.pth.tar")                 # to save disk
     before = folder_digest(finished)
-    p = run_script("train.py", *DIGITS, "--epochs", "3", "--dynamics", "--save_path", str(finished), "--resume")
+    p = cli("train.py", *DIGITS, "--epochs", "3", "--dynamics", "--save_path", str(finished), "--resume")
     assert "already finished" in p.stdout and "nothing rewritten" in p.stdout
     assert folder_digest(finished) == before
     # --overwrite replaces runs of other settings only: this one is still done
-    p = run_script("train.py", *DIGITS, "--epochs", "3", "--dynamics", "--save_path", str(finished), "--overwrite")
+    p = cli("train.py", *DIGITS, "--epochs", "3", "--dynamics", "--save_path", str(finished), "--overwrite")
     assert "already finished" in p.stdout and folder_digest(finished) == before
-    p = run_script("train.py", *DIGITS, "--epochs", "2", "--dynamics", "--save_path", str(finished), "--resume",
+    p = cli("train.py", *DIGITS, "--epochs", "2", "--dynamics", "--save_path", str(finished), "--resume",
                    check=False)
     assert_user_error(p, "finished run", "--epochs 3 (now 2)", "--overwrite")
     assert folder_digest(finished) == before
@@ -104,13 +104,13 @@ def test_deleted_checkpoint_same_command_is_done_other_command_refused(finished,
     masks = tmp_path / "masks"
     cmd = ("importance_evaluation.py", "--dynamics_path", str(finished / "npy"), "--mask_path", str(masks),
            "--trajectory_len", "3", "--window_size", "3")
-    run_script(*cmd)
+    cli(*cmd)
     scored = folder_digest(masks)
-    assert "already scored" in run_script(*cmd).stdout and folder_digest(masks) == scored
-    assert_user_error(run_script(*cmd, "--decay", "0.5", check=False), "decay 0.9 (now 0.5)", "--overwrite")
+    assert "already scored" in cli(*cmd).stdout and folder_digest(masks) == scored
+    assert_user_error(cli(*cmd, "--decay", "0.5", check=False), "decay 0.9 (now 0.5)", "--overwrite")
     assert folder_digest(masks) == scored
     # --no_plot with --overwrite leaves no histogram of the older scoring
-    run_script(*cmd, "--decay", "0.5", "--overwrite", "--no_plot")
+    cli(*cmd, "--decay", "0.5", "--overwrite", "--no_plot")
     assert not (masks / "score_hist_win3_ep3.png").exists()
 
 
@@ -119,7 +119,7 @@ def test_run_files_without_checkpoint_are_refused(tmp_path):
     (save / "npy").mkdir(parents=True)
     np.save(save / "npy" / "2_Output.npy", np.zeros((3, 3), np.float32))
     before = folder_digest(save)
-    p = run_script("train.py", *DIGITS, "--epochs", "2", "--dynamics", "--save_path", str(save), "--resume",
+    p = cli("train.py", *DIGITS, "--epochs", "2", "--dynamics", "--save_path", str(save), "--resume",
                    check=False)
     assert_user_error(p, "no checkpoint.pth.tar to resume it from", "--overwrite")
     assert folder_digest(save) == before
@@ -133,7 +133,7 @@ def test_full_disk_is_one_line_and_resume_finishes(tmp_path):
     try:
         save = mnt / "run"
         cmd = ("train.py", *DIGITS, "--epochs", "2", "--save_path", str(save), "--resume")
-        p = run_script(*cmd, check=False)
+        p = cli(*cmd, check=False)
         assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
         assert p.stderr.strip().startswith("error:") and "the disk is full" in p.stderr, p.stderr
         assert f"cannot write {save}" in p.stderr and ".tmp" not in p.stderr, p.stderr
@@ -142,7 +142,7 @@ def test_full_disk_is_one_line_and_resume_finishes(tmp_path):
         ck = torch.load(save / "checkpoint.pth.tar", weights_only=True)   # the last checkpoint is intact
         assert 1 <= ck["epoch"] < 2
         subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
-        run_script(*cmd)
+        cli(*cmd)
         import json
         assert json.load(open(save / "metrics.json"))["finished"] is True
     finally:

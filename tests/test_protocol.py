@@ -2,10 +2,8 @@
 locks that hold on shared file systems, every write failure one line. Deterministic: a second host, a
 clock skew, a file system without flock, a failing torch.save are injected; a second writer runs at a
 chosen point (inside the first one's call), never raced by sleeping."""
-import contextlib
 import errno
 import fcntl
-import io
 import json
 import os
 import re
@@ -20,23 +18,12 @@ import torch
 
 import importance_evaluation
 import train
-from conftest import folder_digest, write_published
+from conftest import cli, folder_digest, write_published
 from utils import folder as F
-from utils.errors import Preempted, UserError, run
+from utils.errors import Preempted, UserError
 
 DIGITS = ["--dataset", "digits", "--arch", "resnet20", "--ngpu", "0", "--batch-size", "256"]
 BASE = DIGITS + ["--epochs", "3"]
-
-
-def cli(main, argv, way_on=None):
-    """A script's main(argv) as the command line runs it (utils.errors.run): (exit code, stdout, stderr)."""
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            run(lambda: main(argv), **({"way_on": way_on} if way_on else {}))
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
 
 
 def one_error_line(err, *fragments):
@@ -60,9 +47,9 @@ def runs(tmp_path_factory):
     """Real run folders of BASE: `stopped` after 2 of 3 epochs (--stop_epoch 2), `finished`."""
     root = tmp_path_factory.mktemp("runs")
     stopped, finished = root / "stopped", root / "finished"
-    assert cli(train.main, BASE + ["--stop_epoch", "2", "--save_path", str(stopped)])[0] == 0
+    assert cli("train.py", *BASE + ["--stop_epoch", "2", "--save_path", str(stopped)], check=False)[0] == 0
     shutil.copytree(stopped, finished)
-    assert cli(train.main, BASE + ["--resume", "--save_path", str(finished)])[0] == 0
+    assert cli("train.py", *BASE + ["--resume", "--save_path", str(finished)], check=False)[0] == 0
     global FACTS_FROM
     FACTS_FROM = finished
     return {"stopped": stopped, "finished": finished}
@@ -184,7 +171,7 @@ def test_each_refusal_and_following_its_advice(runs, tmp_path, key, make, flags,
 def test_resume_overwrite_replaces_other_settings_and_lost_metrics_are_repaired(runs, tmp_path):
     # 1: --resume --overwrite (what every line of an OVERWRITE=1 sweep runs) on a finished run of other settings
     d = copy(runs, "finished", tmp_path)
-    code, out, err = cli(train.main, DIGITS + ["--epochs", "1", "--resume", "--overwrite", "--save_path", str(d)])
+    code, out, err = cli("train.py", *DIGITS, "--epochs", "1", "--resume", "--overwrite", "--save_path", d, check=False)
     assert code == 0, err
     st = json.load(open(d / "folder.json"))
     assert st["state"] == "finished" and st["fingerprint"]["--epochs"] == 1
@@ -193,12 +180,12 @@ def test_resume_overwrite_replaces_other_settings_and_lost_metrics_are_repaired(
     d = copy(runs, "finished", tmp_path / "b")
     was = json.load(open(d / "metrics.json"))
     os.remove(d / "metrics.json")
-    code, out, err = cli(train.main, BASE + ["--resume", "--save_path", str(d)])
+    code, out, err = cli("train.py", *BASE + ["--resume", "--save_path", str(d)], check=False)
     assert code == 0 and "rebuilding it" in out, (out, err)
     now = json.load(open(d / "metrics.json"))
     assert {k: v for k, v in now.items() if k != "seconds"} == {k: v for k, v in was.items() if k != "seconds"}
     before = folder_digest(d)
-    code, out, _ = cli(train.main, BASE + ["--resume", "--save_path", str(d)])
+    code, out, _ = cli("train.py", *BASE + ["--resume", "--save_path", str(d)], check=False)
     assert code == 0 and "already finished" in out and folder_digest(d) == before
 
 
@@ -207,7 +194,7 @@ def test_a_smaller_stop_epoch_is_done_a_larger_one_resumes(runs, tmp_path):
     d = copy(runs, "stopped", tmp_path)
     before = folder_digest(d)
     for stop in ("1", "2"):
-        code, out, err = cli(train.main, BASE + ["--stop_epoch", stop, "--resume", "--save_path", str(d)])
+        code, out, err = cli("train.py", *BASE, "--stop_epoch", stop, "--resume", "--save_path", d, check=False)
         assert code == 0 and "already stopped" in out, (out, err)
         assert folder_digest(d) == before
     assert _open(BASE + ["--stop_epoch", "3", "--resume", "--save_path", str(d)]).decision["action"] == "resume"
@@ -222,11 +209,11 @@ def test_a_second_trainer_while_the_first_decides_is_found_under_the_lock(tmp_pa
     def acquire_after_b(self, note=print):
         if not calls:
             calls.append(1)
-            assert cli(train.main, cmd + ["--learning_rate", "0.05"])[0] == 0
+            assert cli("train.py", *cmd + ["--learning_rate", "0.05"], check=False)[0] == 0
         return acquire(self, note)
 
     monkeypatch.setattr(F.FolderLock, "acquire", acquire_after_b)
-    code, out, err = cli(train.main, cmd)
+    code, out, err = cli("train.py", *cmd, check=False)
     one_error_line(err, "holds a finished run", "--learning_rate 0.05 (now 0.1)")
     assert code == 2 and json.load(open(save / "folder.json"))["fingerprint"]["--learning_rate"] == 0.05
 
@@ -245,11 +232,11 @@ def test_two_scorers_into_one_folder_the_later_commit_does_not_replace(tmp_path,
     def compute_after_b(*a_, **kw):
         if not calls:
             calls.append(1)
-            assert cli(importance_evaluation.main, ["--dynamics_path", b] + cmd)[0] == 0
+            assert cli("importance_evaluation.py", *["--dynamics_path", b] + cmd, check=False)[0] == 0
         return compute(*a_, **kw)
 
     monkeypatch.setattr(importance_evaluation, "compute_scores", compute_after_b)
-    code, out, err = cli(importance_evaluation.main, ["--dynamics_path", a] + cmd)
+    code, out, err = cli("importance_evaluation.py", *["--dynamics_path", a] + cmd, check=False)
     assert code == 2, (out, err)
     one_error_line(err, "records a scoring with dynamics", "--overwrite")
     info = json.load(open(masks / "info_win3_ep4.json"))
@@ -271,8 +258,8 @@ def test_no_flock_falls_back_to_the_record(tmp_path, monkeypatch):
     lock.release()
     assert not (tmp_path / F.HOLDER).exists()
     d = _dynamics(tmp_path, "d", 0)
-    code, out, err = cli(importance_evaluation.main, ["--dynamics_path", d, "--mask_path", str(tmp_path / "m"),
-                                                      "--trajectory_len", "4", "--window_size", "3", "--no_plot"])
+    code, out, err = cli("importance_evaluation.py", "--dynamics_path", d, "--mask_path", tmp_path / "m",
+                         "--trajectory_len", "4", "--window_size", "3", "--no_plot", check=False)
     assert code == 0 and "no flock" in out and err.count("Traceback") == 0, err
 
 
@@ -290,13 +277,13 @@ def test_write_failures_are_one_line_naming_the_file_and_resume_finishes(tmp_pat
         return real_save(obj, f, *a, **kw)
 
     monkeypatch.setattr(torch, "save", failing_save)
-    code, out, err = cli(train.main, cmd)
+    code, out, err = cli("train.py", *cmd, check=False)
     line = one_error_line(err, f"cannot write {save / F.CHECKPOINT}", "PytorchStreamWriter", "--resume")
     assert code == 1 and ".tmp" not in line
     assert torch.load(save / F.CHECKPOINT, weights_only=True)["epoch"] == 1        # the previous one, loadable
     assert json.load(open(save / "folder.json"))["state"] == "failed"
     monkeypatch.setattr(torch, "save", real_save)
-    code, out, err = cli(train.main, cmd)
+    code, out, err = cli("train.py", *cmd, check=False)
     assert code == 0 and json.load(open(save / "metrics.json"))["finished"] is True, err
     # EDQUOT on a scoring's array, raised without a file name: the line names the file the user knows
     real_np_save = np.save
@@ -306,10 +293,8 @@ def test_write_failures_are_one_line_naming_the_file_and_resume_finishes(tmp_pat
 
     dynamics, masks = _dynamics(tmp_path, "q", 0), tmp_path / "masks"
     monkeypatch.setattr(np, "save", quota)
-    code, out, err = cli(importance_evaluation.main, ["--dynamics_path", dynamics,
-                                                      "--mask_path", str(masks), "--trajectory_len", "4",
-                                                      "--window_size", "3", "--no_plot"],
-                         way_on="make room, then run the same command")
+    code, out, err = cli("importance_evaluation.py", "--dynamics_path", dynamics, "--mask_path", masks,
+                         "--trajectory_len", "4", "--window_size", "3", "--no_plot", check=False)
     monkeypatch.setattr(np, "save", real_np_save)
     line = one_error_line(err, f"cannot write {masks / 'data_mask_win3_ep4.npy'}", "quota")
     assert code == 1 and "BufferedWriter" not in line and ".tmp" not in line

@@ -12,7 +12,7 @@ import torch
 import importance_evaluation
 import train
 import train_subset
-from conftest import assert_user_error, folder_digest, run_script
+from conftest import assert_user_error, cli, folder_digest
 from utils.errors import UserError
 
 N = 160  # training samples of the cifar10 fixture
@@ -32,8 +32,20 @@ def subset_run(cifar10_dir, tmp_path_factory):
     np.save(d / "other_mask.npy", np.argsort(other, kind="stable"))
     flags = ["--data_path", cifar10_dir, *COMMON, "--subset_rate", "0.5", "--mask_path", str(d / "mask.npy"),
              "--score_path", str(d / "score.npy"), "--save_path", str(d / "run")]
-    run_script("train_subset.py", *flags)
+    cli("train_subset.py", *flags)
     return d, flags
+
+
+def run_main(script, argv):
+    """The script's main on `argv` through conftest.cli (global state restored): the run's metrics.json on
+    success; a refusal raises its UserError, as main itself would."""
+    argv = [str(a) for a in argv]
+    r = cli(script, *argv, check=False)
+    if r.code == 2:
+        raise UserError(r.err.strip().removeprefix("error: "))
+    assert r.code == 0, r
+    save = argv[len(argv) - 1 - argv[::-1].index("--save_path") + 1]
+    return json.loads(open(os.path.join(save, "metrics.json")).read())
 
 
 def _replace(flags, flag, value):
@@ -62,9 +74,9 @@ def test_resume_refuses_every_changed_setting(subset_run, change):
     d, flags = subset_run
     before = folder_digest(d / "run")
     edit, fragment = CHANGES[change]
-    with pytest.raises(UserError) as e:
-        train_subset.main(edit(d, flags) + ["--resume"])
-    msg = str(e.value)
+    r = cli("train_subset.py", *edit(d, flags), "--resume", check=False)   # (through cli: --deterministic is global)
+    assert r.code == 2, r
+    msg = r.err.strip().removeprefix("error: ")
     assert fragment in msg and "--overwrite" in msg and "\n" not in msg, msg
     assert folder_digest(d / "run") == before
 
@@ -72,7 +84,7 @@ def test_resume_refuses_every_changed_setting(subset_run, change):
 def test_refusal_is_one_line_and_harmless_flags_are_not_settings(subset_run):
     d, flags = subset_run
     before = folder_digest(d / "run")
-    p = run_script("train_subset.py", *flags, "--resume", "--subset_rate", "0.6", check=False)  # argparse: last wins
+    p = cli("train_subset.py", *flags, "--resume", "--subset_rate", "0.6", check=False)  # argparse: last wins
     assert_user_error(p, "--subset_rate 0.5 (now 0.6)", "same settings", "--overwrite")
     assert folder_digest(d / "run") == before
     # where the data and files live, how often it prints: not settings of the run
@@ -81,30 +93,30 @@ def test_refusal_is_one_line_and_harmless_flags_are_not_settings(subset_run):
     for f in ("mask.npy", "score.npy"):
         (moved / f).write_bytes((d / f).read_bytes())
     same = _replace(_replace(flags, "--mask_path", str(moved / "mask.npy")), "--score_path", str(moved / "score.npy"))
-    result = train_subset.main(same + ["--resume", "--print_freq", "7", "--workers", "0"])
+    result = run_main("train_subset.py", same + ["--resume", "--print_freq", "7", "--workers", "0"])
     assert result["finished"] and result["completed_epochs"] == 1
     # settings that act on nothing (noise type and seed without --label_noise, corruption details
     # without --corrupt_ratio, ccs's strata in a top selection) do not make another run; with their
     # rate set, they do
     idle = ["--noise_type", "asymmetric", "--noise_seed", "3", "--corruption", "jpeg", "--severity", "5",
             "--mis_ratio", "0.1", "--strata", "10"]
-    assert train_subset.main(flags + idle + ["--resume"])["finished"]
+    assert run_main("train_subset.py", flags + idle + ["--resume"])["finished"]
     assert folder_digest(d / "run") == before      # none of these resumes rewrote anything
     with pytest.raises(UserError, match="--corrupt_ratio 0.0 \\(now 0.1\\)"):
-        train_subset.main(flags + idle + ["--corrupt_ratio", "0.1", "--resume"])
+        run_main("train_subset.py", flags + idle + ["--corrupt_ratio", "0.1", "--resume"])
     assert folder_digest(d / "run") == before
 
 
 def test_train_resume_refuses_other_dynamics_settings(cifar10_dir, tmp_path):
     save = tmp_path / "full"
     flags = ["--data_path", cifar10_dir, *COMMON, "--dynamics", "--save_path", str(save)]
-    train.main(flags)
+    run_main("train.py", flags)
     before = folder_digest(save)
     for extra, fragment in ((["--dynamics_dtype", "float16"], "--dynamics_dtype 'float32' (now 'float16')"),
                             (["--label_noise", "0.2"], "--label_noise 0.0 (now 0.2)"),
                             (["--manualSeed", "7"], "--manualSeed 42 (now 7)")):
         with pytest.raises(UserError, match=None) as e:
-            train.main(flags + extra + ["--resume"])
+            run_main("train.py", flags + extra + ["--resume"])
         assert fragment in str(e.value), str(e.value)
     assert folder_digest(save) == before
 
@@ -261,8 +273,8 @@ def assert_same_run(ref, other, epochs):
 
 def test_stop_epoch_gives_the_uninterrupted_dynamics_and_metrics(cifar10_dir, tmp_path):
     flags = ["--data_path", cifar10_dir, *_replace(COMMON, "--epochs", "3"), "--dynamics"]
-    ref = train.main(flags + ["--save_path", str(tmp_path / "ref")])
-    stopped = train.main(flags + ["--save_path", str(tmp_path / "cut"), "--stop_epoch", "2"])
+    ref = run_main("train.py", flags + ["--save_path", str(tmp_path / "ref")])
+    stopped = run_main("train.py", flags + ["--save_path", str(tmp_path / "cut"), "--stop_epoch", "2"])
     assert stopped["completed_epochs"] == 2 and stopped["stopped"] and not stopped["finished"]
     assert not (tmp_path / "cut" / "npy" / "2_Output.npy").exists()
     m = json.loads((tmp_path / "cut" / "metrics.json").read_text())
@@ -274,20 +286,20 @@ def test_stop_epoch_gives_the_uninterrupted_dynamics_and_metrics(cifar10_dir, tm
             assert a.dtype == b.dtype and np.array_equal(a, b), (e, tag)
     before = folder_digest(tmp_path / "cut")
     # a smaller --stop_epoch (a sweep re-run with fewer rates): the folder holds what it asks, nothing rewritten
-    again = train.main(flags + ["--save_path", str(tmp_path / "cut"), "--resume", "--stop_epoch", "1"])
+    again = run_main("train.py", flags + ["--save_path", str(tmp_path / "cut"), "--resume", "--stop_epoch", "1"])
     assert again["completed_epochs"] == 2 and folder_digest(tmp_path / "cut") == before
     # --resume PATH into a folder that holds another run would mix two runs' files: refused
     with pytest.raises(UserError, match="already holds another run"):
-        train.main(flags + ["--save_path", str(tmp_path / "ref"), "--resume", str(tmp_path / "cut" / "checkpoint.pth.tar")])
+        run_main("train.py", flags + ["--save_path", str(tmp_path / "ref"), "--resume", str(tmp_path / "cut" / "checkpoint.pth.tar")])
     assert folder_digest(tmp_path / "cut") == before
-    done = train.main(flags + ["--save_path", str(tmp_path / "cut"), "--resume"])
+    done = run_main("train.py", flags + ["--save_path", str(tmp_path / "cut"), "--resume"])
     assert done["finished"] and not done["stopped"] and done["final_acc"] == ref["final_acc"]
     # "the same final metrics": the stopped-and-resumed run IS the uninterrupted one: every dynamics file
     # byte for byte, and the final model, optimizer, scheduler and every random stream equal
     assert_same_run(tmp_path / "ref", tmp_path / "cut", epochs=3)
     # with --overwrite the other run's files go first (its log of another seed included)
     (tmp_path / "ref" / "log_seed_7.txt").write_text("another run's log")
-    moved = train.main(flags + ["--save_path", str(tmp_path / "ref"), "--overwrite",
+    moved = run_main("train.py", flags + ["--save_path", str(tmp_path / "ref"), "--overwrite",
                                 "--resume", str(tmp_path / "cut" / "checkpoint.pth.tar")])
     assert moved["finished"] and not (tmp_path / "ref" / "log_seed_7.txt").exists()
     assert not (tmp_path / "ref" / "npy" / "0_Output.npy").exists()   # no epoch of the replaced run is left
@@ -309,8 +321,8 @@ def test_budget_iterations_takes_the_full_data_steps(cifar10_dir, tmp_path):
     np.save(tmp_path / "mask.npy", mask)
     flags = ["--data_path", cifar10_dir, *_replace(COMMON, "--epochs", "2"), "--subset_rate", "0.7",
              "--mask_path", str(tmp_path / "mask.npy"), "--no_score_weighting"]
-    by_epochs = train_subset.main(flags + ["--save_path", str(tmp_path / "e")])
-    by_iters = train_subset.main(flags + ["--save_path", str(tmp_path / "i"), "--budget", "iterations"])
+    by_epochs = run_main("train_subset.py", flags + ["--save_path", str(tmp_path / "e")])
+    by_iters = run_main("train_subset.py", flags + ["--save_path", str(tmp_path / "i"), "--budget", "iterations"])
     kept = N - int(0.7 * N)                                    # 48 samples: 2 steps of 32 per epoch
     assert by_epochs["steps"] == 2 * math.ceil(kept / 32) == sum(h["steps"] for h in by_epochs["history"])
     full_steps = 2 * math.ceil(N / 32)                         # 10: what the full data takes
