@@ -13,10 +13,10 @@ import sys
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-N, E, RATE = 1437, 3, 0.7      # digits' training set; InfoBatch prunes epoch 1 of 3 (e + 1 <= 0.875 E)
+N, E, RATE = 1437, 3, 0.9      # digits' training set; InfoBatch prunes epoch 1 of 3 (e + 1 <= 0.875 E)
 ENV = {"DATASET": "digits", "ARCH": "resnet20", "EPOCHS": str(E), "RATES": str(RATE), "SEEDS": "1",
        "METHODS": "random", "DYNAMIC": "infobatch rs2", "NGPU": "0", "BATCH": "64", "FULL_BATCH": "64",
-       "JOBS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+       "RATE_FLAGS": "", "JOBS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def load_sweep():
