@@ -45,10 +45,11 @@ Compute in seconds, the second column: seconds of training compute (train_second
 without evaluation) and of scoring (importance_evaluation.py's info_<tag>.json), as a fraction of ONE
 full-data training of the same schedule (the full run's seconds per epoch x its --epochs), in
 thread-seconds where the sweep recorded each run's threads (OUT/threads.json):
-  dynamics = the epochs the full-data run recorded (after --stop_epoch), for methods that need them
+  dynamics = the full-data run's epochs 0 .. T-1 that the scores used (moderate: the whole run), for
+             methods that need them; a run trained on past T (FULL_ACC=1) is not charged its other epochs
   scoring  = the importance_evaluation.py call that wrote the scores
   subset   = the subset run itself (with a --teacher, its forward passes included)
-  teacher  = the --teacher's own training, when it is not the run whose dynamics are charged above
+  teacher  = the --teacher's own training, less the epochs already charged as dynamics when it is that run
 """
 import csv
 import hashlib
@@ -269,6 +270,18 @@ def _epoch_seconds(m):
     return m.get("train_seconds", 0.0) / done if done else None
 
 
+def _dynamics_seconds(full, T):
+    """Seconds of the full-data run's epochs 0 .. T-1, the dynamics a score used (its per-epoch seconds);
+    the whole run where T is not known (moderate scores the trained model)."""
+    history = full.get("history") or []
+    if not T:
+        return full.get("train_seconds", 0.0)
+    if history and all("train_seconds" in h and "epoch" in h for h in history):
+        return float(sum(h["train_seconds"] for h in history if h["epoch"] < T))
+    done = full.get("completed_epochs") or len(history)
+    return min(T, done) * (_epoch_seconds(full) or 0.0)
+
+
 def add_costs(runs):
     """Add cost_dynamics, cost_scoring, cost_subset, cost_teacher, cost_total (fractions of one full-data
     training) to every subset run whose full-data run (same data set, the scored architecture) is among
@@ -313,12 +326,15 @@ def add_costs(runs):
             continue
         needs_dynamics = m.get("selection") != "random"
         info = m.get("score_info") or {}
-        m["cost_dynamics"] = full.get("train_seconds", 0.0) / one_training if needs_dynamics else 0.0
+        # the epochs of the full-data run the score used (not the rest of it: FULL_ACC=1 trains on for the reference)
+        T = None if "moderate" in (info.get("method"), m.get("method")) else info.get("trajectory_len")
+        used = _dynamics_seconds(full, T) if needs_dynamics else 0.0
+        m["cost_dynamics"] = used / one_training
         m["cost_scoring"] = (info.get("seconds") or 0.0) / one_training if needs_dynamics else 0.0
         m["cost_subset"] = m.get("train_seconds", 0.0) * own / one_training
         charged = needs_dynamics and m.get("teacher_run") == full["path"]   # the teacher recorded the dynamics
-        m["cost_teacher"] = (m.get("teacher_train_seconds") or 0.0) / one_training if m.get("teacher") and not charged \
-            else 0.0
+        teacher = full.get("train_seconds", 0.0) - used if charged else (m.get("teacher_train_seconds") or 0.0)
+        m["cost_teacher"] = max(teacher, 0.0) / one_training if m.get("teacher") else 0.0
         m["cost_total"] = m["cost_dynamics"] + m["cost_scoring"] + m["cost_subset"] + m["cost_teacher"]
 
 

@@ -400,3 +400,26 @@ def test_missing_runs_of_a_tagged_variant(tmp_path):
     md = load_summarize().summarize(str(out))
     missing = md.split("## Missing runs", 1)[1].split("\n## ", 1)[0]
     assert "- random-bs64/r0.5/s1" in missing and "- random/r0.5/s1" not in missing
+
+
+def test_seconds_charge_the_epochs_the_scores_used(tmp_path):
+    """A full-data run trained to the end (FULL_ACC=1) charges a static method in seconds only the
+    epochs 0 .. T-1 its scores used, as work does; a teacher that is that run pays the rest."""
+    out = str(tmp_path / "sweep")
+    E, seconds = 4, [1.0, 2.0, 3.0, 6.0]                   # one full training: 12 s
+    write_metrics(out, "full", method="full", subset_rate=0.0, final_acc=90.0, epochs=E, train_seconds=12.0,
+                  completed_epochs=E, num_train_samples=100, history=[dict(h, train_seconds=s) for h, s in
+                                                                      zip(history([100] * E), seconds)])
+    info = {"method": "tdds", "trajectory_len": 2, "num_samples": 100, "seconds": 0.6, "tag": "win3_ep2",
+            "dynamics_run": os.path.join(out, "full")}
+    write_metrics(out, "tdds/r0.5/s1", method="tdds", subset_rate=0.5, final_acc=80.0, num_train_samples=50,
+                  full_train_samples=100, epochs=E, score_info=info, train_seconds=3.0, history=history([50] * E))
+    write_metrics(out, "tdds-kd/r0.5/s1", method="tdds", subset_rate=0.5, final_acc=81.0, num_train_samples=50,
+                  full_train_samples=100, epochs=E, score_info=info, train_seconds=3.0, history=history([50] * E),
+                  teacher=os.path.join(out, "full", "model_best.pth.tar"), teacher_run=os.path.join(out, "full"),
+                  teacher_train_seconds=12.0)
+    runs = {m["run"]: m for m in load_summarize().collect_runs(out)}
+    t, kd = runs["tdds/r0.5/s1"], runs["tdds-kd/r0.5/s1"]
+    assert t["cost_dynamics"] == pytest.approx(3.0 / 12) and t["work_dynamics"] == pytest.approx(2 / E)
+    assert t["cost_total"] == pytest.approx((3.0 + 0.6 + 3.0) / 12)
+    assert kd["cost_dynamics"] == pytest.approx(3.0 / 12) and kd["cost_teacher"] == pytest.approx(9.0 / 12)
