@@ -352,11 +352,17 @@ def assert_same_checkpoint(a, b, skip=CHECKPOINT_VARIES):
     assert_same_state(load(a), load(b), skip, "checkpoint")
 
 
+LOCK_FILES = {".lock", ".holder.json"}   # the write protocol's (utils/folder.py): a dead writer's record may go
+
+
 def folder_digest(path):
-    """{relative file: sha256} of everything under `path` (a refused command must not change it)."""
+    """{relative file: sha256} of everything under `path` but the lock files (a refused command must not
+    change it; it may clear the lock record of a writer that died)."""
     out = {}
     for root, _, files in os.walk(path):
         for f in files:
+            if f in LOCK_FILES:
+                continue
             p = os.path.join(root, f)
             out[os.path.relpath(p, path)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
     return out

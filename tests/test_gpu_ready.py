@@ -16,11 +16,10 @@ import pytest
 import torch
 
 import train
-from conftest import ROOT
+from conftest import ROOT, cli
 from test_imagefolder import write_image_folder
 from utils import dist, engine
 from utils.background import BackgroundWriter
-from utils.errors import run
 
 FAST = ["--dataset", "cifar10", "--arch", "resnet20", "--batch-size", "32", "--ngpu", "0", "--print_freq", "1000"]
 
@@ -29,14 +28,16 @@ def train_argv(data, save, *extra):
     return ["--data_path", data, *FAST, "--save_path", str(save), *extra]
 
 
-def run_main(argv, capsys):
-    """train.py as the command line runs it: (exit status, stderr lines)."""
-    try:
-        run(lambda: train.main(argv))
-        status = 0
-    except SystemExit as e:
-        status = e.code
-    return status, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+def run_main(argv, capsys=None):
+    """train.py as the command line runs it, in this process (conftest.cli): (exit status, stderr lines)."""
+    r = cli("train.py", *argv, check=False)
+    return r.code, [line for line in r.err.splitlines() if line.strip()]
+
+
+def run_train(argv):
+    """train.py through conftest.cli (a crash raises its exception); the run's metrics.json."""
+    cli("train.py", *argv)
+    return json.loads(open(os.path.join(argv[argv.index("--save_path") + 1], "metrics.json")).read())
 
 
 def state(save):
@@ -87,9 +88,9 @@ def test_float16_amp_trains_and_resumes_exactly(cifar10_dir, tmp_path, monkeypat
     import models
     monkeypatch.setattr(models, "create_model", small_net)
     amp = ["--epochs", "3", "--amp", "--amp_dtype", "float16", "--dynamics"]
-    whole = train.main(train_argv(cifar10_dir, tmp_path / "whole", *amp))
-    train.main(train_argv(cifar10_dir, tmp_path / "cut", *amp, "--stop_epoch", "1"))
-    resumed = train.main(train_argv(cifar10_dir, tmp_path / "cut", *amp, "--resume"))
+    whole = run_train(train_argv(cifar10_dir, tmp_path / "whole", *amp))
+    run_train(train_argv(cifar10_dir, tmp_path / "cut", *amp, "--stop_epoch", "1"))
+    resumed = run_train(train_argv(cifar10_dir, tmp_path / "cut", *amp, "--resume"))
     a, b = checkpoint(tmp_path / "whole"), checkpoint(tmp_path / "cut")
     assert a["scaler"]["scale"] > 0 and a["scaler"] == b["scaler"]     # the scaler's state travels
     for k in a["model"]:
@@ -152,7 +153,7 @@ def test_an_imagefolder_run_starts_its_workers_once(images, tmp_path, monkeypatc
         real(self, loader)
 
     monkeypatch.setattr(dataloader._MultiProcessingDataLoaderIter, "__init__", counting)
-    result = train.main(["--dataset", "imagefolder", "--data_path", images, "--image_size", "16", "--arch",
+    result = run_train(["--dataset", "imagefolder", "--data_path", images, "--image_size", "16", "--arch",
                          "resnet20", "--epochs", "3", "--batch-size", "16", "--workers", "2", "--ngpu", "0",
                          "--save_path", str(tmp_path / "run")])
     assert result["completed_epochs"] == 3
@@ -167,7 +168,7 @@ def test_imagefolder_resumed_mid_epoch_with_other_workers_equals_the_uninterrupt
                 "--epochs", "3", "--batch-size", "16", "--ngpu", "0", "--workers", str(workers),
                 "--save_path", str(tmp_path / save), *extra]
 
-    train.main(argv("whole", 2))
+    run_train(argv("whole", 2))
     real, steps = engine.note_nonfinite, []
 
     def crash_at_step_7(*a):
@@ -178,10 +179,10 @@ def test_imagefolder_resumed_mid_epoch_with_other_workers_equals_the_uninterrupt
 
     monkeypatch.setattr(engine, "note_nonfinite", crash_at_step_7)
     with pytest.raises(RuntimeError, match="a crash"):
-        train.main(argv("cut", 2, "--save_every_steps", "6"))
+        run_train(argv("cut", 2, "--save_every_steps", "6"))
     assert checkpoint(tmp_path / "cut")["step"] == 2
     monkeypatch.setattr(engine, "note_nonfinite", real)
-    train.main(argv("cut", 0, "--resume"))
+    run_train(argv("cut", 0, "--resume"))
     a, b = checkpoint(tmp_path / "whole")["model"], checkpoint(tmp_path / "cut")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -217,7 +218,7 @@ def test_a_crash_between_epochs_leaves_the_last_committed_epoch(cifar10_dir, tmp
     monkeypatch.setattr(engine, "evaluate", crashing)
     save = tmp_path / "run"
     with pytest.raises(RuntimeError, match="a crash"):
-        train.main(train_argv(cifar10_dir, save, "--epochs", "4", "--dynamics"))
+        run_train(train_argv(cifar10_dir, save, "--epochs", "4", "--dynamics"))
     ck = checkpoint(save)
     with open(save / "metrics.json") as f:
         metrics = json.load(f)

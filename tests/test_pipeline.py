@@ -145,7 +145,7 @@ def test_amp_end_to_end(tmp_path):
     common = ["--data_path", data, "--dataset", "cifar10", "--arch", "resnet20", "--batch-size", "32", "--ngpu", "0",
               "--amp"]
     p = cli("train.py", *common, "--epochs", "3", "--dynamics", "--save_path", full)
-    assert "resnet20 on cpu bf16" in p.out
+    assert "resnet20 on cpu amp bfloat16" in p.out
     for e in range(3):
         z = np.load(full / "npy" / f"{e}_Output.npy")
         assert z.dtype == np.float32 and np.isfinite(z).all() and len(np.unique(z)) > 10
