@@ -1,0 +1,150 @@
+"""Promises of docs/FILES.md, docs/METHODS.md, docs/USAGE.md, docs/ROBUSTNESS.md and
+docs/AGGRESSIVE_PRUNING.md that no other test checked: the keys of a run folder's files, a subset
+run's files and its mean loss weight, finite float flags, digits never mirrored, the summary's batch
+size per rate."""
+import json
+import os
+from argparse import Namespace
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import assert_user_error, cli
+
+
+# ----------------------------------------------------------------------------- docs/FILES.md: run folders
+
+CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "epoch", "best_acc", "history", "rng", "recorder", "run_info",
+                   "args", "arch", "train_seconds", "seconds", "fingerprint", "step", "global_step", "partial",
+                   "scaler"}
+METRICS_KEYS = {"best_acc", "final_acc", "epochs", "steps", "completed_epochs", "finished", "stopped",
+                "num_train_samples", "train_seconds", "seconds", "history", "dataset", "arch", "seed", "method",
+                "subset_rate", "selection", "class_balanced", "budget"}
+HISTORY_KEYS = {"epoch", "lr", "steps", "train_loss", "train_acc", "train_seconds", "samples", "test_loss", "test_acc"}
+
+
+def test_a_run_folder_holds_the_files_and_keys_files_md_lists(full_run):
+    ck = torch.load(os.path.join(full_run, "checkpoint.pth.tar"), weights_only=True)
+    assert set(ck) == CHECKPOINT_KEYS, set(ck) ^ CHECKPOINT_KEYS
+    m = json.load(open(os.path.join(full_run, "metrics.json")))
+    assert METRICS_KEYS <= set(m), METRICS_KEYS - set(m)
+    assert all(set(h) == HISTORY_KEYS for h in m["history"])
+    assert ck["epoch"] == m["completed_epochs"] == m["epochs"] == len(m["history"]) == 5   # epochs completed
+    assert [h["epoch"] for h in m["history"]] == list(range(5))                             # numbered from 0
+    assert m["finished"] and not m["stopped"] and m["num_train_samples"] == 160
+    assert m["steps"] == sum(h["steps"] for h in m["history"]) == 25
+    # model_best: the epoch with the best test accuracy (the first one, where two tie)
+    best = torch.load(os.path.join(full_run, "model_best.pth.tar"), weights_only=True)
+    assert set(best) == {"model", "epoch", "best_acc", "arch"}
+    accs = [h["test_acc"] for h in m["history"]]
+    assert best["best_acc"] == max(accs) == m["best_acc"] and best["epoch"] == accs.index(max(accs)) + 1
+    assert m["final_acc"] == accs[-1]
+    args = json.load(open(os.path.join(full_run, "args.json")))
+    assert set(args) == {"args", "command", "cwd", "git_commit"} and args["args"]["epochs"] == 5
+    folder = json.load(open(os.path.join(full_run, "folder.json")))
+    assert {"kind", "run_id", "fingerprint", "state", "completed_epochs"} <= set(folder)
+    assert (folder["fingerprint"], folder["state"], folder["completed_epochs"]) == (ck["fingerprint"], "finished", 5)
+    log = open(os.path.join(full_run, "log_seed_42.txt")).read()
+    assert "epoch   0/5" in log and "epoch   4/5" in log
+    assert open(os.path.join(full_run, "curve.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    # the dynamics: shapes, dtypes, dataset order
+    npy = os.path.join(full_run, "npy")
+    targets = np.load(os.path.join(npy, "targets.npy"))
+    assert targets.dtype == np.int64 and targets.shape == (160,)
+    for e in range(5):
+        out, loss, index = (np.load(os.path.join(npy, f"{e}_{k}.npy")) for k in ("Output", "Loss", "Index"))
+        assert (out.dtype, out.shape, loss.dtype, loss.shape) == (np.float32, (160, 10), np.float32, (160,))
+        assert index.dtype == np.int64 and np.array_equal(index, np.arange(160))
+        # Loss is the per-sample cross-entropy of the same forward pass as Output
+        ce = torch.nn.functional.cross_entropy(torch.from_numpy(out), torch.from_numpy(targets), reduction="none")
+        np.testing.assert_allclose(loss, ce.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_subset_run_writes_its_kept_indices_and_records_its_scores(full_run, cifar10_dir, tmp_path):
+    """FILES.md's train_subset.py files; METHODS.md: mean_weight is the kept set's mean u."""
+    from utils.selection import loss_weights
+    masks = tmp_path / "masks"
+    cli("importance_evaluation.py", "--dynamics_path", os.path.join(full_run, "npy"), "--mask_path", str(masks),
+        "--trajectory_len", "5", "--window_size", "3", "--no_plot")
+    info = json.load(open(masks / "info_win3_ep5.json"))
+    assert {"method", "trajectory_len", "window_size", "decay", "seed", "files", "num_samples", "num_classes",
+            "epochs_recorded", "combinations", "device", "seconds", "scoring", "sha256"} <= set(info)
+    assert (info["num_samples"], info["num_classes"], info["epochs_recorded"]) == (160, 10, 5)
+    assert (info["dataset"], info["arch"]) == ("cifar10", "resnet20")                # from the run's args.json
+    save = tmp_path / "sub"
+    cli("train_subset.py", "--data_path", cifar10_dir, "--dataset", "cifar10", "--arch", "resnet18",
+        "--epochs", "1", "--batch-size", "40", "--ngpu", "0", "--subset_rate", "0.5",
+        "--mask_path", str(masks / "data_mask_win3_ep5.npy"), "--score_path", str(masks / "score_win3_ep5.npy"),
+        "--save_path", str(save))
+    mask = np.load(masks / "data_mask_win3_ep5.npy")
+    kept = np.load(save / "subset_indices.npy")
+    assert kept.dtype == np.int64 and np.array_equal(kept, np.sort(mask[80:]))     # the published slice, sorted
+    m = json.load(open(save / "metrics.json"))
+    assert m["score_weighting"] is True and m["full_train_samples"] == 160 and m["num_train_samples"] == 80
+    assert m["scored_arch"] == "resnet20" and m["arch"] == "resnet18"               # [resnet20→resnet18]
+    assert m["score_info"] == info
+    assert m["mask_path"].endswith("data_mask_win3_ep5.npy") and m["score_path"].endswith("score_win3_ep5.npy")
+    u = loss_weights(np.load(masks / "dataset_score_win3_ep5.npy"))
+    assert m["mean_weight"] == pytest.approx(float(u[kept].mean()), rel=1e-6)
+    assert set(os.listdir(save)) >= {"checkpoint.pth.tar", "model_best.pth.tar", "metrics.json", "args.json",
+                                     "log_seed_42.txt", "curve.png", "subset_indices.npy"}
+
+
+# ----------------------------------------------------------------------------- docs/USAGE.md
+
+@pytest.mark.parametrize("script,flag,value", [("train.py", "--learning_rate", "nan"),
+                                               ("train_subset.py", "--decay", "inf")])
+def test_float_flags_must_be_finite(cifar10_dir, tmp_path, script, flag, value):
+    save = tmp_path / "run"
+    extra = ("--subset_rate", "0.5", "--selection", "random") if script == "train_subset.py" else ()
+    p = cli(script, "--data_path", cifar10_dir, "--dataset", "cifar10", "--arch", "resnet20", "--ngpu", "0",
+            *extra, flag, value, "--save_path", str(save), check=False)
+    assert_user_error(p, flag, "finite")
+    assert not save.exists()
+
+
+# ----------------------------------------------------------------------------- docs/METHODS.md: augmentation
+
+def _mirrored_only(data, n=48):
+    """How many of n augmented training images are a mirrored padded crop of the original and no plain one."""
+    train = data.train
+    x, _, idx = next(train.batches([torch.arange(n)], torch.Generator().manual_seed(0)))
+    img = ((x + train.shift) / train.scale).round().to(torch.uint8).numpy()
+    p, count = train.pad, 0
+    for i in range(n):
+        orig = train.images[idx[i]].numpy()
+        h, w = orig.shape[1:]
+        padded = np.pad(orig, ((0, 0), (p, p), (p, p)))
+        windows = [padded[:, a:a + h, b:b + w] for a in range(2 * p + 1) for b in range(2 * p + 1)]
+        plain = any(np.array_equal(img[i], win) for win in windows)
+        mirrored = any(np.array_equal(img[i], win[:, :, ::-1]) for win in windows)
+        assert plain or mirrored
+        count += mirrored and not plain
+    return count
+
+
+def test_digits_are_cropped_never_mirrored_cifar_is_flipped(cifar10_dir):
+    from utils.data import load_data
+    args = dict(label_noise=0, corrupt_ratio=0, data_path=cifar10_dir)
+    assert _mirrored_only(load_data(Namespace(dataset="digits", **args), torch.device("cpu"))) == 0
+    assert _mirrored_only(load_data(Namespace(dataset="cifar10", **args), torch.device("cpu"))) > 5
+
+
+# ----------------------------------------------------------------------------- docs/AGGRESSIVE_PRUNING.md
+
+def test_the_summary_names_each_rows_batch_size_per_rate(tmp_path):
+    """RATE_FLAGS gives a smaller batch at high rates: each row says its batch size per rate."""
+    from test_summarize import load_summarize, write_metrics
+    out = str(tmp_path / "sweep")
+    for rate, batch, acc in ((0.5, 128, 90.0), (0.9, 32, 70.0)):
+        write_metrics(out, f"random/r{rate}/s1", method="random", selection="random", subset_rate=rate,
+                      final_acc=acc, batch_size=batch)
+        write_metrics(out, f"tdds/r{rate}/s1", method="tdds", subset_rate=rate, final_acc=acc + 1, batch_size=batch)
+    md = load_summarize().summarize(out)
+    assert "random (batch 50%: 128, 90%: 32)" in md and "tdds (batch 50%: 128, 90%: 32)" in md
+    one = str(tmp_path / "one")           # one batch size everywhere: the labels stay plain
+    write_metrics(one, "random/r0.5/s1", method="random", selection="random", subset_rate=0.5, final_acc=90.0,
+                  batch_size=128)
+    write_metrics(one, "tdds/r0.9/s1", method="tdds", subset_rate=0.9, final_acc=70.0, batch_size=128)
+    assert "(batch " not in load_summarize().summarize(one)
