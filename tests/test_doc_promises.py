@@ -89,17 +89,23 @@ def test_a_subset_run_writes_its_kept_indices_and_records_its_scores(full_run, c
     assert m["mean_weight"] == pytest.approx(float(u[kept].mean()), rel=1e-6)
     assert set(os.listdir(save)) >= {"checkpoint.pth.tar", "model_best.pth.tar", "metrics.json", "args.json",
                                      "log_seed_42.txt", "curve.png", "subset_indices.npy"}
+    # random selection never uses the weights, even with a score at hand (METHODS.md)
+    cli("train_subset.py", "--data_path", cifar10_dir, "--dataset", "cifar10", "--arch", "resnet20",
+        "--epochs", "1", "--batch-size", "80", "--ngpu", "0", "--subset_rate", "0.5", "--selection", "random",
+        "--mask_path", str(masks / "data_mask_win3_ep5.npy"), "--score_path", str(masks / "score_win3_ep5.npy"),
+        "--save_path", str(tmp_path / "random"))
+    m = json.load(open(tmp_path / "random" / "metrics.json"))
+    assert m["score_weighting"] is False and m["mean_weight"] is None and m["num_train_samples"] == 80
 
 
 # ----------------------------------------------------------------------------- docs/USAGE.md
 
-@pytest.mark.parametrize("script,flag,value", [("train.py", "--learning_rate", "nan"),
-                                               ("train_subset.py", "--decay", "inf")])
-def test_float_flags_must_be_finite(cifar10_dir, tmp_path, script, flag, value):
+@pytest.mark.parametrize("flag,value", [("--decay", "inf"), ("--learning_rate", "nan")])
+def test_float_flags_of_train_subset_must_be_finite(cifar10_dir, tmp_path, flag, value):
+    """train.py's side: test_gpu_ready.py::test_float_flags_must_be_finite."""
     save = tmp_path / "run"
-    extra = ("--subset_rate", "0.5", "--selection", "random") if script == "train_subset.py" else ()
-    p = cli(script, "--data_path", cifar10_dir, "--dataset", "cifar10", "--arch", "resnet20", "--ngpu", "0",
-            *extra, flag, value, "--save_path", str(save), check=False)
+    p = cli("train_subset.py", "--data_path", cifar10_dir, "--dataset", "cifar10", "--arch", "resnet20", "--ngpu", "0",
+            "--subset_rate", "0.5", "--selection", "random", flag, value, "--save_path", str(save), check=False)
     assert_user_error(p, flag, "finite")
     assert not save.exists()
 
