@@ -154,3 +154,23 @@ def test_the_summary_names_each_rows_batch_size_per_rate(tmp_path):
                   batch_size=128)
     write_metrics(one, "tdds/r0.9/s1", method="tdds", subset_rate=0.9, final_acc=70.0, batch_size=128)
     assert "(batch " not in load_summarize().summarize(one)
+
+
+# ----------------------------------------------------------------------------- docs/STUDIES.md: the report
+
+def test_the_report_never_downloads_a_data_set(tmp_path, monkeypatch):
+    """Even where downloads are allowed (no TDDS_OFFLINE), a missing CIFAR folder is one error line."""
+    import utils.data
+
+    def download(*args):
+        raise AssertionError("report.py tried to download a data set")
+    monkeypatch.delenv("TDDS_OFFLINE", raising=False)
+    monkeypatch.setattr(utils.data, "_download_cifar", download)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    np.save(masks / "dataset_score_win3_ep5.npy", np.arange(20, dtype=np.float32))
+    json.dump({"method": "tdds"}, open(masks / "info_win3_ep5.json", "w"))
+    p = cli("scripts/report.py", str(masks), "--dataset", "cifar10", "--data_path", str(tmp_path / "none"),
+            check=False)
+    assert_user_error(p, "cifar10 not found", "--data_path")
+    assert not (masks / "report").exists() and not (tmp_path / "none").exists()
