@@ -3,6 +3,7 @@ docs/AGGRESSIVE_PRUNING.md that no other test checked: the keys of a run folder'
 run's files and its mean loss weight, finite float flags, digits never mirrored, the summary's batch
 size per rate."""
 import json
+import math
 import os
 from argparse import Namespace
 
@@ -40,6 +41,12 @@ def test_a_run_folder_holds_the_files_and_keys_files_md_lists(full_run):
     accs = [h["test_acc"] for h in m["history"]]
     assert best["best_acc"] == max(accs) == m["best_acc"] and best["epoch"] == accs.index(max(accs)) + 1
     assert m["final_acc"] == accs[-1]
+    # METHODS.md "Training": SGD, Nesterov momentum 0.9, weight decay 5e-4, lr 0.1, cosine stepped per iteration
+    group = ck["optimizer"]["param_groups"][0]
+    assert (group["nesterov"], group["momentum"], group["weight_decay"], group["initial_lr"]) == (True, 0.9, 5e-4, 0.1)
+    assert (ck["scheduler"]["T_max"], ck["scheduler"]["last_epoch"]) == (25, 25)
+    for h in m["history"]:                 # the lr after the epoch's last step: 5 steps an epoch, 25 in all
+        assert h["lr"] == pytest.approx(0.05 * (1 + math.cos(math.pi * 5 * (h["epoch"] + 1) / 25)), abs=1e-12)
     args = json.load(open(os.path.join(full_run, "args.json")))
     assert set(args) == {"args", "command", "cwd", "git_commit"} and args["args"]["epochs"] == 5
     folder = json.load(open(os.path.join(full_run, "folder.json")))
@@ -96,6 +103,15 @@ def test_a_subset_run_writes_its_kept_indices_and_records_its_scores(full_run, c
         "--save_path", str(tmp_path / "random"))
     m = json.load(open(tmp_path / "random" / "metrics.json"))
     assert m["score_weighting"] is False and m["mean_weight"] is None and m["num_train_samples"] == 80
+
+
+def test_dual_refuses_a_window_of_one_epoch(full_run, tmp_path):
+    """METHODS.md: DUAL's sample standard deviation divides by J - 1, so J >= 2."""
+    out = tmp_path / "masks"
+    p = cli("importance_evaluation.py", "--dynamics_path", os.path.join(full_run, "npy"), "--method", "dual",
+            "--trajectory_len", "5", "--window_size", "1", "--mask_path", str(out), "--no_plot", check=False)
+    assert_user_error(p, "--window_size 1", "--method dual")
+    assert not out.exists()
 
 
 # ----------------------------------------------------------------------------- docs/USAGE.md
