@@ -114,6 +114,33 @@ def test_dual_refuses_a_window_of_one_epoch(full_run, tmp_path):
     assert not out.exists()
 
 
+def _md_cell(md, title, row, col):
+    """The cell (row, col) of the markdown table under the heading `title` of a sensitivity file."""
+    lines = md.split(f"### {title}\n", 1)[1].split("\n### ", 1)[0].strip().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    cells = {r[0]: r for r in ([c.strip() for c in l.strip("|").split("|")] for l in lines[2:])}
+    return float(cells[row][header.index(col)])
+
+
+def test_a_grid_call_compares_its_scores_by_spearman_and_jaccard(full_run, tmp_path):
+    """FILES.md: sensitivity_<method>.md holds the Spearman correlation of every pair of scores and the
+    Jaccard overlap of their kept sets at each --sensitivity_rates, recomputed here from the files."""
+    out = tmp_path / "grid"
+    cli("importance_evaluation.py", "--dynamics_path", os.path.join(full_run, "npy"), "--mask_path", str(out),
+        "--trajectory_len", "5", "--window_size", "3", "4", "--sensitivity_rates", "0.5", "0.9", "--no_plot")
+    a, b = (np.load(out / f"dataset_score_{t}.npy").astype(np.float64) for t in ("win3_ep5", "win4_ep5"))
+    ranks = [(x[None, :] < x[:, None]).sum(1) + ((x[None, :] == x[:, None]).sum(1) - 1) / 2 for x in (a, b)]
+    md = open(out / "sensitivity_tdds.md").read()
+    assert _md_cell(md, "Spearman correlation of the scores", "win3_ep5", "win4_ep5") == \
+        pytest.approx(np.corrcoef(*ranks)[0, 1], abs=5e-4)
+    for rate in (0.5, 0.9):
+        kept = [set(np.load(out / f"data_mask_{t}.npy")[int(rate * 160):].tolist()) for t in ("win3_ep5", "win4_ep5")]
+        title = f"Jaccard overlap of the kept sets at pruning rate {rate:g}"
+        assert _md_cell(md, title, "win4_ep5", "win3_ep5") == \
+            pytest.approx(len(kept[0] & kept[1]) / len(kept[0] | kept[1]), abs=5e-4)
+    assert "pruning rate 0.3" not in md
+
+
 # ----------------------------------------------------------------------------- docs/USAGE.md
 
 @pytest.mark.parametrize("flag,value", [("--decay", "inf"), ("--learning_rate", "nan")])
