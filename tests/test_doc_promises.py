@@ -141,6 +141,36 @@ def test_a_grid_call_compares_its_scores_by_spearman_and_jaccard(full_run, tmp_p
     assert "pruning rate 0.3" not in md
 
 
+def test_the_score_weight_multiplies_the_whole_distillation_loss():
+    """METHODS.md, distillation: with the published weighting on, a batch's mean u multiplies
+    (1 - a) CE + a t^2 KL, not the cross-entropy alone. One SGD step of train_one_epoch against a hand step."""
+    from types import SimpleNamespace
+    from utils.data import DeviceImages
+    from utils.distill import Distiller, kd_loss
+    from utils.engine import train_one_epoch
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (12, 3, 4, 4), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 3, (12,), generator=g)
+    train = DeviceImages(images, labels, ([0.5] * 3, [0.25] * 3), torch.device("cpu"), augment=False)
+    student, teacher = (torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3)) for _ in range(2))
+    u = torch.rand(12, generator=g)
+    batch = torch.tensor([1, 4, 5, 9, 11])
+    by_hand = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3))
+    by_hand.load_state_dict(student.state_dict())
+    opt = torch.optim.SGD(student.parameters(), lr=0.5)
+    train_one_epoch(student, SimpleNamespace(train=train), [batch], opt,
+                    torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0), None, weights=u,
+                    distill=Distiller(teacher, 0.7, 4.0))
+    x, y, _ = next(train.batches([batch]))
+    z = by_hand(x)
+    ce = torch.nn.functional.cross_entropy(z, y, reduction="none")
+    loss = kd_loss(z, teacher(x).detach(), ce, 0.7, 4.0) * u[batch].mean()
+    loss.backward()
+    with torch.no_grad():
+        for p_hand, p in zip(by_hand.parameters(), student.parameters()):
+            torch.testing.assert_close(p, p_hand - 0.5 * p_hand.grad, rtol=1e-5, atol=1e-7)
+
+
 # ----------------------------------------------------------------------------- docs/USAGE.md
 
 @pytest.mark.parametrize("flag,value", [("--decay", "inf"), ("--learning_rate", "nan")])
@@ -174,9 +204,12 @@ def _mirrored_only(data, n=48):
 
 
 def test_digits_are_cropped_never_mirrored_cifar_is_flipped(cifar10_dir):
+    """METHODS.md: digits are cropped only (a mirrored digit is another symbol); USAGE.md: 32x32, 1,437 / 360."""
     from utils.data import load_data
     args = dict(label_noise=0, corrupt_ratio=0, data_path=cifar10_dir)
-    assert _mirrored_only(load_data(Namespace(dataset="digits", **args), torch.device("cpu"))) == 0
+    digits = load_data(Namespace(dataset="digits", **args), torch.device("cpu"))
+    assert (len(digits.train), len(digits.test), tuple(digits.train.images.shape[1:])) == (1437, 360, (3, 32, 32))
+    assert _mirrored_only(digits) == 0
     assert _mirrored_only(load_data(Namespace(dataset="cifar10", **args), torch.device("cpu"))) > 5
 
 
