@@ -171,6 +171,36 @@ def test_the_score_weight_multiplies_the_whole_distillation_loss():
             torch.testing.assert_close(p, p_hand - 0.5 * p_hand.grad, rtol=1e-5, atol=1e-7)
 
 
+# ----------------------------------------------------------------------------- docs/ROBUSTNESS.md: Moderate
+
+def test_moderate_reads_the_training_set_as_trained_and_data_path_overrides_the_recorded_one(cifar10_dir, tmp_path):
+    """Moderate takes the data set, architecture and robustness settings from the checkpoint (noisy labels,
+    corrupted images), and --data_path replaces the folder the run recorded (FILES.md)."""
+    import shutil
+    import train
+    from models import create_model
+    from utils.data import CIFAR_STATS, DeviceImages, load_data
+    from utils.moderate import moderate_score, penultimate_features
+    data_copy = tmp_path / "data"
+    shutil.copytree(cifar10_dir, data_copy)
+    flags = ["--dataset", "cifar10", "--arch", "resnet20", "--epochs", "1", "--batch-size", "80", "--ngpu", "0",
+             "--label_noise", "0.5", "--corrupt_ratio", "0.5", "--corruption", "contrast", "--severity", "5"]
+    cli("train.py", "--data_path", str(data_copy), *flags, "--save_path", str(tmp_path / "run"))
+    data_copy.rename(tmp_path / "moved")                     # the recorded folder is gone
+    ck = str(tmp_path / "run" / "checkpoint.pth.tar")
+    moderate = ("importance_evaluation.py", "--method", "moderate", "--checkpoint", ck, "--no_plot", "--mask_path")
+    assert_user_error(cli(*moderate, str(tmp_path / "m0"), check=False), "not found")
+    cli(*moderate, str(tmp_path / "m"), "--data_path", str(tmp_path / "moved"))
+    score = np.load(tmp_path / "m" / "dataset_score_moderate.npy")
+    data = load_data(train.parse_args(["--data_path", cifar10_dir, *flags]), torch.device("cpu"))
+    model = create_model("resnet20", 10)
+    model.load_state_dict(torch.load(ck, weights_only=True)["model"])
+    feats = penultimate_features(model, DeviceImages(data.train.images, data.train.labels, CIFAR_STATS["cifar10"],
+                                                     torch.device("cpu"), False), 160)
+    np.testing.assert_array_equal(score, moderate_score(feats, data.train.labels.numpy())[1])
+    assert data.flipped.sum() == 80 and data.corrupted.sum() == 80     # the settings did change something
+
+
 # ----------------------------------------------------------------------------- docs/USAGE.md
 
 @pytest.mark.parametrize("flag,value", [("--decay", "inf"), ("--learning_rate", "nan")])
