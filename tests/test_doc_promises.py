@@ -262,6 +262,16 @@ def test_the_summary_names_each_rows_batch_size_per_rate(tmp_path):
     assert "(batch " not in load_summarize().summarize(one)
 
 
+def test_beta_kd_and_iterations_rows_stand_apart():
+    """AGGRESSIVE_PRUNING.md / STUDIES.md: -beta, -kd and -iters rows are labelled apart."""
+    from test_summarize import load_summarize
+    label = load_summarize().run_label
+    base = dict(subset_rate=0.9, method="dual", selection="top", class_balanced=False, score_weighting=False)
+    assert label({**base, "selection": "beta"}) == "dual-beta-unweighted"
+    assert label({**base, "selection": "random", "teacher": "/r/full/model_best.pth.tar"}) == "random-kd"
+    assert label({**base, "budget": "iterations", "score_weighting": True}) == "dual-iters"
+
+
 # ----------------------------------------------------------------------------- docs/STUDIES.md: the report
 
 def test_the_report_never_downloads_a_data_set(tmp_path, monkeypatch):
