@@ -173,19 +173,26 @@ def test_the_score_weight_multiplies_the_whole_distillation_loss():
 
 # ----------------------------------------------------------------------------- docs/ROBUSTNESS.md: Moderate
 
-def test_moderate_reads_the_training_set_as_trained_and_data_path_overrides_the_recorded_one(cifar10_dir, tmp_path):
+def test_moderate_reads_the_training_set_as_trained_and_data_path_overrides_the_recorded_one(cifar10_dir, tmp_path,
+                                                                                              monkeypatch):
     """Moderate takes the data set, architecture and robustness settings from the checkpoint (noisy labels,
-    corrupted images), and --data_path replaces the folder the run recorded (FILES.md)."""
+    corrupted images), and --data_path replaces the folder the run recorded (FILES.md). The same training
+    run shows FILES.md's curve.png: drawn after the first and the last epoch, in between at most every
+    30 s (a short run: never in between)."""
     import shutil
     import train
+    import utils.plots
+    drawn = []
+    monkeypatch.setattr(utils.plots, "plot_curves", lambda history, path, title="": drawn.append(len(history)))
     from models import create_model
     from utils.data import CIFAR_STATS, DeviceImages, load_data
     from utils.moderate import moderate_score, penultimate_features
     data_copy = tmp_path / "data"
     shutil.copytree(cifar10_dir, data_copy)
-    flags = ["--dataset", "cifar10", "--arch", "resnet20", "--epochs", "1", "--batch-size", "80", "--ngpu", "0",
+    flags = ["--dataset", "cifar10", "--arch", "resnet20", "--epochs", "3", "--batch-size", "160", "--ngpu", "0",
              "--label_noise", "0.5", "--corrupt_ratio", "0.5", "--corruption", "contrast", "--severity", "5"]
     cli("train.py", "--data_path", str(data_copy), *flags, "--save_path", str(tmp_path / "run"))
+    assert drawn == [1, 3]
     data_copy.rename(tmp_path / "moved")                     # the recorded folder is gone
     ck = str(tmp_path / "run" / "checkpoint.pth.tar")
     moderate = ("importance_evaluation.py", "--method", "moderate", "--checkpoint", ck, "--no_plot", "--mask_path")
