@@ -83,7 +83,7 @@ def test_a_subset_run_writes_its_kept_indices_and_records_its_scores(full_run, c
     cli("train_subset.py", "--data_path", cifar10_dir, "--dataset", "cifar10", "--arch", "resnet18",
         "--epochs", "1", "--batch-size", "40", "--ngpu", "0", "--subset_rate", "0.5",
         "--mask_path", str(masks / "data_mask_win3_ep5.npy"), "--score_path", str(masks / "score_win3_ep5.npy"),
-        "--save_path", str(save))
+        "--print_freq", "1", "--save_path", str(save))
     mask = np.load(masks / "data_mask_win3_ep5.npy")
     kept = np.load(save / "subset_indices.npy")
     assert kept.dtype == np.int64 and np.array_equal(kept, np.sort(mask[80:]))     # the published slice, sorted
@@ -103,14 +103,19 @@ def test_a_subset_run_writes_its_kept_indices_and_records_its_scores(full_run, c
         "--save_path", str(tmp_path / "random"))
     m = json.load(open(tmp_path / "random" / "metrics.json"))
     assert m["score_weighting"] is False and m["mean_weight"] is None and m["num_train_samples"] == 80
+    # USAGE.md --print_freq: a progress line in the log every N iterations (default 200: none in 1 step)
+    steps = [l.split("]")[0].strip() for l in open(save / "log_seed_42.txt") if " [" in l and "] loss" in l]
+    assert steps == ["epoch 0 [1/2", "epoch 0 [2/2"], steps
+    assert "] loss" not in open(tmp_path / "random" / "log_seed_42.txt").read()
 
 
-def test_dual_refuses_a_window_of_one_epoch(full_run, tmp_path):
-    """METHODS.md: DUAL's sample standard deviation divides by J - 1, so J >= 2."""
+@pytest.mark.parametrize("method", ["dual", "dyn_unc"])
+def test_dual_and_dyn_unc_refuse_a_window_of_one_epoch(full_run, tmp_path, method):
+    """METHODS.md: DUAL's sample standard deviation divides by J - 1, so J >= 2; USAGE.md: dyn_unc K >= 2."""
     out = tmp_path / "masks"
-    p = cli("importance_evaluation.py", "--dynamics_path", os.path.join(full_run, "npy"), "--method", "dual",
+    p = cli("importance_evaluation.py", "--dynamics_path", os.path.join(full_run, "npy"), "--method", method,
             "--trajectory_len", "5", "--window_size", "1", "--mask_path", str(out), "--no_plot", check=False)
-    assert_user_error(p, "--window_size 1", "--method dual")
+    assert_user_error(p, "--window_size 1", f"--method {method}")
     assert not out.exists()
 
 
