@@ -80,7 +80,7 @@ def test_a_subset_run_writes_its_kept_indices_and_records_its_scores(full_run, c
     assert (info["num_samples"], info["num_classes"], info["epochs_recorded"]) == (160, 10, 5)
     assert (info["dataset"], info["arch"]) == ("cifar10", "resnet20")                # from the run's args.json
     save = tmp_path / "sub"
-    cli("train_subset.py", "--data_path", cifar10_dir, "--dataset", "cifar10", "--arch", "resnet18",
+    cli("train_subset.py", "--data_path", cifar10_dir, "--dataset", "cifar10", "--arch", "resnet32",
         "--epochs", "1", "--batch-size", "40", "--ngpu", "0", "--subset_rate", "0.5",
         "--mask_path", str(masks / "data_mask_win3_ep5.npy"), "--score_path", str(masks / "score_win3_ep5.npy"),
         "--print_freq", "1", "--save_path", str(save))
@@ -89,7 +89,7 @@ def test_a_subset_run_writes_its_kept_indices_and_records_its_scores(full_run, c
     assert kept.dtype == np.int64 and np.array_equal(kept, np.sort(mask[80:]))     # the published slice, sorted
     m = json.load(open(save / "metrics.json"))
     assert m["score_weighting"] is True and m["full_train_samples"] == 160 and m["num_train_samples"] == 80
-    assert m["scored_arch"] == "resnet20" and m["arch"] == "resnet18"               # [resnet20→resnet18]
+    assert m["scored_arch"] == "resnet20" and m["arch"] == "resnet32"               # [resnet20→resnet32]
     assert m["score_info"] == info
     assert m["mask_path"].endswith("data_mask_win3_ep5.npy") and m["score_path"].endswith("score_win3_ep5.npy")
     u = loss_weights(np.load(masks / "dataset_score_win3_ep5.npy"))
