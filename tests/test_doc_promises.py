@@ -225,6 +225,17 @@ def test_float_flags_of_train_subset_must_be_finite(cifar10_dir, tmp_path, flag,
     assert not save.exists()
 
 
+@pytest.mark.parametrize("script", ["train.py", "train_subset.py"])
+def test_corruption_of_an_image_folder_is_refused(image_folder, tmp_path, script):
+    """USAGE.md / METHODS.md: image corruption is for CIFAR and digits (held in memory) only."""
+    save = tmp_path / "run"
+    extra = ("--subset_rate", "0.5", "--selection", "random") if script == "train_subset.py" else ()
+    p = cli(script, "--data_path", image_folder, "--dataset", "imagefolder", "--arch", "resnet20", "--ngpu", "0",
+            *extra, "--corrupt_ratio", "0.3", "--save_path", str(save), check=False)
+    assert_user_error(p, "--corrupt_ratio", "cifar10, cifar100, digits")
+    assert not save.exists()
+
+
 # ----------------------------------------------------------------------------- docs/METHODS.md: augmentation
 
 def _mirrored_only(data, n=48):
