@@ -236,6 +236,32 @@ def test_corruption_of_an_image_folder_is_refused(image_folder, tmp_path, script
     assert not save.exists()
 
 
+def test_corruption_levels_are_the_documented_ones():
+    """METHODS.md's severity table, level by level, against torchvision / Pillow / the noise's spread."""
+    import io
+    import math as m
+    import torchvision.transforms.functional as TF
+    from PIL import Image
+    from utils.robustness import apply_corruption
+    img = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (1, 3, 16, 16), dtype=np.uint8))
+    for severity, (noise, blur, contrast, quality) in enumerate(zip((0.04, 0.06, 0.08, 0.09, 0.10),
+                                                                    (0.4, 0.6, 0.7, 0.8, 1.0),
+                                                                    (0.75, 0.5, 0.4, 0.3, 0.15),
+                                                                    (80, 65, 58, 50, 40)), 1):
+        assert torch.equal(apply_corruption(img, 1.0, "contrast", severity, seed=0)[0], TF.adjust_contrast(img, contrast))
+        k = 2 * m.ceil(3 * blur) + 1
+        assert torch.equal(apply_corruption(img, 1.0, "gaussian_blur", severity, seed=0)[0],
+                           TF.gaussian_blur(img, [k, k], [blur, blur]))
+        buf = io.BytesIO()
+        Image.fromarray(img[0].numpy().transpose(1, 2, 0)).save(buf, format="JPEG", quality=quality)
+        jpeg = apply_corruption(img, 1.0, "jpeg", severity, seed=0)[0]
+        assert np.array_equal(jpeg[0].numpy().transpose(1, 2, 0), np.array(Image.open(buf)))
+        grey = np.full((8, 3, 32, 32), 128, np.uint8)          # far from 0 and 255: nothing clipped
+        diff = apply_corruption(grey, 1.0, "gaussian_noise", severity, seed=0)[0].astype(np.float64) - 128
+        assert np.array_equal(diff, np.round(diff)) and abs(diff.mean()) < 0.5
+        assert diff.std() == pytest.approx(noise * 255, rel=0.05)
+
+
 # ----------------------------------------------------------------------------- docs/METHODS.md: augmentation
 
 def _mirrored_only(data, n=48):
