@@ -96,13 +96,18 @@ def test_a_subset_run_writes_its_kept_indices_and_records_its_scores(full_run, c
     assert m["mean_weight"] == pytest.approx(float(u[kept].mean()), rel=1e-6)
     assert set(os.listdir(save)) >= {"checkpoint.pth.tar", "model_best.pth.tar", "metrics.json", "args.json",
                                      "log_seed_42.txt", "curve.png", "subset_indices.npy"}
-    # random selection never uses the weights, even with a score at hand (METHODS.md)
+    # random selection never uses the weights, even with a score at hand (METHODS.md); a checkpoint.pth.tar
+    # of train.py is a teacher as model_best.pth.tar is (AGGRESSIVE_PRUNING.md), τ = 4 by default
+    teacher = os.path.join(full_run, "checkpoint.pth.tar")
     cli("train_subset.py", "--data_path", cifar10_dir, "--dataset", "cifar10", "--arch", "resnet20",
         "--epochs", "1", "--batch-size", "80", "--ngpu", "0", "--subset_rate", "0.5", "--selection", "random",
         "--mask_path", str(masks / "data_mask_win3_ep5.npy"), "--score_path", str(masks / "score_win3_ep5.npy"),
-        "--save_path", str(tmp_path / "random"))
+        "--teacher", teacher, "--kd_alpha", "0.5", "--save_path", str(tmp_path / "random"))
     m = json.load(open(tmp_path / "random" / "metrics.json"))
     assert m["score_weighting"] is False and m["mean_weight"] is None and m["num_train_samples"] == 80
+    from utils.folder import file_sha256
+    assert m["teacher_sha256"] == file_sha256(teacher) and m["kd_temperature"] == 4.0
+    assert 0 < m["history"][0]["teacher_seconds"] < m["history"][0]["train_seconds"]
     # USAGE.md --print_freq: a progress line in the log every N iterations (default 200: none in 1 step)
     steps = [l.split("]")[0].strip() for l in open(save / "log_seed_42.txt") if " [" in l and "] loss" in l]
     assert steps == ["epoch 0 [1/2", "epoch 0 [2/2"], steps
