@@ -229,25 +229,17 @@ def test_plan_rejects_bad_settings(tmp_path, plan, env, message):
 
 
 RECORDED = json.load(open(os.path.join(ROOT, "tests", "plans", "recorded.json")))
+_record = importlib.util.spec_from_file_location("record", os.path.join(ROOT, "tests", "plans", "record.py"))
+record = importlib.util.module_from_spec(_record)
+_record.loader.exec_module(record)   # its make_dynamics: the very folders the recorded plans were made with
 # the one recorded error that changed on purpose: the bash sweep named the number printf made of the word
 FIXED_ERRORS = {"rate_not_number": "sweep.sh: error: RATES: 'abc' is not a number\n"}
-
-
-def make_dynamics_folders(tmp):
-    """The dynamics folders tests/plans/record.py made for the DYNAMICS configurations."""
-    for folder, n, key in (("given/npy", 6, "Output"), ("bare/npy", 3, "Output"), ("indexonly", 4, "Index")):
-        os.makedirs(os.path.join(tmp, folder))
-        for e in range(n):
-            open(os.path.join(tmp, folder, f"{e}_{key}.npy"), "w").close()
-    for f in ("checkpoint.pth.tar", "model_best.pth.tar"):
-        open(os.path.join(tmp, "given", f), "w").close()
-    os.makedirs(os.path.join(tmp, "empty"))
 
 
 @pytest.fixture(scope="module")
 def recorded_tmp(tmp_path_factory):
     tmp = str(tmp_path_factory.mktemp("recorded"))
-    make_dynamics_folders(tmp)
+    record.make_dynamics(tmp)
     return tmp
 
 
