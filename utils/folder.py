@@ -42,6 +42,7 @@ import uuid
 import zlib
 
 import numpy as np
+from tqdm import tqdm
 
 from .args import flag_name, without_unused
 from .errors import UserError
@@ -226,16 +227,24 @@ def judge_holder(folder, h, note=print):
         return False, "is no longer running" if same else "was an earlier run of this SLURM job (requeued)"
     if quick == "alive":
         return True, ""
-    grace = grace_s()
     note(f"note: {folder} is held by {describe_holder(h)} on another machine; watching its heartbeat for up "
-         f"to {grace:.0f} s to see whether it is alive")
+         f"to {grace_s():.0f} s to see whether it is alive")
+    now = _watch(folder, h)
+    if now != h:
+        return (now is not None), ""     # a heartbeat (alive), or released meanwhile (free)
+    return False, f"has not advanced its heartbeat for {grace_s():.0f} s (measured here)"
+
+
+def _watch(folder, h):
+    """Watch `folder`'s record for up to grace_s() seconds of this process's clock: the first record that
+    differs from `h` (None: released), or `h` if it stayed the same."""
     t0 = time.monotonic()
-    while time.monotonic() - t0 < grace:
+    while time.monotonic() - t0 < grace_s():
         time.sleep(min(0.05 + (time.monotonic() - t0) / 20, 1.0))
         now = read_holder(folder)
         if now != h:
-            return (now is not None), ""     # a heartbeat (alive), or released meanwhile (free)
-    return False, f"has not advanced its heartbeat for {grace:.0f} s (measured here)"
+            return now
+    return h
 
 
 def _write_record(folder, rec, exclusive):
@@ -282,8 +291,8 @@ def _clear_record(folder, expected):
     return True
 
 
-def holder_message(flag, folder, h, alive_why=""):
-    return (f"{flag} {folder} is being written by {describe_holder(h)}{alive_why}: one writer per folder; wait "
+def holder_message(flag, folder, h):
+    return (f"{flag} {folder} is being written by {describe_holder(h)}: one writer per folder; wait "
             f"for it to end, or if it is dead: {UNLOCK} {folder}")
 
 
@@ -450,22 +459,13 @@ def unlock(folder, note=print):
     if h is None:
         note(f"{folder} is not locked")
         return 0
-    alive = _changes(folder, h) if h.get("unreadable") else judge_holder(folder, h, note)[0]
+    alive = _watch(folder, h) != h if h.get("unreadable") else judge_holder(folder, h, note)[0]
     if alive:
         raise UserError(f"{folder}: {describe_holder(h)} is alive (its pid runs, or its lock record changed "
                         f"while watched): stop it first")
     _clear_record(folder, h)
     note(f"{folder}: cleared the lock record of {describe_holder(h)}; the next command takes the folder")
     return 0
-
-
-def _changes(folder, h):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < grace_s():
-        time.sleep(0.2)
-        if read_holder(folder) != h:
-            return True
-    return False
 
 
 # ------------------------------------------------------------------------------- state of a run folder
@@ -552,7 +552,6 @@ class Log:
         if self.file is None:
             return
         if echo:
-            from tqdm import tqdm
             tqdm.write(msg)
         self.file.write(msg + "\n")
         self.file.flush()
