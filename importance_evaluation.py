@@ -41,12 +41,29 @@ import numpy as np  # noqa: E402
 
 from utils.args import DATASETS, Parser  # noqa: E402
 from utils.errors import UserError, run  # noqa: E402
-from utils.io import atomic_write, ensure_writable_dir, save_figure, save_json, save_npy  # noqa: E402
-from utils.folder import FolderLock, array_sha256, check_unlocked, file_sha256  # noqa: E402
-from utils.run_folder import check_writable  # noqa: E402
-from utils.scoring import (LABEL_METHODS, MEAN_P_METHODS, METHODS, Dynamics, check_args,  # noqa: E402
-                           check_targets, combinations, compute_scores, mean_p_name, method_labels,
-                           output_names, output_tag)
+from utils.protocol.files import (  # noqa: E402
+    atomic_write,
+    check_writable,  # noqa: E402
+    save_figure,
+    save_json,
+    save_npy,
+)
+from utils.protocol.fingerprint import array_sha256, file_sha256  # noqa: E402
+from utils.protocol.lock import FolderLock, check_unlocked  # noqa: E402
+from utils.science.scores import (
+    LABEL_METHODS,
+    MEAN_P_METHODS,
+    METHODS,
+    Dynamics,
+    check_args,
+    check_targets,
+    combinations,
+    compute_scores,
+    mean_p_name,
+    method_labels,
+    output_names,
+    output_tag,
+)
 
 # the training run's settings copied into info_<tag>.json (from its args.json, when present)
 RUN_SETTINGS = ("dataset", "data_path", "arch", "label_noise", "noise_type", "noise_seed", "corrupt_ratio",
@@ -176,7 +193,9 @@ def load_labels(args, dyn):
         return None
     if args.data_path is None or args.dataset is None:
         raise UserError("--data_path and --dataset go together: pass both to read the labels from the data set")
-    from utils.data import load_targets   # only this branch needs the data set code
+    from utils.training.data import (
+        load_targets,  # only this branch needs the data set code
+    )
     y = check_targets(load_targets(args.data_path, args.dataset), dyn.n, dyn.num_classes,
                       f"--dataset {args.dataset} in {args.data_path}")
     if dyn.targets is not None and (dyn.targets != y).any():
@@ -277,9 +296,9 @@ def moderate(args, start):
     import torch
 
     from models import create_model
-    from utils.data import FolderImages, load_data, recorded_data_path
-    from utils.moderate import moderate_score, penultimate_features
-    from utils.folder import load_checkpoint
+    from utils.protocol.outputs import load_checkpoint
+    from utils.science.moderate import moderate_score, penultimate_features
+    from utils.training.data import FolderImages, load_data, recorded_data_path
     if not args.checkpoint:
         raise UserError("--method moderate needs --checkpoint (a checkpoint.pth.tar written by train.py)")
     if not os.path.exists(args.checkpoint):   # a folder: load_checkpoint says which file to give
@@ -420,7 +439,7 @@ def main(argv=None):
             plot_grid(hist, by_tag, args.method)
             print(f"wrote {hist}: histogram of each combination's score (log counts), one panel each")
         if len(combos) > 1:
-            from utils.agreement import write_agreement
+            from utils.science.agreement import write_agreement
             md, png = (os.path.join(args.mask_path, f'sensitivity_{args.method}.{ext}') for ext in ('md', 'png'))
             write_agreement(by_tag, args.sensitivity_rates, md, png,
                             title=f"{args.method}: agreement between the {len(combos)} combinations")

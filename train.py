@@ -9,9 +9,9 @@
         --epochs 90 --batch-size 256 --dynamics --dynamics_format contrib --save_path ./checkpoint/in1k
 
 --dynamics writes SAVE_PATH/npy/<e>_Output.npy (N, C) logits, <e>_Loss.npy (N,), <e>_Index.npy (N,)
-per epoch (the published layout, rows in dataset order) and targets.npy; see utils/dynamics.py.
+per epoch (the published layout, rows in dataset order) and targets.npy; see utils/training/recorder.py.
 --dynamic writes SAVE_PATH/selection/<e>_Index.npy, <e>_Weight.npy (and <e>_Score.npy for InfoBatch):
-what each epoch trained on; see utils/dynamic_pruning.py.
+what each epoch trained on; see utils/training/dynamic_pruning.py.
 """
 import os
 
@@ -19,12 +19,14 @@ import torch
 
 from utils import dist
 from utils.args import Parser, add_training_args, check_training_args
-from utils.dynamic_pruning import METHODS as DYNAMIC_METHODS, DynamicSampler
-from utils.dynamics import DTYPES, FORMATS, DynamicsRecorder
-from utils.engine import build_model, evaluate_only, fit, run_facts, setup
 from utils.errors import UserError, run
-from utils.folder import open_run, run_fingerprint
-from utils.run_folder import already_done, training_set_info, write_training_set_files
+from utils.protocol.fingerprint import run_fingerprint
+from utils.protocol.outputs import training_set_info, write_training_set_files
+from utils.protocol.run import already_done, open_run
+from utils.training.dynamic_pruning import METHODS as DYNAMIC_METHODS
+from utils.training.dynamic_pruning import DynamicSampler
+from utils.training.loop import build_model, evaluate_only, fit, run_facts, setup
+from utils.training.recorder import DTYPES, FORMATS, DynamicsRecorder
 
 
 def parse_args(argv=None):

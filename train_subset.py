@@ -29,17 +29,30 @@ import numpy as np
 import torch
 
 from utils import dist
-from utils.args import DATA_SETTINGS, Parser, add_training_args, check_training_args, without_unused
-from utils.data import make_batches
-from utils.distill import check_kd_args, load_teacher
-from utils.engine import build_model, evaluate_only, fit, run_facts, setup
+from utils.args import (
+    DATA_SETTINGS,
+    Parser,
+    add_training_args,
+    check_training_args,
+    without_unused,
+)
 from utils.errors import UserError, run
-from utils.io import save_npy
-from utils.folder import file_sha256, open_run, run_fingerprint
-from utils.run_folder import (already_done, training_set_info,
-                              write_training_set_files)
-from utils.scoring import mean_p_name
-from utils.selection import BETA_C, STRATEGIES, file_tag, load_mask_and_score, loss_weights, select
+from utils.protocol.files import save_npy
+from utils.protocol.fingerprint import file_sha256, run_fingerprint
+from utils.protocol.outputs import training_set_info, write_training_set_files
+from utils.protocol.run import already_done, open_run
+from utils.science.scores import mean_p_name
+from utils.science.selection import (
+    BETA_C,
+    STRATEGIES,
+    file_tag,
+    load_mask_and_score,
+    loss_weights,
+    select,
+)
+from utils.training.data import make_batches
+from utils.training.distill import check_kd_args, load_teacher
+from utils.training.loop import build_model, evaluate_only, fit, run_facts, setup
 
 BUDGETS = ("epochs", "iterations")
 

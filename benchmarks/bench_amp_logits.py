@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from utils.scoring import Dynamics, compute_score  # noqa: E402
+from utils.science.scores import Dynamics, compute_score  # noqa: E402
 
 
 def main():

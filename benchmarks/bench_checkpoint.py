@@ -25,10 +25,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from models import create_model  # noqa: E402
-from utils.data import CIFAR_STATS, Data, DeviceImages, make_batches  # noqa: E402
-from utils.dynamics import DynamicsRecorder  # noqa: E402
-from utils.engine import epoch_sums, rng_state, train_one_epoch  # noqa: E402
-from utils.io import save_torch  # noqa: E402
+from utils.protocol.files import save_torch  # noqa: E402
+from utils.training.data import CIFAR_STATS, Data, DeviceImages, make_batches  # noqa: E402
+from utils.training.loop import epoch_sums, rng_state, train_one_epoch  # noqa: E402
+from utils.training.recorder import DynamicsRecorder  # noqa: E402
 
 
 def main():

@@ -5,7 +5,7 @@
 
 For every N, float16 logits are written as this project's train.py writes them (rows in dataset
 order, <e>_Index.npy = arange(N), --dynamics_dtype float16), then scored in fresh processes by
-  library  utils.scoring.compute_score + argsort,
+  library  utils.science.scores.compute_score + argsort,
   script   importance_evaluation.py --no_plot run as __main__ (also writes its three .npy files),
 and the folder is deleted before the next N (400k x 100 x 2 B x 10 epochs = 800 MB on disk).
 Peak RSS is ru_maxrss read just before the process exits, "net" is that minus the same process
@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 
-import bench_scoring as bs   # the data writer and the measuring workers
+import bench_scoring as bs  # the data writer and the measuring workers
 
 MB = bs.MB
 

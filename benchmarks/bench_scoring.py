@@ -8,7 +8,7 @@ Writes float32 logits in the PUBLISHED layout (every epoch's rows in a different
   published  the published approach, re-implemented below: load every epoch into a (T, N, C) array,
              and for every window recompute the softmax of its K epochs, reorder them with index_add
              and reduce (O(T x N x C) resident, (T-K+1) x K softmaxes);
-  library    ours: utils.scoring.compute_score (streamed over sample chunks and epochs);
+  library    ours: utils.science.scores.compute_score (streamed over sample chunks and epochs);
   script     ours end to end: importance_evaluation.py --no_plot run as __main__ (argument checks,
              reading, scoring, argsort, writing the three .npy files).
 Peak memory is the process's ru_maxrss read just before it exits (torch's interpreter shutdown
@@ -100,7 +100,7 @@ def published_tdds(path, T, K, decay):
 
 
 def ours_tdds(path, T, K, decay):
-    from utils.scoring import Dynamics, compute_score
+    from utils.science.scores import Dynamics, compute_score
     score = compute_score(Dynamics(path, T), 'tdds', T, K, decay, progress=False)   # (N,) dataset order
     np.argsort(score, kind='stable')             # data_mask, as importance_evaluation.py does
     return score
@@ -126,9 +126,10 @@ def worker(mode, path, T, K, decay, score_out):
     sys.path.insert(0, ROOT)
     import torch  # noqa: F401  (every scorer needs it: part of the baseline)
     if mode != 'published':
-        import importance_evaluation  # noqa: F401  (the script's and the library's imports)
         import tqdm  # noqa: F401
-        import utils.features  # noqa: F401
+
+        import importance_evaluation  # noqa: F401  (the script's and the library's imports)
+        import utils.science.features  # noqa: F401
     t_ready = time.time()
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t0 = time.perf_counter()

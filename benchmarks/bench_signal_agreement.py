@@ -1,6 +1,6 @@
 """What agreeing on a signal costs under torchrun: the step time of a DDP training step alone, with a
 blocking all-reduce of the stop flag after every step, and with the background one that
-utils/preemption.py uses (its answer is one step old; it runs while the next step computes).
+utils/training/preemption.py uses (its answer is one step old; it runs while the next step computes).
 
     torchrun --standalone --nproc_per_node=2 benchmarks/bench_signal_agreement.py          # CPU, gloo
     torchrun --standalone --nproc_per_node=2 benchmarks/bench_signal_agreement.py --rounds 4 --steps 2
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from models import create_model  # noqa: E402
-from utils.preemption import StopSignals  # noqa: E402
+from utils.training.preemption import StopSignals  # noqa: E402
 
 
 def main():

@@ -10,7 +10,7 @@
 Random CIFAR-sized uint8 images (32x32, 10 classes) resident on the CPU, as train.py keeps them.
   (a) bare: the same model, the same index batches, images already normalised float tensors sliced
       per batch beforehand; forward, mean cross-entropy, backward, SGD step; nothing else.
-  (b) engine: utils.engine.train_one_epoch exactly as train.py calls it (DeviceImages crop/flip/
+  (b) engine: utils.training.loop.train_one_epoch exactly as train.py calls it (DeviceImages crop/flip/
       normalisation, per-sample loss, cosine scheduler, a DynamicsRecorder in the logits format),
       plus recorder.start_epoch / end_epoch / wait, i.e. the epoch's .npy files on disk.
 Each has its own copy of the same initial model and optimizer. One warm-up epoch of each is not
@@ -37,9 +37,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from models import create_model  # noqa: E402
-from utils.data import CIFAR_STATS, Data, DeviceImages, make_batches  # noqa: E402
-from utils.dynamics import DynamicsRecorder  # noqa: E402
-from utils.engine import train_one_epoch  # noqa: E402
+from utils.training.data import CIFAR_STATS, Data, DeviceImages, make_batches  # noqa: E402
+from utils.training.loop import train_one_epoch  # noqa: E402
+from utils.training.recorder import DynamicsRecorder  # noqa: E402
 
 
 def sgd(model, iters):
@@ -164,7 +164,7 @@ def time_train_py(args):
     """Seconds per epoch of train.py (see the module docstring), from marks set around the engine's
     train_one_epoch and evaluate."""
     import train
-    import utils.engine as engine
+    import utils.training.loop as engine
     n = 500 if args.n == 5000 else args.n   # (the loop mode's default is too long here)
     arch = 'resnet18' if args.mode == 'epoch_end' else args.arch
     marks = {'start': [], 'end': [], 'eval': []}

@@ -240,8 +240,8 @@ class Checker:
             raise Skip("--cpu: host synchronisation is a CUDA matter")
         sys.path.insert(0, ROOT)
         from models import create_model
-        from utils.data import CIFAR_STATS, Data, DeviceImages
-        from utils.engine import EVAL_BATCH, evaluate
+        from utils.training.data import CIFAR_STATS, Data, DeviceImages
+        from utils.training.loop import EVAL_BATCH, evaluate
         dev = torch.device("cuda")
         model = create_model("resnet20", 10).to(dev)
         counts = {}

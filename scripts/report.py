@@ -38,9 +38,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: utils
 from utils.args import DATA_SETTINGS, DATASETS, Parser  # noqa: E402
 from utils.errors import UserError, run  # noqa: E402
-from utils.folder import check_unlocked, file_sha256  # noqa: E402
-from utils.io import ensure_writable_dir, save_figure, save_json, save_text  # noqa: E402
-from utils.selection import _class_budgets, kept_count, load_mask_and_score  # noqa: E402
+from utils.protocol.files import ensure_writable_dir, save_figure, save_json, save_text  # noqa: E402
+from utils.protocol.fingerprint import file_sha256  # noqa: E402
+from utils.protocol.lock import check_unlocked  # noqa: E402
+from utils.science.selection import _class_budgets, kept_count, load_mask_and_score  # noqa: E402
 
 FRAME = {"mislabeled": (220, 30, 30), "corrupted": (255, 150, 0)}   # RGB of a flagged cell's frame
 PAD = 3             # frame width in pixels around each thumbnail
@@ -175,7 +176,7 @@ class Images:
     """Training images and class names of a data set; ImageFolder files are opened only when shown."""
 
     def __init__(self, dataset, data_path):
-        from utils import data as d
+        from utils.training import data as d
         self.paths = self.array = None
         if dataset in ("cifar10", "cifar100"):
             folder, files, _, _ = d.CIFAR_LAYOUT[dataset]
@@ -200,7 +201,7 @@ class Images:
         ratio = _from_info(scores, "corrupt_ratio")
         if not ratio or self.array is None:
             return
-        from utils.robustness import apply_corruption
+        from utils.training.robustness import apply_corruption
         recorded = {k: _from_info(scores, k) or DATA_SETTINGS[k] for k in ("corruption", "severity", "corrupt_seed")}
         self.array, replayed = apply_corruption(self.array, ratio, recorded["corruption"], recorded["severity"],
                                                 seed=recorded["corrupt_seed"])
@@ -265,7 +266,7 @@ def load_run_files(run_folder, n):
 
 def open_dynamics(s, flag_path, n):
     """(Dynamics or None, why not) for the trajectories of TDDS score s."""
-    from utils.scoring import Dynamics
+    from utils.science.scores import Dynamics
     path = flag_path or s.info.get("dynamics_path")
     if not path:
         return None, "no dynamics folder known (pass --dynamics_path)"
@@ -388,7 +389,8 @@ def contributions(dyn, T, idx):
             c[e - 1] = _rows(dyn, e, "Contrib", idx)
         return c
     import torch
-    from utils.features import epoch_features
+
+    from utils.science.features import epoch_features
     prev = None
     for e in range(T):
         z = torch.from_numpy(_rows(dyn, e, "Output", idx).astype(np.float32))   # (k, C)
@@ -453,7 +455,7 @@ def main(argv=None):
         run_folder = _from_info(scores, "dynamics_run")
     data_path = args.data_path
     if not data_path:   # as the run recorded it, found from here even if it was started elsewhere
-        from utils.data import recorded_data_path
+        from utils.training.data import recorded_data_path
         data_path = recorded_data_path(dataset, _from_info(scores, "data_path") or "./data", run_folder)
     images = Images(dataset, data_path)
     if len(images.labels) != n:
@@ -468,7 +470,8 @@ def main(argv=None):
 
     # ---- the report
     from tqdm import tqdm
-    from utils.agreement import write_agreement
+
+    from utils.science.agreement import write_agreement
     out = ensure_writable_dir(args.out or os.path.join(args.mask_dir, "report"), "--out")
     rates = ", ".join(f"{r:g}" for r in args.rates)
     md = [f"# What the scores keep: {dataset}, N = {n}", "",

@@ -64,8 +64,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: utils
 from utils.args import Parser, without_unused  # noqa: E402
 from utils.errors import UserError, run  # noqa: E402
-from utils.folder import read_state, training_cwd  # noqa: E402
-from utils.io import save_figure, save_text  # noqa: E402
+from utils.protocol.files import save_figure, save_text  # noqa: E402
+from utils.protocol.run import read_state, training_cwd  # noqa: E402
 
 CSV_COLUMNS = ["run", "label", "state", "method", "selection", "class_balanced", "score_weighting", "budget", "subset_rate",
                "seed", "final_acc", "best_acc", "epochs", "steps", "completed_epochs", "finished", "batch_size",

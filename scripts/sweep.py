@@ -1,5 +1,5 @@
 """The study behind scripts/sweep.sh: its variables (from the environment) -> the plan
-(utils/study.py) -> written to PLAN, or run here (utils/executor.py). The reference of the
+(utils/study/plan.py) -> written to PLAN, or run here (utils/study/executor.py). The reference of the
 variables is docs/SWEEP.md.
 
     DATASET=digits ARCH=resnet20 EPOCHS=6 TRAJ=6 WIN=3 RATES="0.5 0.8" METHODS="tdds el2n random" \\
@@ -11,8 +11,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: utils
 from utils.args import Parser  # noqa: E402
 from utils.errors import UserError  # noqa: E402
-from utils.io import ensure_writable_dir, save_text  # noqa: E402
-from utils.study import VARIABLES, make_plan, near_misses, plan_text  # noqa: E402
+from utils.protocol.files import ensure_writable_dir, save_text  # noqa: E402
+from utils.study.plan import VARIABLES, make_plan, near_misses, plan_text  # noqa: E402
 
 PROG = "sweep.sh"
 
@@ -50,7 +50,7 @@ def main(environ=None, cwd=None, argv=()):
     except UserError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
-    from utils.executor import Executor
+    from utils.study.executor import Executor
     return Executor(plan, environ).run()
 
 

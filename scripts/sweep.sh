@@ -3,8 +3,8 @@
 # selection, pruning rate, architecture, seed), then the summary and the report, as a plan of
 # commands in three stages, written to a file (PLAN=FILE) or run on this machine (JOBS at once).
 # Everything is set by environment variables; their reference, the plan's format and the executor
-# are in docs/SWEEP.md. The work is done by scripts/sweep.py (utils/study.py: the plan,
-# utils/executor.py: the local executor), run with PYTHON.
+# are in docs/SWEEP.md. The work is done by scripts/sweep.py (utils/study/plan.py: the plan,
+# utils/study/executor.py: the local executor), run with PYTHON.
 #
 # Examples (from the repository root):
 #   # the paper's CIFAR-100 / ResNet-18 study on one GPU (dynamics: 90 of 200 epochs)

@@ -232,7 +232,7 @@ def signal_at_step(monkeypatch):
     after every step), so cli(...) ends as a preempted command (143 / 138; SIGINT: Ctrl-C, 130). A run
     whose handler is not installed fails the test instead of ending pytest. Arming again replaces the
     previous one; no signals: disarmed."""
-    from utils.preemption import StopSignals
+    from utils.training.preemption import StopSignals
     agreed = StopSignals.agreed
 
     def arm(k, *sigs):
@@ -352,7 +352,7 @@ def assert_same_checkpoint(a, b, skip=CHECKPOINT_VARIES):
     assert_same_state(load(a), load(b), skip, "checkpoint")
 
 
-LOCK_FILES = {".lock", ".holder.json"}   # the write protocol's (utils/folder.py): a dead writer's record may go
+LOCK_FILES = {".lock", ".holder.json"}   # the write protocol's (utils/protocol/): a dead writer's record may go
 
 
 def folder_digest(path):

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import assert_user_error, cli
 from utils.errors import UserError
-from utils.selection import beta_weights, kept_count, select
+from utils.science.selection import beta_weights, kept_count, select
 
 
 def beta_pdf(p, a, b):

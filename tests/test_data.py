@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.data import DeviceImages, make_batches, read_cifar
+from utils.training.data import DeviceImages, make_batches, read_cifar
 from utils.errors import UserError
 from conftest import write_cifar
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import ROOT, assert_same_checkpoint, assert_user_error, cli, folder_digest, run_script, write_cifar
-from utils.data import make_batches
+from utils.training.data import make_batches
 from utils.errors import UserError
 
 N_TRAIN, N_TEST, BATCH, EPOCHS = 65, 40, 32, 4    # 65 = 2 * 32 + 1: the last global batch (1 < 2) is merged

@@ -70,7 +70,7 @@ def test_a_run_folder_holds_the_files_and_keys_files_md_lists(full_run):
 
 def test_a_subset_run_writes_its_kept_indices_and_records_its_scores(full_run, cifar10_dir, tmp_path):
     """FILES.md's train_subset.py files; METHODS.md: mean_weight is the kept set's mean u."""
-    from utils.selection import loss_weights
+    from utils.science.selection import loss_weights
     masks = tmp_path / "masks"
     cli("importance_evaluation.py", "--dynamics_path", os.path.join(full_run, "npy"), "--mask_path", str(masks),
         "--trajectory_len", "5", "--window_size", "3", "--no_plot")
@@ -105,7 +105,7 @@ def test_a_subset_run_writes_its_kept_indices_and_records_its_scores(full_run, c
         "--teacher", teacher, "--kd_alpha", "0.5", "--save_path", str(tmp_path / "random"))
     m = json.load(open(tmp_path / "random" / "metrics.json"))
     assert m["score_weighting"] is False and m["mean_weight"] is None and m["num_train_samples"] == 80
-    from utils.folder import file_sha256
+    from utils.protocol.fingerprint import file_sha256
     assert m["teacher_sha256"] == file_sha256(teacher) and m["kd_temperature"] == 4.0
     assert 0 < m["history"][0]["teacher_seconds"] < m["history"][0]["train_seconds"]
     # USAGE.md --print_freq: a progress line in the log every N iterations (default 200: none in 1 step)
@@ -155,9 +155,9 @@ def test_the_score_weight_multiplies_the_whole_distillation_loss():
     """METHODS.md, distillation: with the published weighting on, a batch's mean u multiplies
     (1 - a) CE + a t^2 KL, not the cross-entropy alone. One SGD step of train_one_epoch against a hand step."""
     from types import SimpleNamespace
-    from utils.data import DeviceImages
-    from utils.distill import Distiller, kd_loss
-    from utils.engine import train_one_epoch
+    from utils.training.data import DeviceImages
+    from utils.training.distill import Distiller, kd_loss
+    from utils.training.loop import train_one_epoch
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (12, 3, 4, 4), generator=g, dtype=torch.uint8)
     labels = torch.randint(0, 3, (12,), generator=g)
@@ -191,12 +191,12 @@ def test_moderate_reads_the_training_set_as_trained_and_data_path_overrides_the_
     30 s (a short run: never in between)."""
     import shutil
     import train
-    import utils.plots
+    import utils.training.curve
     drawn = []
-    monkeypatch.setattr(utils.plots, "plot_curves", lambda history, path, title="": drawn.append(len(history)))
+    monkeypatch.setattr(utils.training.curve, "plot_curves", lambda history, path, title="": drawn.append(len(history)))
     from models import create_model
-    from utils.data import CIFAR_STATS, DeviceImages, load_data
-    from utils.moderate import moderate_score, penultimate_features
+    from utils.training.data import CIFAR_STATS, DeviceImages, load_data
+    from utils.science.moderate import moderate_score, penultimate_features
     data_copy = tmp_path / "data"
     shutil.copytree(cifar10_dir, data_copy)
     flags = ["--dataset", "cifar10", "--arch", "resnet20", "--epochs", "3", "--batch-size", "160", "--ngpu", "0",
@@ -247,7 +247,7 @@ def test_corruption_levels_are_the_documented_ones():
     import math as m
     import torchvision.transforms.functional as TF
     from PIL import Image
-    from utils.robustness import apply_corruption
+    from utils.training.robustness import apply_corruption
     img = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (1, 3, 16, 16), dtype=np.uint8))
     for severity, (noise, blur, contrast, quality) in enumerate(zip((0.04, 0.06, 0.08, 0.09, 0.10),
                                                                     (0.4, 0.6, 0.7, 0.8, 1.0),
@@ -289,7 +289,7 @@ def _mirrored_only(data, n=48):
 
 def test_digits_are_cropped_never_mirrored_cifar_is_flipped(cifar10_dir):
     """METHODS.md: digits are cropped only (a mirrored digit is another symbol); USAGE.md: 32x32, 1,437 / 360."""
-    from utils.data import load_data
+    from utils.training.data import load_data
     args = dict(label_noise=0, corrupt_ratio=0, data_path=cifar10_dir)
     digits = load_data(Namespace(dataset="digits", **args), torch.device("cpu"))
     assert (len(digits.train), len(digits.test), tuple(digits.train.images.shape[1:])) == (1437, 360, (3, 32, 32))
@@ -330,12 +330,12 @@ def test_beta_kd_and_iterations_rows_stand_apart():
 
 def test_the_report_never_downloads_a_data_set(tmp_path, monkeypatch):
     """Even where downloads are allowed (no TDDS_OFFLINE), a missing CIFAR folder is one error line."""
-    import utils.data
+    import utils.training.data
 
     def download(*args):
         raise AssertionError("report.py tried to download a data set")
     monkeypatch.delenv("TDDS_OFFLINE", raising=False)
-    monkeypatch.setattr(utils.data, "_download_cifar", download)
+    monkeypatch.setattr(utils.training.data, "_download_cifar", download)
     masks = tmp_path / "masks"
     masks.mkdir()
     np.save(masks / "dataset_score_win3_ep5.npy", np.arange(20, dtype=np.float32))

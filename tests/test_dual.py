@@ -8,7 +8,7 @@ import pytest
 
 import importance_evaluation
 from conftest import write_published
-from utils.scoring import Dynamics, compute_score
+from utils.science.scores import Dynamics, compute_score
 
 N, C, E = 240, 6, 8
 

@@ -15,14 +15,13 @@ import torch
 import train
 import train_subset
 from conftest import run_script, write_cifar
-from utils import engine
+from utils.training import loop as engine
 from utils.args import without_unused
-from utils.dynamic_pruning import (DynamicSampler, EpochCosine, infobatch_select, is_pruned, keep_fraction,
-                                   rs2_permutation, rs2_select)
-from utils.engine import train_one_epoch
+from utils.training.dynamic_pruning import (DynamicSampler, EpochCosine, infobatch_select, is_pruned, keep_fraction, rs2_permutation, rs2_select)
+from utils.training.loop import train_one_epoch
 from utils.errors import Preempted, UserError
-from utils.folder import fingerprint_diffs
-from utils.scoring import Dynamics
+from utils.protocol.fingerprint import fingerprint_diffs
+from utils.science.scores import Dynamics
 
 N, EPOCHS, BATCH = 160, 4, 32    # cifar10_dir's training set; delta 0.875: epochs 0..2 pruned, 3 not
 

@@ -1,24 +1,24 @@
-"""A folder knows what it holds (utils/folder.py): one writer, idempotent commands, dynamics of one run."""
+"""A folder knows what it holds (utils/protocol/): one writer, idempotent commands, dynamics of one run."""
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from conftest import ROOT, assert_user_error, cli, folder_digest, run_script
 from utils.errors import UserError
-from utils.folder import FolderLock, check_trajectory, check_unlocked, record_epoch
-from utils.scoring import Dynamics, compute_score
+from utils.protocol.lock import FolderLock, check_unlocked
+from utils.protocol.manifest import check_trajectory, record_epoch
+from utils.science.scores import Dynamics, compute_score
 
 DIGITS = ("--dataset", "digits", "--arch", "resnet20", "--ngpu", "0", "--batch-size", "256")
 
 
 def hold_lock(folder):
     """A process that holds `folder`'s lock until killed."""
-    code = ("import sys, time; sys.path.insert(0, sys.argv[2]); from utils.folder import FolderLock; "
+    code = ("import sys, time; sys.path.insert(0, sys.argv[2]); from utils.protocol.lock import FolderLock; "
             "FolderLock(sys.argv[1], '--save_path').acquire(); print('held', flush=True); time.sleep(120)")
     p = subprocess.Popen([sys.executable, "-c", code, str(folder), ROOT], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "held"
@@ -34,10 +34,10 @@ def test_one_writer_and_a_dead_holder_is_taken_over(tmp_path, capsys):
             FolderLock(str(tmp_path), "--save_path").acquire()
         before = folder_digest(tmp_path)
         p = cli("train.py", *DIGITS, "--epochs", "1", "--save_path", str(tmp_path), "--overwrite", check=False)
-        assert_user_error(p, f"pid {holder.pid}", "one writer per folder", "python -m utils.folder unlock")
+        assert_user_error(p, f"pid {holder.pid}", "one writer per folder", "python -m utils.protocol.unlock")
         assert folder_digest(tmp_path) == before and sorted(os.listdir(tmp_path)) == [".holder.json", ".lock"]
         # the manual takeover refuses while the holder lives
-        p = run_script(sys.executable, "-m", "utils.folder", "unlock", str(tmp_path), check=False)
+        p = run_script(sys.executable, "-m", "utils.protocol.unlock", str(tmp_path), check=False)
         assert_user_error(p, "is alive")
     finally:
         holder.send_signal(signal.SIGKILL)

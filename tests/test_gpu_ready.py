@@ -18,8 +18,9 @@ import torch
 import train
 from conftest import ROOT, cli
 from test_imagefolder import write_image_folder
-from utils import dist, engine
-from utils.background import BackgroundWriter
+from utils import dist
+from utils.training import loop as engine
+from utils.training.background import BackgroundWriter
 
 FAST = ["--dataset", "cifar10", "--arch", "resnet20", "--batch-size", "32", "--ngpu", "0", "--print_freq", "1000"]
 
@@ -59,7 +60,7 @@ def test_float_flags_must_be_finite(cifar10_dir, tmp_path, capsys, flag, value):
 
 def test_runs_recorded_before_amp_dtype_and_tf32_still_match():
     """A fingerprint written before --amp_dtype/--tf32 existed equals today's defaults (bf16 amp, TF32 on)."""
-    from utils.folder import fingerprint_diffs
+    from utils.protocol.fingerprint import fingerprint_diffs
     now = {"--amp": True, "--amp_dtype": "bfloat16", "--tf32": "on", "--epochs": 3}
     assert fingerprint_diffs({"--amp": True, "--epochs": 3}, now) == []
     assert fingerprint_diffs({"--amp": True, "--epochs": 3}, {**now, "--amp_dtype": "float16"}) == [
@@ -133,7 +134,7 @@ def images(tmp_path_factory):
 
 def test_imagefolder_augmentation_does_not_depend_on_the_workers(images):
     """Each sample's transform is seeded by (epoch seed, index): 0 or 2 workers, the same batches."""
-    from utils.data import FolderImages, _image_folder, make_batches
+    from utils.training.data import FolderImages, _image_folder, make_batches
     folder = _image_folder(images, "train")
     batches = make_batches(torch.arange(len(folder)), 16, torch.Generator().manual_seed(0))
     got = []
@@ -274,7 +275,7 @@ def test_gpu_check_without_cuda_skips_cleanly():
 # ------------------------------------------------------------------------------------------ units
 def test_evaluate_sums_on_the_device_match_a_direct_computation():
     """1,200 test images: batches of 500, 500 and 200; loss and accuracy as one pass computes them."""
-    from utils.data import Data, DeviceImages
+    from utils.training.data import Data, DeviceImages
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 256, (1200, 3, 8, 8), dtype=np.uint8), rng.integers(0, 3, 1200)
     images = DeviceImages(x, y, ([100.0] * 3, [50.0] * 3), torch.device("cpu"), augment=False)
@@ -288,7 +289,7 @@ def test_evaluate_sums_on_the_device_match_a_direct_computation():
 
 
 def test_host_copy_is_taken_when_made():
-    from utils.background import HostCopy
+    from utils.training.background import HostCopy
     t = torch.zeros(3)
     copy = HostCopy({"a": [t], "b": (1, "x")})
     t += 1

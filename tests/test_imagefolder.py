@@ -7,7 +7,6 @@ import os
 import signal
 
 import numpy as np
-import pytest
 
 from conftest import CLASSES, N_PER_CLASS, assert_user_error, cli, write_image_folder
 

@@ -28,7 +28,7 @@ def command(dyn, out, *extra):
 
 def check_outputs(dyn, out, method, tag, seed=42, plot=False):
     """The files in `out` hold the score of compute_score (dataset order), its argsort and the sorted score."""
-    from utils.scoring import Dynamics, compute_score
+    from utils.science.scores import Dynamics, compute_score
     files = {f'data_mask_{tag}.npy', f'score_{tag}.npy', f'dataset_score_{tag}.npy', f'info_{tag}.json'}
     info = json.load(open(os.path.join(out, f'info_{tag}.json')))
     assert info['method'] == method and info['tag'] == tag and info['trajectory_len'] == T
@@ -64,15 +64,15 @@ def test_outputs(base, tmp_path):
 
 
 def test_labels_from_the_data_set(base, tmp_path, monkeypatch, capsys):
-    """--data_path/--dataset (published dynamics carry no targets.npy): labels via utils.data.load_targets."""
+    """--data_path/--dataset (published dynamics carry no targets.npy): labels via utils.training.data.load_targets."""
     import importance_evaluation
-    import utils.data
+    import utils.training.data
     dyn = str(tmp_path / 'published')
     shutil.copytree(base, dyn)
     y = np.load(os.path.join(dyn, 'targets.npy'))
     os.remove(os.path.join(dyn, 'targets.npy'))
     calls = []
-    monkeypatch.setattr(utils.data, 'load_targets', lambda path, name: calls.append((path, name)) or y)
+    monkeypatch.setattr(utils.training.data, 'load_targets', lambda path, name: calls.append((path, name)) or y)
     for method in ('aum', 'el2n'):
         importance_evaluation.main(list(command(dyn, str(tmp_path / method), '--method', method, '--data_path',
                                                 'D', '--dataset', 'cifar10', '--device', 'cpu')[1:]))

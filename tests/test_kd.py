@@ -11,7 +11,7 @@ import torch
 
 import train
 from conftest import assert_user_error, cli
-from utils.distill import kd_loss
+from utils.training.distill import kd_loss
 
 COMMON = ["--dataset", "digits", "--arch", "resnet20", "--ngpu", "0"]
 
@@ -53,7 +53,7 @@ def subset(save, *extra, epochs=8):
 def logits_on_test_set(checkpoint):
     """The logits of a checkpoint's model on the digits test set (360 images)."""
     from models import create_model
-    from utils.data import load_data
+    from utils.training.data import load_data
     data = load_data(train.parse_args(COMMON), torch.device("cpu"))
     model = create_model("resnet20", 10).eval()
     model.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])

@@ -4,13 +4,12 @@ import json
 import os
 
 import numpy as np
-import pytest
 import torch
 
 from models import create_model
-from utils.data import CIFAR_STATS, DeviceImages
-from utils.moderate import moderate_score, penultimate_features
-from utils.selection import kept_count
+from utils.training.data import CIFAR_STATS, DeviceImages
+from utils.science.moderate import moderate_score, penultimate_features
+from utils.science.selection import kept_count
 from conftest import assert_user_error, cli
 
 
@@ -68,7 +67,7 @@ def test_cli_on_a_checkpoint_of_train_py(full_run, cifar10_dir, tmp_path):
     info = json.loads((out / "info_moderate.json").read_text())
     assert info["method"] == "moderate" and info["arch"] == "resnet20" and info["checkpoint_epoch"] == 5
     # the same score from the features of the saved model, computed here
-    from utils.data import read_cifar
+    from utils.training.data import read_cifar
     x, y = read_cifar(cifar10_dir, "cifar10", True)
     model = create_model("resnet20", 10)
     model.load_state_dict(torch.load(ck, weights_only=True)["model"])
@@ -97,7 +96,7 @@ def test_a_relative_data_path_is_found_from_the_folder_the_run_started_in(cifar1
     the folder that run was started in (args.json's cwd) when it holds no data from here."""
     import shutil
 
-    from utils.data import recorded_data_path
+    from utils.training.data import recorded_data_path
     start = tmp_path / "project"
     shutil.copytree(cifar10_dir, start / "data")
     cli("train.py", "--data_path", "./data", "--dataset", "cifar10", "--arch", "resnet20", "--epochs", "1",

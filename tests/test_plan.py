@@ -1,6 +1,6 @@
-"""The study as a plan (scripts/sweep.py -> utils/study.py, in-process: PLAN=FILE, nothing trained),
+"""The study as a plan (scripts/sweep.py -> utils/study/plan.py, in-process: PLAN=FILE, nothing trained),
 held to the plans and errors the bash sweep.sh wrote (tests/plans/recorded.json), and its executors:
-the local one (utils/executor.py: JOBS, GPUS, logs, failures, Ctrl-C, progress, plan copies) with a
+the local one (utils/study/executor.py: JOBS, GPUS, logs, failures, Ctrl-C, progress, plan copies) with a
 stub interpreter, and scripts/slurm_array.sh with the variables SLURM would set."""
 import contextlib
 import importlib.util

@@ -250,7 +250,7 @@ def test_sigint_sigusr1_with_a_second_signal_sigterm_in_evaluation_then_resume_e
     --save_every_steps (not a setting of the run), SIGTERM during epoch 3's evaluation (the run stops
     after that epoch's checkpoint, 143); resumed to the end: every .npy byte, metrics.json and the
     final checkpoint are full_run's."""
-    import utils.engine
+    import utils.training.loop
     save = tmp_path / "cut"
     cmd = ["train.py", "--data_path", cifar10_dir, *FULL_RUN, "--save_path", save]
 
@@ -260,13 +260,13 @@ def test_sigint_sigusr1_with_a_second_signal_sigterm_in_evaluation_then_resume_e
     ck = checkpoint(save)
     assert (ck["global_step"], ck["epoch"], ck["step"]) == (3, 0, 3)
 
-    save_torch, second = utils.engine.save_torch, []
+    save_torch, second = utils.training.loop.save_torch, []
 
     def save_with_a_second_signal(path, obj):
         if obj.get("global_step") == 7 and not second:
             second.append(os.kill(os.getpid(), signal.SIGTERM))
         return save_torch(path, obj)
-    monkeypatch.setattr(utils.engine, "save_torch", save_with_a_second_signal)
+    monkeypatch.setattr(utils.training.loop, "save_torch", save_with_a_second_signal)
     signal_at_step(4, signal.SIGUSR1, signal.SIGTERM)    # the resumed run's 4th step (global step 7): both
     # signals before the run asks: the first decides (138); then a third one while the checkpoint is written
     p = cli(*cmd, "--save_every_steps", "3", "--resume", check=False)
@@ -275,21 +275,21 @@ def test_sigint_sigusr1_with_a_second_signal_sigterm_in_evaluation_then_resume_e
     assert len(lines) == 1 and lines[0].startswith("SIGUSR1: checkpoint at step 2 of epoch 1 (global step 7)"), p.out
     assert (checkpoint(save)["global_step"], checkpoint(save)["step"]) == (7, 2)
 
-    monkeypatch.setattr(utils.engine, "save_torch", save_torch)
+    monkeypatch.setattr(utils.training.loop, "save_torch", save_torch)
     signal_at_step(0)                                    # disarmed
-    evaluate, evals = utils.engine.evaluate, []
+    evaluate, evals = utils.training.loop.evaluate, []
 
     def evaluate_with_a_signal(*a, **k):
         evals.append(1)
         if len(evals) == 3:                             # epochs 1, 2, 3: epoch 3's
             os.kill(os.getpid(), signal.SIGTERM)
         return evaluate(*a, **k)
-    monkeypatch.setattr(utils.engine, "evaluate", evaluate_with_a_signal)
+    monkeypatch.setattr(utils.training.loop, "evaluate", evaluate_with_a_signal)
     p = cli(*cmd, "--resume", check=False)
     assert p.code == 143 and "SIGTERM: checkpoint at the start of epoch 4 (global step 20)" in p.out, p
     assert metrics(save)["completed_epochs"] == 4 and checkpoint(save)["epoch"] == 4
 
-    monkeypatch.setattr(utils.engine, "evaluate", evaluate)
+    monkeypatch.setattr(utils.training.loop, "evaluate", evaluate)
     cli(*cmd, "--resume")
     assert metrics(save)["finished"]
     ref, cut = npy_bytes(full_run), npy_bytes(save)

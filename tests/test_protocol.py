@@ -1,4 +1,4 @@
-"""The write protocol of utils/folder.py: decided under the lock, every refusal's way on followed,
+"""The write protocol of utils/protocol/: decided under the lock, every refusal's way on followed,
 locks that hold on shared file systems, every write failure one line. Deterministic: a second host, a
 clock skew, a file system without flock, a failing torch.save are injected; a second writer runs at a
 chosen point (inside the first one's call), never raced by sleeping."""
@@ -19,7 +19,11 @@ import torch
 import importance_evaluation
 import train
 from conftest import cli, folder_digest, write_published
-from utils import folder as F
+from utils.protocol.fingerprint import file_sha256, fingerprint_diffs, run_fingerprint
+from utils.protocol.holder import HOLDER, LOCK, _write_record, machine_identity, read_holder
+from utils.protocol.lock import FolderLock, check_unlocked, release_all, unlock
+from utils.protocol.outputs import CHECKPOINT
+from utils.protocol.run import REFUSALS, RunFolder, open_run, write_state
 from utils.errors import Preempted, UserError
 
 DIGITS = ["--dataset", "digits", "--arch", "resnet20", "--ngpu", "0", "--batch-size", "256"]
@@ -39,7 +43,7 @@ def quick_lock_timings(monkeypatch):
     monkeypatch.setenv("TDDS_LOCK_GRACE_S", "0.6")
     monkeypatch.setenv("TDDS_LOCK_WAIT_S", "0.4")
     yield
-    F.release_all()
+    release_all()
 
 
 @pytest.fixture(scope="module")
@@ -70,20 +74,20 @@ def _open(argv):
     args = train.parse_args(argv)
     facts = {k: v for k, v in json.load(open(FACTS_FROM / "folder.json"))["fingerprint"].items()
              if not k.startswith("--")}
-    return F.open_run(args, F.run_fingerprint(args, **facts), stop_epoch=args.stop_epoch)
+    return open_run(args, run_fingerprint(args, **facts), stop_epoch=args.stop_epoch)
 
 
 def _interrupted(runs, tmp_path):
     d = copy(runs, "stopped", tmp_path)
-    F.write_state(str(d), state="running")          # its writer died: read as interrupted
+    write_state(str(d), state="running")          # its writer died: read as interrupted
     return d
 
 
 def _unversioned(runs, tmp_path):
     d = _interrupted(runs, tmp_path)
-    ck = torch.load(d / F.CHECKPOINT, weights_only=True)
+    ck = torch.load(d / CHECKPOINT, weights_only=True)
     del ck["fingerprint"]
-    torch.save(ck, d / F.CHECKPOINT)
+    torch.save(ck, d / CHECKPOINT)
     return d
 
 
@@ -96,7 +100,7 @@ def _lost(runs, tmp_path, *files):
 
 def _stopped_without_ck(runs, tmp_path):
     d = copy(runs, "stopped", tmp_path)
-    os.remove(d / F.CHECKPOINT)
+    os.remove(d / CHECKPOINT)
     return d
 
 
@@ -115,7 +119,7 @@ TABLE = [
     ("ended_other_settings", lambda r, t: copy(r, "finished", t), LR + ["--resume"],
      {"same_settings": (["--resume"], "done"), "overwrite": (LR + ["--resume", "--overwrite"], "fresh"),
       "other_save_path": (LR + ["--resume"], "fresh")}),
-    ("done_files_lost", lambda r, t: _lost(r, t, "metrics.json", F.CHECKPOINT), ["--resume"],
+    ("done_files_lost", lambda r, t: _lost(r, t, "metrics.json", CHECKPOINT), ["--resume"],
      {"overwrite": (["--resume", "--overwrite"], "fresh"), "other_save_path": (["--resume"], "fresh")}),
     ("stopped_no_resume", lambda r, t: copy(r, "stopped", t), [],
      {"resume": (["--resume"], "resume"), "overwrite": (["--overwrite"], "fresh")}),
@@ -139,12 +143,12 @@ WAY_WORDS = {"overwrite": "--overwrite", "resume": "--resume", "other_save_path"
 
 
 def test_every_refusal_is_in_the_table():
-    assert {key for key, *_ in TABLE} == set(F.REFUSALS)
+    assert {key for key, *_ in TABLE} == set(REFUSALS)
 
 
 @pytest.mark.parametrize("key,make,flags,ways", TABLE, ids=[t[0] for t in TABLE])
 def test_each_refusal_and_following_its_advice(runs, tmp_path, key, make, flags, ways):
-    resume_from = str(runs["stopped"] / F.CHECKPOINT)
+    resume_from = str(runs["stopped"] / CHECKPOINT)
 
     def argv(extra, save):
         extra = [x for f in extra for x in (["--resume", resume_from] if f == "resume_from" else [f])]
@@ -154,9 +158,9 @@ def test_each_refusal_and_following_its_advice(runs, tmp_path, key, make, flags,
     before = folder_digest(folder) if os.path.isdir(folder) else None
     with pytest.raises(UserError) as refused:
         _open(argv(flags, folder))
-    message, template = str(refused.value), F.REFUSALS[key][0]
+    message, template = str(refused.value), REFUSALS[key][0]
     assert max(re.split(r"\{[^}]*\}", template), key=len) in message, (key, message)
-    assert set(ways) == set(F.REFUSALS[key][1])
+    assert set(ways) == set(REFUSALS[key][1])
     for way in ways:
         assert WAY_WORDS[way] in message, (way, message)
     assert (folder_digest(folder) if os.path.isdir(folder) else None) == before   # refused: nothing written
@@ -204,7 +208,7 @@ def test_a_second_trainer_while_the_first_decides_is_found_under_the_lock(tmp_pa
     # 4: B (other settings) runs to the end while A has not yet taken the lock: A must refuse, not train over B
     save = tmp_path / "run"
     cmd = DIGITS + ["--epochs", "1", "--save_path", str(save)]
-    acquire, calls = F.FolderLock.acquire, []
+    acquire, calls = FolderLock.acquire, []
 
     def acquire_after_b(self, note=print):
         if not calls:
@@ -212,7 +216,7 @@ def test_a_second_trainer_while_the_first_decides_is_found_under_the_lock(tmp_pa
             assert cli("train.py", *cmd + ["--learning_rate", "0.05"], check=False)[0] == 0
         return acquire(self, note)
 
-    monkeypatch.setattr(F.FolderLock, "acquire", acquire_after_b)
+    monkeypatch.setattr(FolderLock, "acquire", acquire_after_b)
     code, out, err = cli("train.py", *cmd, check=False)
     one_error_line(err, "holds a finished run", "--learning_rate 0.05 (now 0.1)")
     assert code == 2 and json.load(open(save / "folder.json"))["fingerprint"]["--learning_rate"] == 0.05
@@ -241,7 +245,7 @@ def test_two_scorers_into_one_folder_the_later_commit_does_not_replace(tmp_path,
     one_error_line(err, "records a scoring with dynamics", "--overwrite")
     info = json.load(open(masks / "info_win3_ep4.json"))
     assert info["dynamics_path"] == os.path.abspath(b)
-    assert F.file_sha256(masks / "data_mask_win3_ep4.npy") == info["sha256"]["mask"]   # B's files, intact
+    assert file_sha256(masks / "data_mask_win3_ep4.npy") == info["sha256"]["mask"]   # B's files, intact
 
 
 def test_no_flock_falls_back_to_the_record(tmp_path, monkeypatch):
@@ -249,14 +253,14 @@ def test_no_flock_falls_back_to_the_record(tmp_path, monkeypatch):
     def no_flock(fd, op):
         raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
 
-    monkeypatch.setattr(F.fcntl, "flock", no_flock)
+    monkeypatch.setattr(fcntl, "flock", no_flock)
     notes = []
-    lock = F.FolderLock(str(tmp_path), "--mask_path").acquire(note=notes.append)
+    lock = FolderLock(str(tmp_path), "--mask_path").acquire(note=notes.append)
     assert len(notes) == 1 and "no flock" in notes[0]
     with pytest.raises(UserError, match=f"pid {os.getpid()}"):     # the record alone keeps one writer
-        F.FolderLock(str(tmp_path), "--mask_path").acquire(note=notes.append)
+        FolderLock(str(tmp_path), "--mask_path").acquire(note=notes.append)
     lock.release()
-    assert not (tmp_path / F.HOLDER).exists()
+    assert not (tmp_path / HOLDER).exists()
     d = _dynamics(tmp_path, "d", 0)
     code, out, err = cli("importance_evaluation.py", "--dynamics_path", d, "--mask_path", tmp_path / "m",
                          "--trajectory_len", "4", "--window_size", "3", "--no_plot", check=False)
@@ -278,9 +282,9 @@ def test_write_failures_are_one_line_naming_the_file_and_resume_finishes(tmp_pat
 
     monkeypatch.setattr(torch, "save", failing_save)
     code, out, err = cli("train.py", *cmd, check=False)
-    line = one_error_line(err, f"cannot write {save / F.CHECKPOINT}", "PytorchStreamWriter", "--resume")
+    line = one_error_line(err, f"cannot write {save / CHECKPOINT}", "PytorchStreamWriter", "--resume")
     assert code == 1 and ".tmp" not in line
-    assert torch.load(save / F.CHECKPOINT, weights_only=True)["epoch"] == 1        # the previous one, loadable
+    assert torch.load(save / CHECKPOINT, weights_only=True)["epoch"] == 1        # the previous one, loadable
     assert json.load(open(save / "folder.json"))["state"] == "failed"
     monkeypatch.setattr(torch, "save", real_save)
     code, out, err = cli("train.py", *cmd, check=False)
@@ -307,7 +311,7 @@ def _record(folder, **kw):
            "slurm_job": None, "slurm_restart": 0, "started": time.time() - 86400 * 365, "heartbeat": 0,
            "command": "train.py"}
     rec.update(kw)
-    with open(os.path.join(folder, F.HOLDER), "w") as f:
+    with open(os.path.join(folder, HOLDER), "w") as f:
         json.dump(rec, f)
     return rec
 
@@ -319,18 +323,18 @@ def _beating(folder, rec):
     def beat():
         while not stop.wait(0.05):
             rec["heartbeat"] += 1
-            F._write_record(str(folder), rec, exclusive=False)
+            _write_record(str(folder), rec, exclusive=False)
 
     threading.Thread(target=beat, daemon=True).start()
     return stop
 
 
 def test_a_half_written_record_is_held_and_the_manual_takeover_clears_it(tmp_path):
-    (tmp_path / F.HOLDER).write_bytes(b'{"nonce": "x", "pid": 12')
+    (tmp_path / HOLDER).write_bytes(b'{"nonce": "x", "pid": 12')
     with pytest.raises(UserError, match="cannot be read.*unlock"):
-        F.FolderLock(str(tmp_path), "--save_path").acquire(note=lambda m: None)
-    assert F.unlock(str(tmp_path), note=lambda m: None) == 0
-    F.FolderLock(str(tmp_path), "--save_path").acquire(note=lambda m: None).release()
+        FolderLock(str(tmp_path), "--save_path").acquire(note=lambda m: None)
+    assert unlock(str(tmp_path), note=lambda m: None) == 0
+    FolderLock(str(tmp_path), "--save_path").acquire(note=lambda m: None).release()
 
 
 @pytest.mark.parametrize("host", ["node-b", socket.gethostname()], ids=["other host", "container, same hostname"])
@@ -339,15 +343,15 @@ def test_liveness_is_a_moving_heartbeat_on_the_readers_clock(tmp_path, host):
     stop = _beating(tmp_path, rec)
     try:
         with pytest.raises(UserError, match="being written by pid"):
-            F.FolderLock(str(tmp_path), "--save_path").acquire(note=lambda m: None)
+            FolderLock(str(tmp_path), "--save_path").acquire(note=lambda m: None)
         with pytest.raises(UserError, match="is alive"):
-            F.unlock(str(tmp_path), note=lambda m: None)
+            unlock(str(tmp_path), note=lambda m: None)
     finally:
         stop.set()
     time.sleep(0.1)
     notes = []
     t0 = time.monotonic()
-    lock = F.FolderLock(str(tmp_path), "--save_path").acquire(note=notes.append)   # still: dead after the grace
+    lock = FolderLock(str(tmp_path), "--save_path").acquire(note=notes.append)   # still: dead after the grace
     assert time.monotonic() - t0 >= 0.6 and "has not advanced its heartbeat" in notes[-1]
     lock.release()
 
@@ -359,10 +363,10 @@ def test_slurm_requeue_is_dead_at_once_another_task_is_alive(tmp_path, monkeypat
     monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
     _record(tmp_path, slurm_job="777", slurm_restart=0)
     with pytest.raises(UserError, match="SLURM job 777"):           # the same life: another task of the job
-        F.FolderLock(str(tmp_path), "--save_path").acquire(note=lambda m: None)
+        FolderLock(str(tmp_path), "--save_path").acquire(note=lambda m: None)
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")                   # requeued: the record is its earlier life
     notes, t0 = [], time.monotonic()
-    F.FolderLock(str(tmp_path), "--save_path").acquire(note=notes.append).release()
+    FolderLock(str(tmp_path), "--save_path").acquire(note=notes.append).release()
     assert time.monotonic() - t0 < 0.5 and "requeued" in notes[-1]
 
 
@@ -371,50 +375,50 @@ def test_a_dead_holder_on_this_machine_is_dead_at_once(tmp_path):
     import sys
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
-    _record(tmp_path, machine=F.machine_identity(), host=socket.gethostname(), pid=p.pid)
+    _record(tmp_path, machine=machine_identity(), host=socket.gethostname(), pid=p.pid)
     notes = []
-    F.FolderLock(str(tmp_path), "--save_path").acquire(note=notes.append).release()
+    FolderLock(str(tmp_path), "--save_path").acquire(note=notes.append).release()
     assert "no longer running" in notes[-1]
 
 
 def test_a_reader_lock_is_waited_for_and_a_dead_nodes_kernel_lock_is_passed(tmp_path):
-    fd = os.open(tmp_path / F.LOCK, os.O_RDWR | os.O_CREAT)
+    fd = os.open(tmp_path / LOCK, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_SH)                    # a reader (of an older kind) holds a shared lock briefly
     threading.Timer(0.2, lambda: fcntl.flock(fd, fcntl.LOCK_UN)).start()
     notes = []
-    lock = F.FolderLock(str(tmp_path), "--save_path").acquire(note=notes.append)
+    lock = FolderLock(str(tmp_path), "--save_path").acquire(note=notes.append)
     assert any("waiting for a reader" in n for n in notes) and not lock.record_only
     lock.release()
     # a dead node keeps the cluster-wide kernel lock: its record (heartbeat still) decides
     fcntl.flock(fd, fcntl.LOCK_EX)
     _record(tmp_path)
     notes = []
-    lock = F.FolderLock(str(tmp_path), "--save_path").acquire(note=notes.append)
+    lock = FolderLock(str(tmp_path), "--save_path").acquire(note=notes.append)
     assert lock.record_only and any("kernel lock is still held" in n for n in notes)
     lock.release()
     # ... and without a record, after the bounded wait
     notes = []
-    lock = F.FolderLock(str(tmp_path), "--save_path").acquire(note=notes.append)
+    lock = FolderLock(str(tmp_path), "--save_path").acquire(note=notes.append)
     assert lock.record_only and any("wrote no lock record" in n for n in notes)
     lock.release()
     os.close(fd)
 
 
 def test_readers_take_no_lock_and_a_taken_folder_commits_nothing(tmp_path):
-    lock = F.FolderLock(str(tmp_path), "--mask_path").acquire(note=lambda m: None)
+    lock = FolderLock(str(tmp_path), "--mask_path").acquire(note=lambda m: None)
     with pytest.raises(UserError, match="being written"):
-        F.check_unlocked(str(tmp_path), "--mask_path")
-    assert F.read_holder(str(tmp_path))["nonce"] == lock.rec["nonce"]
+        check_unlocked(str(tmp_path), "--mask_path")
+    assert read_holder(str(tmp_path))["nonce"] == lock.rec["nonce"]
     _record(tmp_path, nonce="usurper")                # taken over meanwhile (a misjudged takeover elsewhere)
     with pytest.raises(UserError, match="no longer holds the folder's lock.*nothing was committed"):
         lock.ensure_owned()
     lock.release()
-    assert F.read_holder(str(tmp_path))["nonce"] == "usurper"        # not ours: left alone
+    assert read_holder(str(tmp_path))["nonce"] == "usurper"        # not ours: left alone
 
 
 def test_only_the_rank_that_opened_the_folder_writes_it_after_a_preemption(tmp_path):
     args = train.parse_args(BASE + ["--save_path", str(tmp_path)])
-    folder = F.RunFolder(args, None, {"action": "resume", "remove": False, "resume_from": None}, None, {}, main=False)
+    folder = RunFolder(args, None, {"action": "resume", "remove": False, "resume_from": None}, None, {}, main=False)
     folder.run_id = "r"
     # the process group is gone after a preemption, so every rank would call itself rank 0 now
     with pytest.raises(Preempted):
@@ -426,7 +430,7 @@ def test_only_the_rank_that_opened_the_folder_writes_it_after_a_preemption(tmp_p
 
 def test_a_flag_that_acts_on_nothing_is_not_identity():
     base = {"--selection": "random", "--no_score_weighting": False, "--mis_ratio": 0.0, "--strata": 50}
-    assert F.fingerprint_diffs(base, {**base, "--no_score_weighting": True, "--strata": 10}) == []
+    assert fingerprint_diffs(base, {**base, "--no_score_weighting": True, "--strata": 10}) == []
     top = {**base, "--selection": "top"}
-    assert F.fingerprint_diffs(top, {**top, "--no_score_weighting": True}) == \
+    assert fingerprint_diffs(top, {**top, "--no_score_weighting": True}) == \
         ["--no_score_weighting False (now True)"]

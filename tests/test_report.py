@@ -1,4 +1,4 @@
-"""scripts/report.py and utils/agreement.py: the grids hold the images they say (indices and pixels),
+"""scripts/report.py and utils/science/agreement.py: the grids hold the images they say (indices and pixels),
 the per-class counts, the agreement numbers and the trajectories match independent computations,
 every picture is a real PNG linked from report.md, and mistakes are one line with nothing written.
 
@@ -16,7 +16,7 @@ from PIL import Image
 
 from conftest import (ROOT, assert_user_error, ref_contributions, ref_tdds_from_contributions, run_script,
                       write_cifar, write_published)
-from utils import agreement
+from utils.science import agreement
 from utils.errors import UserError
 
 spec = importlib.util.spec_from_file_location("report", os.path.join(ROOT, "scripts", "report.py"))
@@ -69,7 +69,7 @@ def cifar(tmp_path_factory):
     flipped, corrupted = np.zeros(N, bool), np.zeros(N, bool)
     flipped[rng.choice(N, 30, replace=False)] = True
     corrupted[rng.choice(N, 30, replace=False)] = True
-    from utils.data import read_cifar
+    from utils.training.data import read_cifar
     clean = read_cifar(data, "cifar10", True)[1]
     noisy = np.where(flipped, (clean + 1) % 10, clean)
     np.save(run / "label_noise_mask.npy", flipped)
@@ -144,7 +144,7 @@ def test_grids_hold_the_images_they_say(cifar):
 
 
 def test_grid_pixels_are_the_source_images_and_flags_are_framed(cifar, tmp_path):
-    from utils.data import read_cifar
+    from utils.training.data import read_cifar
     raw = read_cifar(cifar["data"], "cifar10", True)[0]       # (N, 3, 32, 32) uint8
     images = report.Images("cifar10", cifar["data"])
     s = cifar["scores"]["win3_ep4_decay0.9"]
@@ -174,7 +174,7 @@ def test_corrupted_runs_are_shown_as_trained(cifar):
     settings and checked against the run's corrupted_mask.npy."""
     from types import SimpleNamespace
 
-    from utils.robustness import apply_corruption
+    from utils.training.robustness import apply_corruption
     settings = {"corrupt_ratio": 0.2, "corruption": "contrast", "severity": 5, "corrupt_seed": 3}
     images = report.Images("cifar10", cifar["data"])
     raw = images.array.copy()
@@ -193,7 +193,7 @@ def test_corrupted_runs_are_shown_as_trained(cifar):
 
 def test_digits_from_published_files_without_info(tmp_path):
     """The published script's pair (data_mask + score, no dataset_score, no info): --dataset digits."""
-    from utils.data import read_digits
+    from utils.training.data import read_digits
     _, labels = read_digits(True)
     n = len(labels)
     rng = np.random.default_rng(1)
@@ -290,7 +290,7 @@ def test_trajectories_are_the_contributions_the_score_is_made_of(cifar):
 
 def test_trajectories_from_the_contrib_layout(cifar, tmp_path):
     """train.py --dynamics_format contrib stores <e>_Contrib.npy = c_{e-1} (rows shuffled here too)."""
-    from utils.scoring import Dynamics
+    from utils.science.scores import Dynamics
     c = ref_contributions(cifar["logits"]).astype(np.float32)                  # (T-1, N)
     rng = np.random.default_rng(5)
     for e in range(T):
@@ -372,7 +372,7 @@ def test_only_finished_scorings_are_shown(cifar, tmp_path, capsys):
     """A scoring cut short (arrays, no info_<tag>.json) and one whose arrays changed after it was scored
     are skipped with a note; a folder that a scoring is writing now is refused; with no finished
     scoring left, one line."""
-    from utils.folder import FolderLock
+    from utils.protocol.lock import FolderLock
     masks = tmp_path / "m"
     masks.mkdir()
     good, cut, changed = "win3_ep4_decay0.9", "win3_ep4_decay0.8", "el2n_ep4"

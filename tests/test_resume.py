@@ -13,7 +13,7 @@ import pytest
 
 from conftest import (FULL_RUN, ROOT, assert_same_checkpoint, assert_same_state, assert_user_error, cli,
                       folder_digest)
-from utils.io import save_npy
+from utils.protocol.files import save_npy
 
 
 def _kill_after_epochs(script, flags, save, k, timeout=300):
@@ -112,7 +112,7 @@ def test_sigkill_during_writes_leaves_complete_files(tmp_path):
         folder = tmp_path / str(k)   # a fresh folder each time: no file of an earlier writer counts
         folder.mkdir()
         code = ("import numpy as np, sys; sys.path.insert(0, %r)\n"
-                "from utils.io import save_npy\n"
+                "from utils.protocol.files import save_npy\n"
                 "i = 0\n"
                 "while True:\n"
                 "    save_npy(%r + f'/{i %% 3}_Output.npy', np.full((500, 1000), i, dtype=np.float32)); i += 1\n"

@@ -2,7 +2,6 @@
 corrupted training set, the run folders say which samples were touched, test data never changes,
 and the kept-fraction figures are what subset_indices.npy and the boolean files say."""
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ import torch
 
 import train
 import train_subset
-from utils.data import load_data, read_cifar
+from utils.training.data import load_data, read_cifar
 from utils.errors import UserError
 
 N = 160

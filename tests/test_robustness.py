@@ -1,4 +1,4 @@
-"""utils/robustness.py against its definition: exact counts, the maps, determinism from its own
+"""utils/training/robustness.py against its definition: exact counts, the maps, determinism from its own
 seed only, corruption only where flagged and equal to torchvision's functional transforms."""
 import numpy as np
 import pytest
@@ -9,7 +9,7 @@ import io
 from PIL import Image
 
 from utils.errors import UserError
-from utils.robustness import CIFAR10_ASYMMETRIC, CORRUPTIONS, SEVERITY, apply_corruption, apply_label_noise
+from utils.training.robustness import (CIFAR10_ASYMMETRIC, CORRUPTIONS, SEVERITY, apply_corruption, apply_label_noise)
 
 Y = np.random.default_rng(0).integers(0, 10, 5000)
 

@@ -1,4 +1,4 @@
-"""utils/scoring.py and utils/features.py against references written here, in plain numpy (float64),
+"""utils/science/scores.py and utils/science/features.py against references written here, in plain numpy (float64),
 straight from the formulas of docs/METHODS.md, on dynamics files in the published shuffled layout
 (the TDDS reference and the writer of that layout are conftest's, shared with the other tests)."""
 import os
@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import ref_contributions, ref_tdds, write_published
-from utils import scoring
+from utils.science import scores as scoring
 from utils.errors import UserError
-from utils.features import FEATURES, FILE_TAGS, epoch_features
-from utils.scoring import Dynamics, compute_score, output_names
+from utils.science.features import FEATURES, FILE_TAGS, epoch_features
+from utils.science.scores import Dynamics, compute_score, output_names
 
 
 # ---------------------------------------------------------------- data and files

@@ -1,11 +1,11 @@
-"""utils/selection.py against hand-made cases and plain-loop reference implementations of docs/METHODS.md."""
+"""utils/science/selection.py against hand-made cases and plain-loop reference implementations of docs/METHODS.md."""
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
 from utils.errors import UserError
-from utils.selection import kept_count, load_mask_and_score, loss_weights, select
+from utils.science.selection import kept_count, load_mask_and_score, loss_weights, select
 
 
 # ----------------------------------------------------------------------------- references

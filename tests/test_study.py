@@ -1,4 +1,4 @@
-"""The study's planner (utils/study.py through scripts/sweep.py's main, in-process): what a new user
+"""The study's planner (utils/study/plan.py through scripts/sweep.py's main, in-process): what a new user
 meets: misspelled variables, the settings printed first, TAG variants, what needs WIN or TRAJ, clamped
 (T, K) said, report.py at the study's rates, and DYNAMIC (dynamic pruning runs beside the static ones)."""
 import importlib.util

@@ -252,7 +252,7 @@ def test_seeds_only_when_fingerprints_differ_in_the_seed_alone(tmp_path):
 def test_a_run_whose_writer_is_alive_is_running(tmp_path):
     """folder.json says running: while its lock is held the run is "running", once free "interrupted"."""
     sys.path.insert(0, ROOT)
-    from utils.folder import FolderLock
+    from utils.protocol.lock import FolderLock
     out = str(tmp_path / "sweep")
     write_run(out, "tdds/r0.5/s1", {"--manualSeed": 1}, state="running", method="tdds", subset_rate=0.5,
               final_acc=20.0, completed_epochs=2)

@@ -202,7 +202,7 @@ def test_model_init_is_the_published_one_and_streams_are_independent():
     the same parameters and buffers in the same order (modulo the two names above), the same initial
     values, and the same outputs."""
     from types import SimpleNamespace
-    from utils.engine import AUGMENT, GLOBAL, ORDER, build_model, stream_seed
+    from utils.training.loop import AUGMENT, GLOBAL, ORDER, build_model, stream_seed
     args = SimpleNamespace(manualSeed=3, arch="resnet18", amp=False)
     model = build_model(args, SimpleNamespace(num_classes=100), torch.device("cpu"))
     assert torch.initial_seed() == stream_seed(3, GLOBAL, 0)   # then the rank's own global stream
@@ -229,7 +229,7 @@ def test_model_init_is_the_published_one_and_streams_are_independent():
 
 def test_missing_cifar_download_failure_says_where_to_unpack(tmp_path, monkeypatch):
     import torchvision
-    from utils.data import read_cifar
+    from utils.training.data import read_cifar
     monkeypatch.delenv("TDDS_OFFLINE", raising=False)
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "url", "http://127.0.0.1:9/cifar-10-python.tar.gz")
     with pytest.raises(UserError) as e:
@@ -310,7 +310,7 @@ def test_imagefolder_workers_are_not_part_of_the_fingerprint():
     no result, so a run may resume with another --workers (the default, auto, depends on the machine)."""
     from types import SimpleNamespace
 
-    from utils.engine import run_facts
+    from utils.training.loop import run_facts
     data = SimpleNamespace(n_train=4, targets=np.arange(4))
     facts = run_facts(SimpleNamespace(dataset="imagefolder", workers=2), data, torch.device("cpu"))
     assert not any("workers" in k for k in facts)

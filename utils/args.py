@@ -7,9 +7,9 @@ import math
 import os
 import sys
 
-DATASETS = ("cifar10", "cifar100", "digits", "imagefolder")  # utils.data reads them; kept here so
+DATASETS = ("cifar10", "cifar100", "digits", "imagefolder")  # utils.training.data reads them; kept here so
 # that parsing flags does not import torch
-NOISE_TYPES = ("symmetric", "asymmetric")                          # utils.robustness applies them
+NOISE_TYPES = ("symmetric", "asymmetric")                          # utils.training.robustness applies them
 CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "contrast", "jpeg")
 
 
@@ -169,14 +169,14 @@ def default_workers():
 
 def check_finite(args):
     """Every float setting must be a number: `--learning_rate nan` would train to chance and exit 0."""
-    from .errors import UserError
+    from utils.errors import UserError
     for dest, value in sorted(vars(args).items()):
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"{flag_name(dest)} must be a finite number, got {value}")
 
 
 def check_training_args(args):
-    from .errors import UserError
+    from utils.errors import UserError
     check_finite(args)
     if args.workers == "auto":
         args.workers = default_workers()

@@ -11,12 +11,22 @@ DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota i
 RESUME = "make room (or make the folder writable), then run the same command with --resume to finish the run"
 
 
+AT_EXIT = []   # what must run when a command ends, whatever happens (the folder locks register their release)
+
+
+def at_exit(fn):
+    """Register fn() to run at the end of `run` (a leaf registry: this module imports nothing of ours)."""
+    if fn not in AT_EXIT:
+        AT_EXIT.append(fn)
+    return fn
+
+
 class UserError(Exception):
     """A mistake in the user's input (a flag, a file, a folder): reported in one line, no traceback."""
 
 
 class WriteFailed(OSError):
-    """A file could not be written (utils.io's atomic writes raise it, naming the real destination,
+    """A file could not be written (utils.protocol.files's atomic writes raise it, naming the real destination,
     never a temporary file); the file's previous version, if any, is intact."""
 
     def __init__(self, path, reason, err=None):
@@ -29,7 +39,7 @@ def describe_oserror(e):
 
 
 class Preempted(Exception):
-    """A signal stopped the run after its checkpoint was written (utils/preemption.py); the engine has
+    """A signal stopped the run after its checkpoint was written (utils/training/preemption.py); the engine has
     printed where and how to resume. Ends the process with `status` (143 SIGTERM, 138 SIGUSR1)."""
 
     def __init__(self, status):
@@ -62,5 +72,5 @@ def run(main, way_on=RESUME):
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     finally:
-        from .folder import release_all
-        release_all()
+        for cleanup in list(AT_EXIT):
+            cleanup()

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from .errors import UserError
+from utils.errors import UserError
 
 STRATEGIES = ("top", "ccs", "random", "beta")
 BETA_C = 4.0      # --beta_c default: DUAL's value for CIFAR (tuned there, not on other data sets)

@@ -4,7 +4,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .io import save_figure  # noqa: E402
+from utils.protocol.files import save_figure  # noqa: E402
 
 
 def plot_curves(history, path, title=""):

@@ -8,7 +8,7 @@ the same noisy / corrupted training set. Test data is never passed here.
 import numpy as np
 import torch
 
-from .errors import UserError
+from utils.errors import UserError
 
 NOISE_TYPES = ("symmetric", "asymmetric")
 CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "contrast", "jpeg")
@@ -88,6 +88,7 @@ def _corrupt_batch(x, kind, level, gen):
 def _jpeg(img, quality):
     """One (3, H, W) uint8 image through a JPEG encode/decode at `quality` (Pillow, as torchvision uses)."""
     import io
+
     from PIL import Image
     buf = io.BytesIO()
     Image.fromarray(img.permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=quality)

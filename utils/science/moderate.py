@@ -26,8 +26,8 @@ def final_linear(model):
 @torch.no_grad()
 def penultimate_features(model, images, n, batch_size=500):
     """(N, D) float32 features of training images 0..n-1 from `images.batches(...)` (an object of
-    utils.data with augmentation off), the model in eval mode."""
-    from .data import make_batches
+    utils.training.data with augmentation off), the model in eval mode."""
+    from utils.training.data import make_batches
     model.eval()
     feats = {}
     hook = final_linear(model).register_forward_hook(lambda m, inp, out: feats.__setitem__("x", inp[0]))

@@ -1,9 +1,9 @@
 """A pruning study as a plan: the study's variables (scripts/sweep.sh's environment) -> three stages of
 self-contained command lines. A pure function of the variables (and, for DYNAMICS, of which epochs
 that folder holds): the same plan comes out before and after a run. Its reference is docs/SWEEP.md;
-the executor that runs it on this machine is utils/executor.py.
+the executor that runs it on this machine is utils/study/executor.py.
 
-    from utils.study import make_plan, plan_text
+    from utils.study.plan import make_plan, plan_text
     plan = make_plan({"DATASET": "digits", "RATES": "0.5 0.9", "METHODS": "tdds random"})
     print(plan_text(plan))
 """
@@ -13,9 +13,9 @@ import shutil
 import subprocess
 
 from utils.errors import UserError
-from utils.scoring import output_tag
+from utils.science.scores import output_tag
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repository
 # (T, K) per pruning rate for TDDS, as reported for CIFAR-100 / ResNet-18 (docs/METHODS.md)
 REPORTED = {"0.3": (90, 10), "0.5": (70, 10), "0.7": (60, 20), "0.8": (20, 10), "0.9": (10, 5)}
 METHODS = ("tdds", "el2n", "forgetting", "aum", "entropy", "dyn_unc", "dual", "moderate", "random")

@@ -7,7 +7,7 @@ pruning loses. Per batch, with the teacher frozen in eval mode on the same augme
     L = (1 - alpha) CE(z_s, y) + alpha tau^2 KL(softmax(z_t / tau) || softmax(z_s / tau))   (batch mean)
 
 The tau^2 keeps the gradient of the soft term on the scale of the CE's as tau grows (Hinton et al.).
-The published score weighting (utils/engine.py) multiplies this whole loss, as it multiplies the
+The published score weighting (utils/training/loop.py) multiplies this whole loss, as it multiplies the
 plain CE. The teacher must have been trained on exactly this training set (data set, labels, class
 count, corruption): a teacher that saw other labels would teach them.
 """
@@ -18,10 +18,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .args import DATA_SETTINGS, without_unused
-from .engine import amp_dtype, autocast, channels_last
-from .errors import UserError
-from .folder import CHECKPOINT, array_sha256, file_sha256, load_checkpoint
+from utils.args import DATA_SETTINGS, without_unused
+from utils.errors import UserError
+from utils.protocol.fingerprint import array_sha256, file_sha256
+from utils.protocol.outputs import CHECKPOINT, load_checkpoint
+from utils.training.loop import amp_dtype, autocast, channels_last
 
 
 def kd_loss(student, teacher, losses, alpha, tau):

@@ -1,4 +1,4 @@
-"""The local executor of a study plan (utils/study.py): stages 1 and 3 one command after the other
+"""The local executor of a study plan (utils/study/plan.py): stages 1 and 3 one command after the other
 (stage 1 stops the sweep at its first failure), stage 2 with up to JOBS commands at once, each job's
 output appended to <save folder>.log, threads split between the jobs and one GPU per job,
 round-robin. Ctrl-C / SIGTERM end exactly the jobs it started (each in its own process group: the
@@ -14,8 +14,8 @@ import subprocess
 import sys
 import time
 
-from utils.io import save_json, save_text
-from utils.study import gpu_count, line, plan_text
+from utils.protocol.files import save_json, save_text
+from utils.study.plan import gpu_count, line, plan_text
 
 PROG = "sweep.sh"
 DONE = re.compile(r"^already (finished|stopped|scored)", re.M)

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from .errors import DISK_ERRORS, WriteFailed, describe_oserror
+from utils.errors import DISK_ERRORS, UserError, WriteFailed, describe_oserror
 
 
 def atomic_write(path, write_fn, mode="wb"):
@@ -89,7 +89,7 @@ def save_figure(path, fig):
 
 def ensure_writable_dir(path, what="output folder"):
     """Create `path` if needed; a folder that cannot be created or written is a UserError."""
-    from .errors import UserError
+    from utils.errors import UserError
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
@@ -97,3 +97,14 @@ def ensure_writable_dir(path, what="output folder"):
     if not os.access(path, os.W_OK):
         raise UserError(f"{what} {path} is not writable")
     return path
+
+
+def check_writable(path, flag):
+    """Fail before any work if `path` could not be created or written; creates nothing."""
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UserError(f"{flag} {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"{flag} {path}: {parent} is not writable")

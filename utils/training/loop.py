@@ -19,14 +19,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import dist
-from .background import BackgroundWriter, HostCopy
-from .data import FolderImages, make_batches
-from .errors import Preempted, UserError
-from .io import save_json, save_torch
-from .preemption import EXIT_STATUS, StopSignals
-from .folder import BEST, CHECKPOINT, array_sha256, load_checkpoint
-from .run_folder import check_writable
+from utils import dist
+from utils.errors import Preempted, UserError
+from utils.protocol.files import check_writable, save_json, save_torch
+from utils.protocol.fingerprint import array_sha256
+from utils.protocol.outputs import BEST, CHECKPOINT, load_checkpoint
+from utils.training.background import BackgroundWriter, HostCopy
+from utils.training.data import FolderImages, make_batches
+from utils.training.preemption import EXIT_STATUS, StopSignals
 
 EVAL_BATCH = 500
 PLOT_EVERY = 30.0   # seconds: curve.png is redrawn after an epoch at most this often, and after the last one
@@ -38,8 +38,8 @@ PLOT_EVERY = 30.0   # seconds: curve.png is redrawn after an epoch at most this 
 def setup(args):
     """The first steps of both training scripts, none of which writes anything: device (and process
     group), the data on the device. Returns (device, data). What the run folder holds is read later,
-    under its lock (utils.folder.open_run)."""
-    from .data import load_data
+    under its lock (utils.protocol.run.open_run)."""
+    from utils.training.data import load_data
     if args.deterministic:   # before CUDA starts: cuBLAS reads this when its handle is created
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)  # warn where no deterministic kernel exists
@@ -85,8 +85,8 @@ def autocast(device, amp):
 
 
 def run_facts(args, data, device):
-    """Facts of a run that its flags do not show, for the run fingerprint (utils/run_folder.py). The
-    DataLoader's worker count is none: ImageFolder augmentation is seeded per sample (utils/data.py)."""
+    """Facts of a run that its flags do not show, for the run fingerprint (utils/protocol/run.py). The
+    DataLoader's worker count is none: ImageFolder augmentation is seeded per sample (utils/training/data.py)."""
     return {"device": device.type, "processes": dist.world_size(), "training samples": data.n_train,
             "training labels": array_sha256(data.targets)}
 
@@ -183,7 +183,7 @@ def train_one_epoch(model, data, batches, optimizer, scheduler, aug_gen, *, amp=
         logits = logits.float()                                    # (B, C)
         losses = F.cross_entropy(logits, y, reduction="none")      # (B,) per-sample, for the dynamics
         per = losses if sample_weights is None else losses * sample_weights[idx]
-        loss = per.mean() if distill is None else distill.loss(x, logits, per)   # utils/distill.py
+        loss = per.mean() if distill is None else distill.loss(x, logits, per)   # utils/training/distill.py
         if weights is not None:
             loss = loss * weights[idx].sum() / len(idx)
         optimizer.zero_grad(set_to_none=True)
@@ -325,12 +325,12 @@ def fit(args, model, data, train_indices, device, *, run_info, fingerprint, ck=N
       whole run, so resuming without it gives exactly the uninterrupted run).
     ck: the checkpoint dict to resume from (read from `resume_from`, already checked against
       `fingerprint`, which every checkpoint stores). `run_info` is merged into metrics.json.
-    sampler: dynamic pruning (utils/dynamic_pruning.py): each epoch trains sampler.begin_epoch(epoch)'s
+    sampler: dynamic pruning (utils/training/dynamic_pruning.py): each epoch trains sampler.begin_epoch(epoch)'s
       indices instead of train_indices, with its per-sample loss weights, and gives it the losses.
     The position of the run is (epoch, step): a checkpoint is written after every epoch, every
     --save_every_steps optimizer steps, and when SIGTERM/SIGUSR1 arrives (then the run ends with
     errors.Preempted); resuming continues at that step exactly (docs/PREEMPTION.md)."""
-    from .plots import plot_curves
+    from utils.training.curve import plot_curves
 
     wall_start = time.perf_counter()
     rank, world = dist.rank(), dist.world_size()

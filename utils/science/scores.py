@@ -17,8 +17,8 @@ import zlib
 
 import numpy as np
 
-from .errors import UserError
-from .folder import check_trajectory, read_manifest
+from utils.errors import UserError
+from utils.protocol.manifest import check_trajectory, read_manifest
 
 METHODS = ('tdds', 'random', 'el2n', 'forgetting', 'aum', 'entropy', 'dyn_unc', 'dual')
 METHOD_FEATURE = {'tdds': 'contrib', 'random': None, 'el2n': 'el2n', 'forgetting': 'correct',
@@ -391,7 +391,14 @@ def compute_scores(dyn, method, combos, targets=None, seed=42, chunk_size=None, 
 
     import torch
     from tqdm import tqdm
-    from .features import FILE_TAGS, contribution_, epoch_features, log_eps, softmax_
+
+    from utils.science.features import (
+        FILE_TAGS,
+        contribution_,
+        epoch_features,
+        log_eps,
+        softmax_,
+    )
     feature = METHOD_FEATURE[method]
     # epochs whose data is read: entropy needs only each T's last epoch
     epochs = sorted({T - 1 for T, _, _ in combos}) if method == 'entropy' else list(range(T_max))

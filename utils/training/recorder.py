@@ -11,7 +11,7 @@ Two layouts (docs/METHODS.md, "Dynamics files"):
 - `contrib` (ImageNet scale): the previous epoch's log(p + 1e-8) stays on the device and each epoch
   writes only N-float files: <e>_Contrib.npy (the TDDS contribution c_{e-1}, from epoch 1 on) and the
   cheap per-sample quantities the baselines need (El2n, Correct, Margin, Entropy, TargetProb), plus
-  Loss and Index. See utils/features.py.
+  Loss and Index. See utils/science/features.py.
 Both write targets.npy (N,) int64 in dataset order beside them.
 """
 import os
@@ -19,11 +19,11 @@ import os
 import numpy as np
 import torch
 
-from . import dist
-from .background import BackgroundWriter, HostCopy
-from .features import FEATURES, FILE_TAGS, epoch_features
-from .folder import record_epoch
-from .io import save_npy
+from utils import dist
+from utils.protocol.files import save_npy
+from utils.protocol.manifest import record_epoch
+from utils.science.features import FEATURES, FILE_TAGS, epoch_features
+from utils.training.background import BackgroundWriter, HostCopy
 
 FORMATS = ("logits", "contrib")
 DTYPES = {"float32": torch.float32, "float16": torch.float16}

@@ -3,7 +3,7 @@
 Every score of docs/METHODS.md reduces, per sample, a sequence of per-epoch numbers: TDDS the
 contribution c_t between consecutive epochs, the baselines the L2 error, correctness, margin,
 entropy or target probability. They are all computed here, in one place, so that the scorer
-(utils/scoring.py, reading recorded logits) and train.py's recorder (`--dynamics_format contrib`,
+(utils/science/scores.py, reading recorded logits) and train.py's recorder (`--dynamics_format contrib`,
 computing them during training, so only T x N floats are ever stored) give the same numbers.
 """
 import torch

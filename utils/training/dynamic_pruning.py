@@ -13,7 +13,7 @@
 Each epoch's selection (indices, weights) is a pure function of (run seed, epoch, scores so far):
 its random draws come from their own named stream (stream_seed(seed, DYNAMIC, ...)), never from a
 global generator, so a resumed run and every rank of a torchrun select exactly alike. The training
-loop (utils/engine.py fit) calls, per epoch: `begin_epoch(e)` (the indices; `weights` then holds the
+loop (utils/training/loop.py fit) calls, per epoch: `begin_epoch(e)` (the indices; `weights` then holds the
 per-sample loss weights, None = all 1), `observe(idx, losses)` after every step, and `sync()` at the
 end (a collective). `state_dict()` / `load_state_dict()` carry it through checkpoints.
 
@@ -27,10 +27,10 @@ import re
 
 import torch
 
-from . import dist
-from .engine import DYNAMIC, stream_seed
-from .io import save_npy
-from .selection import kept_count
+from utils import dist
+from utils.protocol.files import save_npy
+from utils.science.selection import kept_count
+from utils.training.loop import DYNAMIC, stream_seed
 
 METHODS = ("infobatch", "rs2")
 INITIAL_SCORE = 3.0   # InfoBatch's score of a sample not yet trained: every sample is kept in epoch 0

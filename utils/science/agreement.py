@@ -3,8 +3,8 @@ sets at given pruning rates (importance_evaluation.py's sensitivity report, scri
 numpy and matplotlib only (no torch)."""
 import numpy as np
 
-from .io import save_figure, save_text
-from .selection import kept_count
+from utils.protocol.files import save_figure, save_text
+from utils.science.selection import kept_count
 
 
 def ranks(x):

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .args import DATASETS
-from .errors import UserError
+from utils.args import DATASETS
+from utils.errors import UserError
 
 # Normalisation constants of the published scripts (mean/std of the training images, 0-255 scale).
 CIFAR_STATS = {
@@ -64,7 +64,7 @@ def read_cifar(root, name, train):
 
 def _download_cifar(root, name, missing):
     """torchvision's download into `root` (rank 0 only; the others wait), or one clear error."""
-    from . import dist
+    from utils import dist
     archive = "cifar-10-python.tar.gz" if name == "cifar10" else "cifar-100-python.tar.gz"
     where = (f"{name} not found: {missing} is missing; download {archive} from {CIFAR_URL} and unpack it "
              f"into {root}")
@@ -249,7 +249,7 @@ class FolderImages:
         if self._loader is None:
             workers = self.workers
             if workers == "auto":
-                from .args import default_workers
+                from utils.args import default_workers
                 workers = default_workers()
             self._loader = torch.utils.data.DataLoader(
                 self.dataset, batch_sampler=self._sampler, num_workers=workers, persistent_workers=workers > 0,
@@ -294,7 +294,7 @@ def load_data(args, device, channels_last=False):
     labels and images changed by --label_noise / --corrupt_ratio. Both are pure functions of (data
     set, their own flags and seed), so train.py and train_subset.py see the same training set."""
     if args.label_noise > 0 or args.corrupt_ratio > 0:
-        from . import robustness
+        from utils.training import robustness
     name = args.dataset
     flipped = corrupted = None
     if name in ("cifar10", "cifar100", "digits"):
@@ -342,7 +342,7 @@ def has_training_data(dataset, path):
 def recorded_data_path(dataset, data_path, run_folder):
     """A --data_path that the run in run_folder recorded: a relative one that holds no data from here is
     taken relative to the folder that run was started in, when the data are there."""
-    from .folder import training_cwd
+    from utils.protocol.run import training_cwd
     if os.path.isabs(data_path) or not run_folder or has_training_data(dataset, data_path):
         return data_path
     cwd = training_cwd(run_folder)

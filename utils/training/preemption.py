@@ -15,7 +15,7 @@ import threading
 import torch
 import torch.distributed as tdist
 
-from . import dist
+from utils import dist
 
 # 128 + the signal number: what a shell reports for a process that a signal ended, so an executor
 # (scripts/slurm_array.sh) reads "stopped by SIGUSR1/SIGTERM" whether or not the run was far enough

@@ -1,0 +1,58 @@
+"""A run's identity: the fingerprint of the settings that define what it computes, and the
+content hashes (sha256) of the files and arrays it reads."""
+import hashlib
+import re
+
+import numpy as np
+
+from utils.args import flag_name, without_unused
+
+# Flags that cannot change what a run computes: where it is, how it reports, how it is resumed.
+# --data_path is here because the training labels' content is fingerprinted instead (a data set may
+# move between machines); --mask_path/--score_path likewise (their content is); --ngpu because the
+# resolved device is; --stop_epoch and --save_every_steps because stopping (or checkpointing) early and
+# resuming gives the uninterrupted run.
+NOT_FINGERPRINTED = {"print_freq", "workers", "resume", "overwrite", "evaluate", "save_path", "start_epoch",
+                     "download", "data_path", "ngpu", "mask_path", "score_path", "stop_epoch", "save_every_steps"}
+
+
+# ----------------------------------------------------------------------------------- the fingerprint
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def array_sha256(a):
+    a = np.ascontiguousarray(a)
+    return hashlib.sha256(str(a.dtype).encode() + str(a.shape).encode() + a.tobytes()).hexdigest()
+
+
+def run_fingerprint(args, **facts):
+    """{setting: value} of everything that defines the run: the fingerprinted flags under their
+    command-line names, plus `facts` (e.g. device, processes, content hashes) under theirs."""
+    fp = {flag_name(k): v for k, v in sorted(vars(args).items()) if k not in NOT_FINGERPRINTED}
+    fp.update(facts)
+    return fp
+
+
+def _show(value):
+    if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value):
+        return f"sha256 {value[:12]}…"
+    return repr(value)
+
+
+def fingerprint_diffs(was, now):
+    """["--epochs 3 (now 5)", ...]: every setting in which two fingerprints differ (settings without
+    effect, e.g. the noise type at noise 0, ignored)."""
+    was, now = without_unused(was, "--"), without_unused(now, "--")
+    diffs = []
+    for key in sorted(set(was) | set(now)):
+        old, new = was.get(key, "(not set)"), now.get(key, "(not set)")
+        if old != new:
+            what = key if key.startswith("--") else f"the {key}"
+            diffs.append(f"{what} {_show(old)} (now {_show(new)})")
+    return diffs
+
