@@ -31,7 +31,6 @@ was scored, from which run, the seconds and device it took). dual also writes me
 sample's mean true-label probability over the same epochs (dataset order), which --selection beta
 evaluates. Higher score = more important = kept.
 """
-import json
 import os
 import time
 
@@ -41,13 +40,7 @@ import numpy as np  # noqa: E402
 
 from utils.args import DATASETS, Parser  # noqa: E402
 from utils.errors import UserError, run  # noqa: E402
-from utils.protocol.files import (  # noqa: E402
-    atomic_write,
-    check_writable,  # noqa: E402
-    save_figure,
-    save_json,
-    save_npy,
-)
+from utils.protocol.files import atomic_write, check_writable, load_json, save_figure, save_json, save_npy  # noqa: E402
 from utils.protocol.fingerprint import array_sha256, file_sha256  # noqa: E402
 from utils.protocol.lock import FolderLock, check_unlocked  # noqa: E402
 from utils.science.scores import (
@@ -126,11 +119,7 @@ def to_write(args, planned):
     scored: left out, nothing rewritten. One recorded with another scoring is refused unless --overwrite."""
     todo, done = {}, []
     for tag, (paths, scoring) in planned.items():
-        try:
-            with open(paths['info']) as f:
-                info = json.load(f)
-        except (OSError, ValueError):
-            info = None
+        info = load_json(paths['info'])
         if info is None:
             if any(os.path.exists(paths[k]) for k in ARRAYS):
                 print(f"note: {paths['mask']} has no info_{tag}.json (a scoring that did not finish, or files from "
@@ -193,9 +182,7 @@ def load_labels(args, dyn):
         return None
     if args.data_path is None or args.dataset is None:
         raise UserError("--data_path and --dataset go together: pass both to read the labels from the data set")
-    from utils.training.data import (
-        load_targets,  # only this branch needs the data set code
-    )
+    from utils.training.data import load_targets  # only this branch needs the data set code
     y = check_targets(load_targets(args.data_path, args.dataset), dyn.n, dyn.num_classes,
                       f"--dataset {args.dataset} in {args.data_path}")
     if dyn.targets is not None and (dyn.targets != y).any():
@@ -235,11 +222,8 @@ def plot_histogram(path, score, title):
 def training_run(dynamics_path):
     """(folder, its args.json "args") of the run that recorded the dynamics, or (None, {})."""
     folder = os.path.dirname(os.path.abspath(dynamics_path.rstrip('/')))
-    try:
-        with open(os.path.join(folder, 'args.json')) as f:
-            return folder, json.load(f).get('args', {})
-    except (OSError, ValueError, AttributeError):
-        return None, {}
+    recorded = load_json(os.path.join(folder, 'args.json'))
+    return (folder, recorded.get('args') or {}) if recorded is not None else (None, {})
 
 
 def describe(method, T, K, beta, seed):

@@ -21,7 +21,6 @@ the mean_p_<tag>.npy that importance_evaluation.py --method dual writes; --teach
 from the full-data model (docs/AGGRESSIVE_PRUNING.md).
 """
 import argparse
-import json
 import os
 import re
 
@@ -29,27 +28,14 @@ import numpy as np
 import torch
 
 from utils import dist
-from utils.args import (
-    DATA_SETTINGS,
-    Parser,
-    add_training_args,
-    check_training_args,
-    without_unused,
-)
+from utils.args import DATA_SETTINGS, Parser, add_training_args, check_training_args, without_unused
 from utils.errors import UserError, run
-from utils.protocol.files import save_npy
+from utils.protocol.files import load_json, save_npy
 from utils.protocol.fingerprint import file_sha256, run_fingerprint
 from utils.protocol.outputs import training_set_info, write_training_set_files
 from utils.protocol.run import already_done, open_run
 from utils.science.scores import mean_p_name
-from utils.science.selection import (
-    BETA_C,
-    STRATEGIES,
-    file_tag,
-    load_mask_and_score,
-    loss_weights,
-    select,
-)
+from utils.science.selection import BETA_C, STRATEGIES, file_tag, load_mask_and_score, loss_weights, select
 from utils.training.data import make_batches
 from utils.training.distill import check_kd_args, load_teacher
 from utils.training.loop import build_model, evaluate_only, fit, run_facts, setup
@@ -97,12 +83,7 @@ def score_info(mask_path):
     if tag is None:
         return {}
     path = os.path.join(os.path.dirname(mask_path), f"info_{tag}.json")
-    try:
-        with open(path) as f:
-            info = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return info if isinstance(info, dict) else {}
+    return load_json(path, {})
 
 
 def method_name(score_path, selection, info):

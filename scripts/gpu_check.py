@@ -9,7 +9,6 @@ Offline: a synthetic data set in CIFAR-10's on-disk layout and a small ImageFold
 temporary folder (deleted at the end unless --keep). Without a CUDA device it says so and exits 0 at once.
 """
 import argparse
-import json
 import os
 import pickle
 import re
@@ -24,6 +23,9 @@ import warnings
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from utils.protocol.files import load_json  # noqa: E402
+
 STEPS = ("cuda", "train", "score", "subset", "amp-bf16", "amp-fp16", "resume", "preemption", "eval-sync",
          "benchmark", "torchrun-1", "torchrun-2", "imagefolder")
 
@@ -116,8 +118,7 @@ class Checker:
         return self.metrics(save)
 
     def metrics(self, save):
-        with open(self.path(save, "metrics.json")) as f:
-            return json.load(f)
+        return load_json(self.path(save, "metrics.json"), strict=True)
 
     def checkpoint(self, save):
         import torch
@@ -238,7 +239,6 @@ class Checker:
         import torch
         if self.cpu:
             raise Skip("--cpu: host synchronisation is a CUDA matter")
-        sys.path.insert(0, ROOT)
         from models import create_model
         from utils.training.data import CIFAR_STATS, Data, DeviceImages
         from utils.training.loop import EVAL_BATCH, evaluate
@@ -276,8 +276,7 @@ class Checker:
     def torchrun(self, n, save):
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
         self.sh("train.py", *self.common, "--epochs", "2", "--save_path", self.path(save), launcher=launcher)
-        with open(self.path(save, "folder.json")) as f:
-            processes = json.load(f)["fingerprint"].get("processes")
+        processes = load_json(self.path(save, "folder.json"), strict=True)["fingerprint"].get("processes")
         if processes != n:
             raise Fail(f"the run records {processes} processes, not {n}")
         return f"{'gloo' if self.cpu else 'NCCL'}, {n} process{'es' if n > 1 else ''}: {self.learns(self.metrics(save))}"
@@ -299,8 +298,7 @@ class Checker:
                 "resnet20", "--epochs", "2", "--batch-size", "32", "--ngpu", "0" if self.cpu else "1",
                 "--save_path", self.path("imagefolder-run"))
         m = self.metrics("imagefolder-run")
-        with open(self.path("imagefolder-run", "args.json")) as f:
-            workers = json.load(f)["args"]["workers"]
+        workers = load_json(self.path("imagefolder-run", "args.json"), strict=True)["args"]["workers"]
         return f"{workers} workers (--workers auto), 2 epochs, {m['train_seconds']:.1f} s training"
 
 

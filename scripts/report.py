@@ -27,7 +27,6 @@ Conventions (docs/METHODS.md): higher score = kept; a rate is the fraction PRUNE
 rate r is mask[int(r * N):], mask = the stable ascending argsort of the score.
 """
 import glob
-import json
 import os
 import re
 import sys
@@ -38,7 +37,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: utils
 from utils.args import DATA_SETTINGS, DATASETS, Parser  # noqa: E402
 from utils.errors import UserError, run  # noqa: E402
-from utils.protocol.files import ensure_writable_dir, save_figure, save_json, save_text  # noqa: E402
+from utils.protocol.files import ensure_writable_dir, load_json, save_figure, save_json, save_text  # noqa: E402
 from utils.protocol.fingerprint import file_sha256  # noqa: E402
 from utils.protocol.lock import check_unlocked  # noqa: E402
 from utils.science.selection import _class_budgets, kept_count, load_mask_and_score  # noqa: E402
@@ -119,14 +118,8 @@ def load_scores(mask_dir):
             mask = os.path.join(mask_dir, f"data_mask_{tag}.npy")
             # N is the mask's own length here; load_mask_and_score reports an unreadable or 2-D file
             order, score = load_mask_and_score(mask, os.path.join(mask_dir, f"score_{tag}.npy"), _length(mask))
-        info = {}
         info_path = os.path.join(mask_dir, f"info_{tag}.json")
-        if os.path.exists(info_path):
-            try:
-                with open(info_path) as f:
-                    info = json.load(f)
-            except ValueError:
-                raise UserError(f"{info_path} is not valid JSON") from None
+        info = load_json(info_path, strict=True) if os.path.exists(info_path) else {}
         why = uncommitted(mask_dir, tag, info)
         if why:
             print(f"note: {tag}: skipped: {why}", file=sys.stderr)

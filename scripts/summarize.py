@@ -64,7 +64,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: utils
 from utils.args import Parser, without_unused  # noqa: E402
 from utils.errors import UserError, run  # noqa: E402
-from utils.protocol.files import save_figure, save_text  # noqa: E402
+from utils.protocol.files import load_json, save_figure, save_text  # noqa: E402
 from utils.protocol.run import read_state, training_cwd  # noqa: E402
 
 CSV_COLUMNS = ["run", "label", "state", "method", "selection", "class_balanced", "score_weighting", "budget", "subset_rate",
@@ -116,11 +116,7 @@ def collect_runs(out):
         if "metrics.json" not in files:
             continue
         path = os.path.join(folder, "metrics.json")
-        try:
-            with open(path) as f:
-                m = json.load(f)
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot read {path}: {e}") from None
+        m = load_json(path, strict=True)
         if not isinstance(m, dict) or "final_acc" not in m:
             raise UserError(f"{path} has no final_acc: expected the metrics.json of a training run")
         m["subset_rate"] = float(m.get("subset_rate") or (m.get("dynamic_ratio") if is_dynamic(m) else 0.0) or 0.0)
@@ -145,12 +141,7 @@ def collect_runs(out):
 
 def read_threads(out):
     """{run folder: threads it ran with}, as the sweep's executor recorded them (OUT/threads.json), or {}."""
-    try:
-        with open(os.path.join(out, "threads.json")) as f:
-            threads = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return threads if isinstance(threads, dict) else {}
+    return load_json(os.path.join(out, "threads.json"), {})
 
 
 def run_state(m, state):
@@ -181,11 +172,8 @@ def scores_replaced(m):
         if cwd is None:
             return False
         mask = os.path.join(cwd, mask)
-    try:
-        with open(os.path.join(os.path.dirname(mask), f"info_{m['score_info'].get('tag')}.json")) as f:
-            now = (json.load(f).get("sha256") or {}).get("mask")
-    except (OSError, ValueError, AttributeError):
-        return False
+    info = load_json(os.path.join(os.path.dirname(mask), f"info_{m['score_info'].get('tag')}.json"), {})
+    now = (info.get("sha256") or {}).get("mask") if isinstance(info.get("sha256"), dict) else None
     return bool(now) and now != trained
 
 
@@ -205,11 +193,7 @@ def fingerprint(m, recorded):
     it records."""
     fp = recorded.get("fingerprint")
     if not isinstance(fp, dict):
-        try:
-            with open(os.path.join(m["path"], "args.json")) as f:
-                fp = json.load(f).get("fingerprint")
-        except (OSError, ValueError, AttributeError):
-            fp = None
+        fp = load_json(os.path.join(m["path"], "args.json"), {}).get("fingerprint")
     if isinstance(fp, dict):
         return without_unused(fp, "--")
     return {**{k: _setting(m, k) for k in SEED_INVARIANT}, SEED: m.get("seed")}

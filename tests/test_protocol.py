@@ -15,16 +15,16 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import cli, folder_digest, write_published
 
 import importance_evaluation
 import train
-from conftest import cli, folder_digest, write_published
+from utils.errors import Preempted, UserError
 from utils.protocol.fingerprint import file_sha256, fingerprint_diffs, run_fingerprint
 from utils.protocol.holder import HOLDER, LOCK, _write_record, machine_identity, read_holder
 from utils.protocol.lock import FolderLock, check_unlocked, release_all, unlock
 from utils.protocol.outputs import CHECKPOINT
 from utils.protocol.run import REFUSALS, RunFolder, open_run, write_state
-from utils.errors import Preempted, UserError
 
 DIGITS = ["--dataset", "digits", "--arch", "resnet20", "--ngpu", "0", "--batch-size", "256"]
 BASE = DIGITS + ["--epochs", "3"]

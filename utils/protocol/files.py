@@ -9,6 +9,22 @@ import numpy as np
 from utils.errors import DISK_ERRORS, UserError, WriteFailed, describe_oserror
 
 
+def load_json(path, default=None, strict=False):
+    """The JSON object (a dict) in `path`, the one reader of every record the scripts write.
+    Lenient (default): `default` when the file is absent, unreadable, not JSON or not an object.
+    strict=True: a file that cannot be read or parsed is a UserError naming it; what was parsed is
+    returned as it is (the caller says what it expected)."""
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except (OSError, ValueError) as e:
+        if strict:
+            why = "not valid JSON" if isinstance(e, ValueError) else describe_oserror(e)
+            raise UserError(f"cannot read {path}: {why}") from None
+        return default
+    return obj if strict or isinstance(obj, dict) else default
+
+
 def atomic_write(path, write_fn, mode="wb"):
     """write_fn(f) writes the content to an open file object; `path` appears only when complete. A write
     that fails (any OSError, or torch.save's errno-less "PytorchStreamWriter failed writing file") raises

@@ -6,6 +6,8 @@ import socket
 import time
 import uuid
 
+from utils.protocol.files import load_json
+
 LOCK, HOLDER = ".lock", ".holder.json"
 UNLOCK = "python -m utils.protocol.unlock"     # the manual takeover, run from the repository
 
@@ -182,11 +184,7 @@ def _clear_record(folder, expected):
         os.rename(path, aside)
     except FileNotFoundError:
         return True
-    try:
-        with open(aside) as f:
-            taken = json.load(f)
-    except (OSError, ValueError):
-        taken = dict(_UNREADABLE)
+    taken = load_json(aside, dict(_UNREADABLE))
     if taken.get("nonce") != expected.get("nonce") and not expected.get("unreadable"):
         try:
             os.link(aside, path)          # put the live one back (fails only if a third took the folder)

@@ -1,13 +1,12 @@
 """The dynamics manifest (npy/manifest.json): per recorded epoch, the run that wrote it and each file's
 size and CRC-32, written right after the epoch's files; the scorer checks a trajectory against it."""
-import json
 import os
 import zlib
 
 import numpy as np
 
 from utils.errors import UserError
-from utils.protocol.files import save_json
+from utils.protocol.files import load_json, save_json
 
 MANIFEST = "manifest.json"
 
@@ -34,14 +33,11 @@ def read_manifest(npy_folder):
     path = os.path.join(npy_folder, MANIFEST)
     if not os.path.exists(path):
         return None
-    try:
-        with open(path) as f:
-            m = json.load(f)
-        assert isinstance(m, dict) and isinstance(m.get("epochs"), dict)
-        return m
-    except (OSError, ValueError, AssertionError):
+    m = load_json(path)
+    if m is None or not isinstance(m.get("epochs"), dict):
         raise UserError(f"cannot read {path}: not the manifest train.py writes (delete it to score the folder "
-                        f"as unverified published files)") from None
+                        f"as unverified published files)")
+    return m
 
 
 def record_epoch(npy_folder, epoch, run_id, arrays):

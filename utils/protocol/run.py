@@ -1,6 +1,5 @@
 """The decision and commit of a run folder: read its record (folder.json) under the lock, decide
 (fresh / resume / done / repair, or a refusal with its way on), write, commit last."""
-import json
 import os
 import re
 import subprocess
@@ -10,7 +9,7 @@ import uuid
 
 from utils import dist
 from utils.errors import UserError
-from utils.protocol.files import save_json
+from utils.protocol.files import load_json, save_json
 from utils.protocol.fingerprint import fingerprint_diffs
 from utils.protocol.holder import quick_judgement, read_holder
 from utils.protocol.lock import FolderLock
@@ -26,13 +25,7 @@ def new_run_id():
 def read_state(folder):
     """folder.json as a dict ({} when absent or unreadable), with "state" made honest for readers:
     "running" in a folder that no live process holds is "interrupted" (its writer died)."""
-    try:
-        with open(os.path.join(folder, STATE)) as f:
-            st = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(st, dict):
-        return {}
+    st = load_json(os.path.join(folder, STATE), {})
     if st.get("state") == "running" and quick_judgement(read_holder(folder)) in ("free", "dead"):
         st["state"] = "interrupted"
     return st
@@ -41,11 +34,7 @@ def read_state(folder):
 def write_state(folder, **fields):
     """Update folder.json (atomically) with `fields`, keeping the others."""
     path = os.path.join(folder, STATE)
-    try:
-        with open(path) as f:
-            st = json.load(f)
-    except (OSError, ValueError):
-        st = {}
+    st = load_json(path, {})
     st.update(fields, updated=time.time())
     save_json(path, st)
 
@@ -53,9 +42,8 @@ def write_state(folder, **fields):
 def training_cwd(run_folder):
     """The folder a run was started in, so that the relative paths it recorded can be found from anywhere:
     args.json's cwd, or (older runs) its save_path as typed stripped from the run folder; None if unknown."""
+    recorded = load_json(os.path.join(run_folder, "args.json"), {})
     try:
-        with open(os.path.join(run_folder, "args.json")) as f:
-            recorded = json.load(f)
         if recorded.get("cwd"):
             return recorded["cwd"]
         save_path = recorded["args"]["save_path"]
@@ -121,12 +109,7 @@ def run_files(save_path):
 
 
 def _read_metrics(folder):
-    try:
-        with open(os.path.join(folder, "metrics.json")) as f:
-            m = json.load(f)
-        return m if isinstance(m, dict) else None
-    except (OSError, ValueError):
-        return None
+    return load_json(os.path.join(folder, "metrics.json"))
 
 
 def decide_run(folder, fingerprint, *, resume, overwrite, stop_epoch=None):

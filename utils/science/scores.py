@@ -392,13 +392,7 @@ def compute_scores(dyn, method, combos, targets=None, seed=42, chunk_size=None, 
     import torch
     from tqdm import tqdm
 
-    from utils.science.features import (
-        FILE_TAGS,
-        contribution_,
-        epoch_features,
-        log_eps,
-        softmax_,
-    )
+    from utils.science.features import FILE_TAGS, contribution_, epoch_features, log_eps, softmax_
     feature = METHOD_FEATURE[method]
     # epochs whose data is read: entropy needs only each T's last epoch
     epochs = sorted({T - 1 for T, _, _ in combos}) if method == 'entropy' else list(range(T_max))

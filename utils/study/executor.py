@@ -6,7 +6,6 @@ job and its children, e.g. torchrun's workers). It has no skip logic: it runs ev
 script decides from what its folder holds; it ends with the list of failed (status != 0, 2) and
 refused (status 2) commands and how to go on (exit status 1).
 """
-import json
 import os
 import re
 import signal
@@ -14,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from utils.protocol.files import save_json, save_text
+from utils.protocol.files import load_json, save_json, save_text
 from utils.study.plan import gpu_count, line, plan_text
 
 PROG = "sweep.sh"
@@ -175,11 +174,7 @@ class Executor:
         if not self.trained:
             return
         path = os.path.join(self.c["OUT"], "threads.json")
-        try:
-            with open(path) as f:
-                known = json.load(f)
-        except (OSError, ValueError):
-            known = {}
+        known = load_json(path, {})
         known.update({os.path.relpath(save, self.c["OUT"]): n for save, n in self.trained.items()})
         save_json(path, known)
 

@@ -11,7 +11,6 @@ The published score weighting (utils/training/loop.py) multiplies this whole los
 plain CE. The teacher must have been trained on exactly this training set (data set, labels, class
 count, corruption): a teacher that saw other labels would teach them.
 """
-import json
 import os
 import time
 
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 
 from utils.args import DATA_SETTINGS, without_unused
 from utils.errors import UserError
+from utils.protocol.files import load_json
 from utils.protocol.fingerprint import array_sha256, file_sha256
 from utils.protocol.outputs import CHECKPOINT, load_checkpoint
 from utils.training.loop import amp_dtype, autocast, channels_last
@@ -94,12 +94,7 @@ def check_kd_args(args):
 
 def _recorded(folder, name):
     """A JSON file of the teacher's run folder, or {}."""
-    try:
-        with open(os.path.join(folder, name)) as f:
-            out = json.load(f)
-        return out if isinstance(out, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    return load_json(os.path.join(folder, name), {})
 
 
 def load_teacher(args, data, device):
