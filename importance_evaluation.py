@@ -38,15 +38,15 @@ START = time.time()   # the cost ledger counts the whole command, imports includ
 
 import numpy as np  # noqa: E402
 
-from utils.args import DATASETS, Parser  # noqa: E402
+from utils.args import Parser  # noqa: E402
 from utils.errors import UserError, run  # noqa: E402
+from utils.methods import DATASETS, SCORES, describe  # noqa: E402
 from utils.protocol.files import atomic_write, check_writable, load_json, save_figure, save_json, save_npy  # noqa: E402
 from utils.protocol.fingerprint import array_sha256, file_sha256  # noqa: E402
 from utils.protocol.lock import FolderLock, check_unlocked  # noqa: E402
 from utils.science.scores import (
     LABEL_METHODS,
     MEAN_P_METHODS,
-    METHODS,
     Dynamics,
     check_args,
     check_targets,
@@ -75,7 +75,7 @@ def parse_args(argv=None):
                     help='replace a finished scoring of the same file names made with other settings or inputs '
                          '(without it: refused; the same settings and inputs: nothing is rewritten)')
     score = parser.add_argument_group('score (several values: every valid combination, one pass over the files)')
-    score.add_argument('--method', type=str, default='tdds', choices=METHODS + ('moderate',),
+    score.add_argument('--method', type=str, default='tdds', choices=tuple(SCORES),
                        help='score to compute (moderate: from the features of --checkpoint, no dynamics)')
     score.add_argument('--checkpoint', type=str, default=None, metavar='PATH',
                        help='moderate: a checkpoint.pth.tar of train.py; its data set and architecture are used')
@@ -89,7 +89,7 @@ def parse_args(argv=None):
     score.add_argument('--manualSeed', type=int, default=42, help='seed of --method random')
     score.add_argument('--sensitivity_rates', type=float, nargs='+', default=[0.3, 0.5, 0.7, 0.9], metavar='R',
                        help='pruning rates of the kept-set overlaps in sensitivity_<method>.md (several combinations)')
-    labels = parser.add_argument_group('labels (for el2n, forgetting, aum, dyn_unc, dual when the folder has no targets.npy)')
+    labels = parser.add_argument_group(f"labels (for {', '.join(LABEL_METHODS)} when the folder has no targets.npy)")
     labels.add_argument('--data_path', type=str, default=None, help='data set root, as for train.py')
     labels.add_argument('--dataset', type=str, default=None, choices=DATASETS, help='data set name, as for train.py')
     compute = parser.add_argument_group('compute')
@@ -226,11 +226,6 @@ def training_run(dynamics_path):
     return (folder, recorded.get('args') or {}) if recorded is not None else (None, {})
 
 
-def describe(method, T, K, beta, seed):
-    return {'tdds': f'TDDS (T={T}, K={K}, decay={beta})', 'random': f'random (seed {seed})',
-            'dyn_unc': f'dyn_unc (T={T}, K={K})', 'dual': f'DUAL (T={T}, J={K})'}.get(method, f'{method} (T={T})')
-
-
 def plot_grid(path, scores, method):
     """One figure, one panel per combination. Drawing a dozen separate figures took as long as the scoring
     itself; one figure whose panels share the y axis (log10 counts on a linear axis: log-scale tick
@@ -327,7 +322,7 @@ def moderate(args, start):
             'num_samples': data.n_train, 'num_classes': data.num_classes, 'dynamics_path': None,
             'dynamics_run': os.path.dirname(os.path.abspath(args.checkpoint)),
             **{k: run.get(k) for k in RUN_SETTINGS}, 'combinations': 1, 'device': str(device),
-            'what': f'moderate ({ns.arch}, epoch {ck.get("epoch")})'}
+            'what': describe('moderate', arch=ns.arch, epoch=ck.get('epoch'))}
     info['files'] = {k: v for k, v in output_names('moderate', 0, 0).items() if k in ARRAYS}
     try:
         write_score(args, score, paths, info['what'])
@@ -365,7 +360,8 @@ def main(argv=None):
     targets = method_labels(dyn, args.method, load_labels(args, dyn))   # None if not needed
     device = resolve_device(args.device) if args.method != 'random' else 'cpu'
     shape = f'{dyn.n} x {dyn.num_classes} logits' if dyn.fmt == 'logits' else f'{dyn.n} samples, per-epoch features'
-    what = describe(args.method, *combos[0], args.manualSeed) if len(combos) == 1 else \
+    T0, K0, beta0 = combos[0]
+    what = describe(args.method, T=T0, K=K0, decay=beta0, seed=args.manualSeed) if len(combos) == 1 else \
         f'{args.method}, {len(combos)} combinations of (T, K, decay) in one pass'
     print(f"{what} from {args.dynamics_path}: {shape}, {dyn.epochs_recorded} epochs recorded, on {device}")
 
@@ -415,7 +411,7 @@ def main(argv=None):
                     'dynamics_path': os.path.abspath(args.dynamics_path), 'dynamics_run': run_folder,
                     'dynamics_run_id': dyn.run_id, **{k: run_args.get(k) for k in RUN_SETTINGS},
                     'combinations': len(combos), 'device': str(device),
-                    'what': describe(args.method, T, K, beta, args.manualSeed)}
+                    'what': describe(args.method, T=T, K=K, decay=beta, seed=args.manualSeed)}
             write_score(args, score, paths, info['what'], plot=len(combos) == 1)
             written[tag] = (paths, info)
         if len(combos) > 1 and not args.no_plot:

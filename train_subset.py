@@ -30,6 +30,7 @@ import torch
 from utils import dist
 from utils.args import DATA_SETTINGS, Parser, add_training_args, check_training_args, without_unused
 from utils.errors import UserError, run
+from utils.methods import SELECTIONS
 from utils.protocol.files import load_json, save_npy
 from utils.protocol.fingerprint import file_sha256, run_fingerprint
 from utils.protocol.outputs import training_set_info, write_training_set_files
@@ -130,7 +131,7 @@ def check_subset_args(args):
         raise UserError(f"--subset_rate is the fraction pruned and must lie in [0, 1), got {args.subset_rate}")
     if args.selection != "random" and not args.mask_path:
         raise UserError(f"--selection {args.selection} needs --mask_path (a data_mask_*.npy from importance_evaluation.py)")
-    if args.selection in ("ccs", "beta") and not args.score_path:
+    if SELECTIONS[args.selection].score_values and not args.score_path:
         raise UserError(f"--selection {args.selection} needs --score_path (the score_*.npy of the mask)")
     if args.mean_p_path and args.selection != "beta":
         raise UserError(f"--mean_p_path is read by --selection beta only (this run has --selection {args.selection})")

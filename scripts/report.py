@@ -40,7 +40,7 @@ from utils.errors import UserError, run  # noqa: E402
 from utils.protocol.files import ensure_writable_dir, load_json, save_figure, save_json, save_text  # noqa: E402
 from utils.protocol.fingerprint import file_sha256  # noqa: E402
 from utils.protocol.lock import check_unlocked  # noqa: E402
-from utils.science.selection import _class_budgets, kept_count, load_mask_and_score  # noqa: E402
+from utils.science.selection import class_budgets, kept_count, load_mask_and_score  # noqa: E402
 
 FRAME = {"mislabeled": (220, 30, 30), "corrupted": (255, 150, 0)}   # RGB of a flagged cell's frame
 PAD = 3             # frame width in pixels around each thumbnail
@@ -340,7 +340,7 @@ def class_counts(labels, num_classes, order, rates, names, path, title):
         kept = order[int(r * n):]                                         # the published slice
         assert len(kept) == kept_count(n, r)
         c = np.bincount(labels[kept], minlength=num_classes)              # (C,)
-        budget = _class_budgets(sizes, len(kept))                         # (C,)
+        budget = class_budgets(sizes, len(kept))                         # (C,)
         out[r] = {"kept": c.tolist(), "balanced": budget.tolist()}
         ax.bar(np.arange(num_classes), c, color="tab:blue", width=0.8, label="kept by the score")
         ax.step(np.arange(num_classes + 1) - 0.5, np.r_[budget, budget[-1]], where="post",

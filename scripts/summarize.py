@@ -64,6 +64,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: utils
 from utils.args import Parser, without_unused  # noqa: E402
 from utils.errors import UserError, run  # noqa: E402
+from utils.methods import DYNAMIC_METHODS, SELECTIONS, names  # noqa: E402
 from utils.protocol.files import load_json, save_figure, save_text  # noqa: E402
 from utils.protocol.run import read_state, training_cwd  # noqa: E402
 
@@ -78,7 +79,7 @@ CSV_COLUMNS = ["run", "label", "state", "method", "selection", "class_balanced",
 FULL = "full"  # label of the full-data run(s)
 SEED = "--manualSeed"   # the one setting in which runs averaged as seeds may differ
 FLAGGED = {"mislabeled": "kept_mislabeled_fraction", "corrupted": "kept_corrupted_fraction"}
-DYNAMIC = ("infobatch", "rs2")   # dynamic pruning: a full-data run (train.py --dynamic) that prunes as it goes
+DYNAMIC = tuple(DYNAMIC_METHODS)   # dynamic pruning: a full-data run (train.py --dynamic) that prunes as it goes
 FAR_BELOW = 5.0   # points below random at which a score-weighted method's result gets a warning
 
 
@@ -87,7 +88,7 @@ def run_label(m):
     if m.get("subset_rate", 0.0) == 0.0 and m.get("method", FULL) == FULL:
         return FULL
     label = "random" if m.get("selection") == "random" else m.get("method", "unknown")
-    if m.get("selection") in ("ccs", "beta"):
+    if m.get("selection") in names(SELECTIONS, score_values=True):
         label += "-" + m["selection"]
     if m.get("class_balanced"):
         label += "-cb"

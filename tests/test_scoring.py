@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import ref_contributions, ref_tdds, write_published
-from utils.science import scores as scoring
+from utils.science import trajectory
 from utils.errors import UserError
 from utils.science.features import FEATURES, FILE_TAGS, epoch_features
 from utils.science.scores import Dynamics, compute_score, output_names
@@ -134,7 +134,7 @@ def test_chunk_size_does_not_change_the_score(tmp_path, monkeypatch, method):
     for chunk in (7, 64, 149):
         np.testing.assert_array_equal(compute_score(dyn, method, T, K, 0.9, chunk_size=chunk,
                                                     progress=False), whole)
-    monkeypatch.setattr(scoring, '_BLOCK_BYTES', 100)   # read the files in many small blocks
+    monkeypatch.setattr(trajectory, "_BLOCK_BYTES", 100)   # read the files in many small blocks
     np.testing.assert_array_equal(compute_score(dyn, method, T, K, 0.9, chunk_size=50, progress=False), whole)
 
 

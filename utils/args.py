@@ -7,10 +7,7 @@ import math
 import os
 import sys
 
-DATASETS = ("cifar10", "cifar100", "digits", "imagefolder")  # utils.training.data reads them; kept here so
-# that parsing flags does not import torch
-NOISE_TYPES = ("symmetric", "asymmetric")                          # utils.training.robustness applies them
-CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "contrast", "jpeg")
+from utils.methods import CORRUPTIONS, DATASETS, NOISE_TYPES, SELECTIONS, names  # noqa: F401 (declared there)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -45,7 +42,7 @@ ONLY_WITH = {"label_noise": ("noise_type", "noise_seed"), "corrupt_ratio": ("cor
              "amp": ("amp_dtype",)}
 # settings that act only at some values of another: InfoBatch's delta, and in train_subset.py the score
 # weighting (a random subset has no score to weight by), ccs's strata, Beta's c
-ONLY_FOR = {"dynamic_delta": ("dynamic", ("infobatch",)), "no_score_weighting": ("selection", ("top", "ccs", "beta")),
+ONLY_FOR = {"dynamic_delta": ("dynamic", ("infobatch",)), "no_score_weighting": ("selection", names(SELECTIONS, ranked=True)),
             "mis_ratio": ("selection", ("ccs",)), "strata": ("selection", ("ccs",)), "beta_c": ("selection", ("beta",))}
 # settings added after runs were recorded without them: such a record had the value given here
 # (--amp was bf16; convolutions, nearly all of a ResNet's arithmetic, ran in TF32 by PyTorch's default)
@@ -108,7 +105,7 @@ def add_training_args(parser, default_save_path, default_batch_size):
                    help="which labels are flipped (independent of --manualSeed)")
     g.add_argument("--corrupt_ratio", type=float, default=DATA_SETTINGS["corrupt_ratio"],
                    help="fraction of training images corrupted once at load time (cifar10/100, digits)")
-    g.add_argument("--corruption", choices=CORRUPTIONS, default=DATA_SETTINGS["corruption"],
+    g.add_argument("--corruption", choices=tuple(CORRUPTIONS), default=DATA_SETTINGS["corruption"],
                    help="kind of image corruption")
     g.add_argument("--severity", type=int, default=DATA_SETTINGS["severity"],
                    help="corruption severity 1..5 (docs/METHODS.md)")

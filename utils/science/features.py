@@ -1,18 +1,29 @@
 """Per-sample quantities of one epoch, computed from that epoch's logits.
 
 Every score of docs/METHODS.md reduces, per sample, a sequence of per-epoch numbers: TDDS the
-contribution c_t between consecutive epochs, the baselines the L2 error, correctness, margin,
-entropy or target probability. They are all computed here, in one place, so that the scorer
-(utils/science/scores.py, reading recorded logits) and train.py's recorder (`--dynamics_format contrib`,
-computing them during training, so only T x N floats are ever stored) give the same numbers.
+contribution c_t between consecutive epochs, each baseline one quantity of each epoch's prediction
+(its L2 error, correctness, logit margin, entropy, a probability, ...).
+They are all computed here, in one place, so that the scorer (utils/science/scores.py, reading
+recorded logits) and train.py's recorder (`--dynamics_format contrib`, computing the features of
+utils.methods.CONTRIB_FEATURES during training, so only T x N floats are ever stored) give the same
+numbers. A score names its feature in utils/methods.py; each feature but 'contrib' (which needs the
+previous epoch) is one function below, decorated with @per_epoch.
 """
 import torch
 
-FEATURES = ('contrib', 'el2n', 'correct', 'margin', 'entropy', 'target_prob')
-FILE_TAGS = {'contrib': 'Contrib', 'el2n': 'El2n', 'correct': 'Correct', 'margin': 'Margin',
-             'entropy': 'Entropy', 'target_prob': 'TargetProb'}   # written as <e>_<Tag>.npy
-LABEL_FEATURES = ('el2n', 'correct', 'margin', 'target_prob')    # these need the labels y
+from utils.methods import CONTRIB_FEATURES, SCORES
+
+FEATURES = CONTRIB_FEATURES   # what the contrib recorder writes per epoch
+FILE_TAGS = {f: ''.join(w.capitalize() for w in f.split('_')) for f in FEATURES}   # written as <e>_<Tag>.npy
+LABEL_FEATURES = tuple(dict.fromkeys(s.feature for s in SCORES.values() if s.labels))   # these need the labels y
 EPS = 1e-8   # log(p + 1e-8), as in the published TDDS script
+PER_EPOCH = {}   # name -> f(z (B, C) float32 logits, p (B, C) softmax, y (B, 1) int64 or None) -> (B,) float32
+
+
+def per_epoch(f):
+    """Declare f as the per-epoch feature of its name (a score reads it by that name, utils/methods.py)."""
+    PER_EPOCH[f.__name__] = f
+    return f
 
 
 def softmax_(z):
@@ -36,7 +47,7 @@ def epoch_features(logits, targets, prev_logp, names):
     """Features `names` of one epoch for a batch of samples.
 
     logits    (B, C) this epoch's logits z_e (any float dtype; computed in float32)
-    targets   (B,) int64 labels, or None (then only 'contrib' and 'entropy' can be asked for)
+    targets   (B,) int64 labels, or None (then only features no score needs labels for can be asked for)
     prev_logp (B, C) log(p_{e-1} + 1e-8) of the same samples, as returned one epoch earlier,
               or None at epoch 0 (then 'contrib' is left out of the result)
     Returns ({name: (B,) float32}, logp (B, C) = log(p_e + 1e-8), the next epoch's prev_logp).
@@ -45,32 +56,56 @@ def epoch_features(logits, targets, prev_logp, names):
     (absolute value inside the class sum, as published).
     """
     names = tuple(names)
-    unknown = [n for n in names if n not in FEATURES]
+    unknown = [n for n in names if n != 'contrib' and n not in PER_EPOCH]
     if unknown:
-        raise ValueError(f"unknown features {unknown}; known: {FEATURES}")
+        raise ValueError(f"unknown features {unknown}; known: {('contrib',) + tuple(PER_EPOCH)}")
     if targets is None and any(n in LABEL_FEATURES for n in names):
         raise ValueError(f"features {[n for n in names if n in LABEL_FEATURES]} need targets")
 
     z = logits.float()                       # (B, C)
     p = torch.softmax(z, dim=1)              # (B, C) p_e
     logp = log_eps(p)                        # (B, C) log(p_e + 1e-8)
+    y = None if targets is None else targets.long().view(-1, 1)   # (B, 1)
     out = {}
-    if 'contrib' in names and prev_logp is not None:
-        out['contrib'] = contribution_(p, logp, prev_logp.clone())
-    if 'entropy' in names:
-        # exact log p here (not log(p + 1e-8)): confident samples have entropies far below 1e-8 * C
-        out['entropy'] = -(p * torch.log_softmax(z, dim=1)).sum(1)
-    if targets is not None:
-        y = targets.long().view(-1, 1)       # (B, 1)
-        if 'el2n' in names:
-            err = p.clone()
-            err.scatter_add_(1, y, torch.full_like(y, -1, dtype=p.dtype))   # p - onehot(y)
-            out['el2n'] = torch.linalg.vector_norm(err, dim=1)
-        if 'correct' in names:
-            out['correct'] = (z.argmax(1) == y.squeeze(1)).float()
-        if 'margin' in names:
-            others = z.scatter(1, y, float('-inf'))                         # z without z_y
-            out['margin'] = z.gather(1, y).squeeze(1) - others.amax(1)
-        if 'target_prob' in names:
-            out['target_prob'] = p.gather(1, y).squeeze(1)
-    return {n: out[n] for n in names if n in out}, logp
+    for n in names:
+        if n != 'contrib':
+            out[n] = PER_EPOCH[n](z, p, y)
+        elif prev_logp is not None:
+            out[n] = contribution_(p, logp, prev_logp.clone())
+    return out, logp
+
+
+# ------------------------------------------------------------------------ the per-epoch features
+@per_epoch
+def el2n(z, p, y):
+    """||p - onehot(y)||_2."""
+    err = p.clone()
+    err.scatter_add_(1, y, torch.full_like(y, -1, dtype=p.dtype))   # p - onehot(y)
+    return torch.linalg.vector_norm(err, dim=1)
+
+
+@per_epoch
+def correct(z, p, y):
+    """1.0 where argmax z = y, else 0.0."""
+    return (z.argmax(1) == y.squeeze(1)).float()
+
+
+@per_epoch
+def margin(z, p, y):
+    """The logit margin z_y - max_{c != y} z_c (AUM)."""
+    others = z.scatter(1, y, float('-inf'))                         # z without z_y
+    return z.gather(1, y).squeeze(1) - others.amax(1)
+
+
+@per_epoch
+def entropy(z, p, y):
+    """-sum_c p_c log p_c, with the exact log p (not log(p + 1e-8)): confident samples have entropies
+    far below 1e-8 * C."""
+    return -(p * torch.log_softmax(z, dim=1)).sum(1)
+
+
+@per_epoch
+def target_prob(z, p, y):
+    """p_y."""
+    return p.gather(1, y).squeeze(1)
+

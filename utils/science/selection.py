@@ -13,8 +13,9 @@ import os
 import numpy as np
 
 from utils.errors import UserError
+from utils.methods import SELECTIONS
 
-STRATEGIES = ("top", "ccs", "random", "beta")
+STRATEGIES = tuple(SELECTIONS)   # --selection (declared in utils/methods.py)
 BETA_C = 4.0      # --beta_c default: DUAL's value for CIFAR (tuned there, not on other data sets)
 BETA_SCALE = 15   # DUAL's C: beta = C (1 - mu)(1 - r^c), alpha = C + 1 - beta
 BETA_TOP = 10     # mu is the mean p_y of this many highest-scored samples
@@ -187,7 +188,7 @@ def _select_beta(idx, weights, b, rng, where=""):
     return rng.choice(idx, size=b, replace=False, p=w / w.sum())
 
 
-def _class_budgets(counts, total):
+def class_budgets(counts, total):
     """Largest-remainder split of `total` proportional to `counts` (ties: lower class first)."""
     counts = np.asarray(counts, dtype=np.int64)
     n = int(counts.sum())
@@ -218,7 +219,7 @@ def select(order, score_by_index, rate, strategy="top", seed=42, mis_ratio=0.0, 
         raise UserError(f"--strata must be a positive integer, got {strata}")
     if strategy == "top" and order is None:
         raise UserError("strategy 'top' needs the mask file")
-    if strategy in ("ccs", "beta") and score_by_index is None:
+    if SELECTIONS[strategy].score_values and score_by_index is None:
         raise UserError(f"strategy '{strategy}' needs the score file that belongs to the mask")
     if strategy == "beta" and mean_p is None:
         raise UserError("strategy 'beta' needs each sample's mean p_y (mean_p_<tag>.npy of --method dual)")
@@ -259,7 +260,7 @@ def select(order, score_by_index, rate, strategy="top", seed=42, mis_ratio=0.0, 
     else:
         targets = np.asarray(targets)
         classes, counts = np.unique(targets, return_counts=True)
-        budgets = _class_budgets(counts, budget)
+        budgets = class_budgets(counts, budget)
         group_of = targets[base]  # (N,) class of each entry of base, base order kept within a class
         kept = np.concatenate([pick(base[group_of == c], int(b), f" in class {c}")
                                for c, b in zip(classes, budgets)])

@@ -13,15 +13,13 @@ import shutil
 import subprocess
 
 from utils.errors import UserError
-from utils.science.scores import output_tag
+from utils.methods import DYNAMIC_METHODS, SCORES, SELECTIONS, WINDOW_SCORES, output_tag
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repository
 # (T, K) per pruning rate for TDDS, as reported for CIFAR-100 / ResNet-18 (docs/METHODS.md)
 REPORTED = {"0.3": (90, 10), "0.5": (70, 10), "0.7": (60, 20), "0.8": (20, 10), "0.9": (10, 5)}
-METHODS = ("tdds", "el2n", "forgetting", "aum", "entropy", "dyn_unc", "dual", "moderate", "random")
-WINDOWED = ("tdds", "dyn_unc", "dual")             # the scores that take a window K
-SELECTIONS = ("top", "ccs", "beta", "random")
-DYNAMIC_METHODS = ("infobatch", "rs2")             # train.py --dynamic: one full-data run that prunes as it goes
+METHODS = tuple(SCORES)     # the study's names are utils/methods.py's: SCORES, SELECTIONS, DYNAMIC_METHODS
+WINDOWED = WINDOW_SCORES    # the scores that take a window K
 # every variable the sweep reads, with its default ("" = none); the reference is docs/SWEEP.md
 VARIABLES = {
     "DATASET": "cifar100", "DATA_PATH": "./data", "ARCH": "resnet18", "EPOCHS": "200", "FULL_BATCH": "100",
@@ -305,9 +303,9 @@ def make_plan(environ, cwd=None):
     first_seed = c["SEEDS"][0]
     # the methods scored in stage 1: METHODS, and dual when beta sampling needs its mean p_y for another score
     scored = list(c["METHODS"])
-    if "beta" in c["SELECTIONS"] and any(m not in ("random", "dual") for m in c["METHODS"]):
+    if "beta" in c["SELECTIONS"] and any(m != "random" and not SCORES[m].mean_p for m in c["METHODS"]):
         scored = words(" ".join(scored + ["dual"]))
-    needs_dynamics = any(m not in ("random", "moderate") for m in scored)
+    needs_dynamics = any(SCORES[m].source == "dynamics" for m in scored)
     needs_model = c["KD"] or "moderate" in scored
     scores = any(m != "random" for m in scored)
 

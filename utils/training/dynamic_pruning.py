@@ -28,11 +28,12 @@ import re
 import torch
 
 from utils import dist
+from utils.methods import DYNAMIC_METHODS
 from utils.protocol.files import save_npy
 from utils.science.selection import kept_count
 from utils.training.loop import DYNAMIC, stream_seed
 
-METHODS = ("infobatch", "rs2")
+METHODS = tuple(DYNAMIC_METHODS)   # train.py --dynamic (declared in utils/methods.py)
 INITIAL_SCORE = 3.0   # InfoBatch's score of a sample not yet trained: every sample is kept in epoch 0
 RECORD = re.compile(r"^\d+_(Index|Weight|Score)\.npy$")
 

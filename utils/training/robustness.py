@@ -9,20 +9,14 @@ import numpy as np
 import torch
 
 from utils.errors import UserError
+from utils.methods import CORRUPTIONS, NOISE_TYPES
 
-NOISE_TYPES = ("symmetric", "asymmetric")
-CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "contrast", "jpeg")
 # CIFAR-10's asymmetric noise map (Patrini et al. 2017): truck->automobile, bird->airplane,
 # deer->horse, cat<->dog; classes not listed keep their labels.
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_ASYMMETRIC = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
-# Severity 1..5 of each corruption, in the spirit of CIFAR-10-C (Hendrycks & Dietterich 2019):
-SEVERITY = {
-    "gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.10),   # std of additive noise, fraction of 255
-    "gaussian_blur": (0.4, 0.6, 0.7, 0.8, 1.0),         # sigma in pixels (kernel 2*ceil(3 sigma)+1)
-    "contrast": (0.75, 0.5, 0.4, 0.3, 0.15),            # contrast factor (1 = unchanged)
-    "jpeg": (80, 65, 58, 50, 40),                       # JPEG quality (Pillow)
-}
+# Severity 1..5 of each corruption (its parameter and unit are declared in utils/methods.py)
+SEVERITY = {name: c.severity for name, c in CORRUPTIONS.items()}
 _NOISE_STREAM, _CORRUPTION_STREAM = 0x6E6F697365, 0x636F7272   # fixed spawn keys: "noise", "corr"
 _BATCH = 1024   # images corrupted at a time: bounded memory whatever N
 
