@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ref_contributions, ref_tdds, write_published
+from conftest import assert_user_error, cli, ref_contributions, ref_tdds, write_published
 from utils.science import trajectory
 from utils.errors import UserError
 from utils.science.features import FEATURES, FILE_TAGS, epoch_features
@@ -84,6 +84,15 @@ def ref_dyn_unc(Z, y, T, K):
     N = Z.shape[1]
     py = np.stack([softmax(Z[e])[np.arange(N), y] for e in range(T)])   # (T, N)
     return np.mean([py[k:k + K].std(0) for k in range(T - K + 1)], 0)
+
+
+def ref_margin(Z, T):
+    """Minus the mean over epochs 0..T-1 of p_(1) - p_(2), the two largest probabilities (DeepCore's margin)."""
+    gaps = []
+    for e in range(T):
+        p = np.sort(softmax(Z[e]), axis=1)
+        gaps.append(p[:, -1] - p[:, -2])
+    return -np.mean(gaps, 0)
 
 
 def stable_argsort(x):
@@ -209,6 +218,67 @@ def test_entropy_reads_only_epoch_T_minus_1(tmp_path):
         np.save(os.path.join(folder, f'{e}_Output.npy'), np.full((150, 6), np.nan, np.float32))
     score = compute_score(Dynamics(folder, T), 'entropy', T, 2, 0.9, progress=False)
     np.testing.assert_allclose(score, ref_entropy(Z, T), rtol=1e-5, atol=1e-7)
+
+
+# probabilities per (epoch, sample), as logits log p: softmax gives them back, so the answer is known by hand
+KNOWN_P = np.array([
+    [[0.90, 0.05, 0.05], [0.50, 0.40, 0.10], [0.40, 0.35, 0.25], [0.60, 0.30, 0.10], [0.45, 0.45, 0.10],
+     [0.34, 0.33, 0.33]],
+    [[0.90, 0.05, 0.05], [0.50, 0.40, 0.10], [0.40, 0.35, 0.25], [0.20, 0.70, 0.10], [0.45, 0.10, 0.45],
+     [0.33, 0.33, 0.34]]])   # (T=2, N=6, C=3); sample 3 changes its mind, 4 and 5 swap classes
+KNOWN_MARGIN = -np.array([0.85, 0.10, 0.05, (0.30 + 0.50) / 2, 0.0, 0.01])
+
+
+@pytest.mark.parametrize('method,ref,known,order', [
+    ('margin', ref_margin, KNOWN_MARGIN, [0, 3, 1, 2, 5, 4]),
+])
+def test_uncertainty_scores_on_hand_made_probabilities(tmp_path, method, ref, known, order):
+    """margin keeps the smallest gap between the two largest probabilities (sample 4, a tie).
+    No labels: the folder has no targets.npy."""
+    Z = np.log(KNOWN_P).astype(np.float32)
+    dyn = Dynamics(write_published(tmp_path / 'dyn', Z, seed=3), 2)
+    assert dyn.targets is None
+    score = compute_score(dyn, method, 2, 2, 0.9, progress=False)
+    np.testing.assert_allclose(score, known, atol=1e-6)
+    np.testing.assert_allclose(ref(Z, 2), known, atol=1e-6)
+    assert list(stable_argsort(known)) == order
+    np.testing.assert_array_equal(stable_argsort(score), order)
+
+
+@pytest.mark.parametrize('method,ref', [
+    ('margin', ref_margin),
+])
+def test_uncertainty_scores_match_references(tmp_path, method, ref):
+    """On drifting logits in the shuffled published layout, every T of one call against the float64
+    reference, and the same bits whatever the chunk size."""
+    Z, _ = make_logits(13, 9, 300, 7)
+    dyn = Dynamics(write_published(tmp_path / 'dyn', Z), 9)
+    for T in (1, 4, 9):
+        S = compute_score(dyn, method, T, 2, 0.9, progress=False)
+        assert S.dtype == np.float32 and S.shape == (300,)
+        np.testing.assert_allclose(S, ref(Z, T), rtol=1e-5, atol=1e-6, err_msg=f'T={T}')
+        np.testing.assert_array_equal(compute_score(dyn, method, T, 2, 0.9, chunk_size=37, progress=False), S)
+
+
+@pytest.mark.parametrize('method,ref', [
+    ('margin', ref_margin),
+])
+def test_uncertainty_scores_from_the_command_line(tmp_path, method, ref):
+    """importance_evaluation.py --method M writes the M_ep<T> files from logits; the contrib layout, which
+    does not record its feature, is refused in one line."""
+    Z, y = make_logits(14, 4, 120, 5)
+    logits = write_published(tmp_path / 'run' / 'npy', Z, y)
+    cli('importance_evaluation.py', '--dynamics_path', logits, '--method', method, '--trajectory_len', '4',
+        '--mask_path', str(tmp_path / 'masks'), '--no_plot')
+    mask = np.load(tmp_path / 'masks' / f'data_mask_{method}_ep4.npy')
+    score = np.load(tmp_path / 'masks' / f'dataset_score_{method}_ep4.npy')
+    np.testing.assert_allclose(score, ref(Z, 4), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(mask, stable_argsort(score))
+    contrib = write_contrib(tmp_path / 'contrib', Z, y)
+    p = cli('importance_evaluation.py', '--dynamics_path', contrib, '--method', method,
+            '--trajectory_len', '4', '--mask_path', str(tmp_path / 'masks2'), check=False)
+    assert_user_error(p, f'--method {method} reads each epoch', '--dynamics_format logits')
+    assert not os.path.exists(tmp_path / 'masks2')
 
 
 def test_random_is_the_seeded_uniform(tmp_path):

@@ -109,3 +109,10 @@ def target_prob(z, p, y):
     """p_y."""
     return p.gather(1, y).squeeze(1)
 
+
+@per_epoch
+def prob_gap(z, p, y):
+    """p_(1) - p_(2): the largest predicted probability minus the second largest (DeepCore's margin)."""
+    top = p.topk(2, dim=1).values                                   # (B, 2), descending
+    return top[:, 0] - top[:, 1]
+
