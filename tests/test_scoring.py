@@ -95,6 +95,11 @@ def ref_margin(Z, T):
     return -np.mean(gaps, 0)
 
 
+def ref_least_confidence(Z, T):
+    """The mean over epochs 0..T-1 of 1 - max_c p_e[i, c]."""
+    return np.mean([1 - softmax(Z[e]).max(1) for e in range(T)], 0)
+
+
 def stable_argsort(x):
     return np.argsort(x, kind='stable')
 
@@ -227,13 +232,16 @@ KNOWN_P = np.array([
     [[0.90, 0.05, 0.05], [0.50, 0.40, 0.10], [0.40, 0.35, 0.25], [0.20, 0.70, 0.10], [0.45, 0.10, 0.45],
      [0.33, 0.33, 0.34]]])   # (T=2, N=6, C=3); sample 3 changes its mind, 4 and 5 swap classes
 KNOWN_MARGIN = -np.array([0.85, 0.10, 0.05, (0.30 + 0.50) / 2, 0.0, 0.01])
+KNOWN_LEAST_CONFIDENCE = np.array([0.10, 0.50, 0.60, (0.40 + 0.30) / 2, 0.55, 0.66])
 
 
 @pytest.mark.parametrize('method,ref,known,order', [
     ('margin', ref_margin, KNOWN_MARGIN, [0, 3, 1, 2, 5, 4]),
+    ('least_confidence', ref_least_confidence, KNOWN_LEAST_CONFIDENCE, [0, 3, 1, 4, 2, 5]),
 ])
 def test_uncertainty_scores_on_hand_made_probabilities(tmp_path, method, ref, known, order):
-    """margin keeps the smallest gap between the two largest probabilities (sample 4, a tie).
+    """margin keeps the smallest gap between the two largest probabilities (sample 4, a tie), least
+    confidence the smallest largest probability (sample 5, nearly uniform): the two rank 4 and 5 apart.
     No labels: the folder has no targets.npy."""
     Z = np.log(KNOWN_P).astype(np.float32)
     dyn = Dynamics(write_published(tmp_path / 'dyn', Z, seed=3), 2)
@@ -247,6 +255,7 @@ def test_uncertainty_scores_on_hand_made_probabilities(tmp_path, method, ref, kn
 
 @pytest.mark.parametrize('method,ref', [
     ('margin', ref_margin),
+    ('least_confidence', ref_least_confidence),
 ])
 def test_uncertainty_scores_match_references(tmp_path, method, ref):
     """On drifting logits in the shuffled published layout, every T of one call against the float64
@@ -262,6 +271,7 @@ def test_uncertainty_scores_match_references(tmp_path, method, ref):
 
 @pytest.mark.parametrize('method,ref', [
     ('margin', ref_margin),
+    ('least_confidence', ref_least_confidence),
 ])
 def test_uncertainty_scores_from_the_command_line(tmp_path, method, ref):
     """importance_evaluation.py --method M writes the M_ep<T> files from logits; the contrib layout, which

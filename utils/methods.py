@@ -56,6 +56,7 @@ SCORES = {s.name: s for s in (
     Score('dyn_unc', 'target_prob', 'window_std', labels=True, window=2, label='dyn_unc (T={T}, K={K})'),
     Score('dual', 'target_prob', 'dual', labels=True, window=2, mean_p=True, label='DUAL (T={T}, J={K})'),
     Score('margin', 'prob_gap', 'neg_mean'),
+    Score('least_confidence', 'least_conf', 'mean'),
     Score('moderate', source='checkpoint', tag='moderate', label='moderate ({arch}, epoch {epoch})'),
 )}
 

@@ -116,3 +116,8 @@ def prob_gap(z, p, y):
     top = p.topk(2, dim=1).values                                   # (B, 2), descending
     return top[:, 0] - top[:, 1]
 
+
+@per_epoch
+def least_conf(z, p, y):
+    """1 - max_c p_c (least confidence)."""
+    return 1 - p.amax(1)
