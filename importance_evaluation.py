@@ -281,50 +281,26 @@ def write_score(args, score, out, what, plot=True):
 
 def moderate(args, start):
     """--method moderate: features of the training images under the checkpoint's model."""
-    from types import SimpleNamespace
-
     import torch
 
-    from models import create_model
-    from utils.protocol.outputs import load_checkpoint
-    from utils.science.moderate import moderate_score, penultimate_features
-    from utils.training.data import FolderImages, load_data, recorded_data_path
+    from utils.science.moderate import moderate_score
+    from utils.training.checkpoint_features import checkpoint_features, read_checkpoint, run_settings
     if not args.checkpoint:
         raise UserError("--method moderate needs --checkpoint (a checkpoint.pth.tar written by train.py)")
     if not os.path.exists(args.checkpoint):   # a folder: load_checkpoint says which file to give
         raise UserError(f"--checkpoint {args.checkpoint}: no such file")
     check_output_dir(args.mask_path)
-    ck = load_checkpoint(args.checkpoint)
-    if not isinstance(ck, dict) or 'model' not in ck or 'args' not in ck:
-        hint = (f"; {os.path.basename(args.checkpoint)} holds the weights only: give checkpoint.pth.tar of the same run"
-                if isinstance(ck, dict) and 'model' in ck else "")
-        raise UserError(f"--checkpoint {args.checkpoint} is not a checkpoint of train.py (no 'model' and 'args'){hint}")
-    run = dict(ck['args'])
-    if args.dataset is not None and args.dataset != run.get('dataset'):
-        raise UserError(f"--checkpoint {args.checkpoint} was trained on {run.get('dataset')}, not --dataset {args.dataset}")
-    if args.data_path is not None:
-        run['data_path'] = args.data_path
-    elif run.get('data_path'):   # as the run recorded it, found from here even if it was started elsewhere
-        run['data_path'] = recorded_data_path(run.get('dataset'), run['data_path'],
-                                              os.path.dirname(os.path.abspath(args.checkpoint)))
+    ck = read_checkpoint(args.checkpoint)
+    run = run_settings(ck, args.checkpoint, args.data_path, args.dataset)
     paths = {k: os.path.join(args.mask_path, v) for k, v in output_names('moderate', 0, 0).items()}
     scoring = {'method': 'moderate', 'checkpoint': f"sha256 {file_sha256(args.checkpoint)}"}
     if not to_write(args, {'moderate': (paths, scoring)}):
         return
-    defaults = {'label_noise': 0.0, 'corrupt_ratio': 0.0, 'workers': 2, 'image_size': 224}
-    ns = SimpleNamespace(**{**defaults, **run})
     device = torch.device(resolve_device(args.device))
-    print(f"moderate from the features of {args.checkpoint} ({ns.arch}, epoch {ck.get('epoch')}) on {ns.dataset}, {device}")
-    data = load_data(ns, device)                       # the training set as trained (noise, corruption)
-    model = create_model(ns.arch, data.num_classes).to(device)
-    model.load_state_dict(ck['model'])
-    images = data.train
-    if isinstance(images, FolderImages):               # the evaluation transform: no random crop
-        images = FolderImages(images.dataset.folder, False, ns.image_size, device, ns.workers)
-        images.set_labels(data.targets)
-    else:
-        images.augment = False
-    _, score = moderate_score(penultimate_features(model, images, data.n_train), data.targets)
+    print(f"moderate from the features of {args.checkpoint} ({run.get('arch')}, epoch {ck.get('epoch')}) on "
+          f"{run.get('dataset')}, {device}")
+    features, data = checkpoint_features(ck, run, device)   # the training set as trained (noise, corruption)
+    _, score = moderate_score(features, data.targets)
     lock = FolderLock(args.mask_path, '--mask_path').acquire()
     if not decide_under(lock, args, {'moderate': (paths, scoring)}):
         return
@@ -333,7 +309,7 @@ def moderate(args, start):
             'num_samples': data.n_train, 'num_classes': data.num_classes, 'dynamics_path': None,
             'dynamics_run': os.path.dirname(os.path.abspath(args.checkpoint)),
             **{k: run.get(k) for k in RUN_SETTINGS}, 'combinations': 1, 'device': str(device),
-            'what': f'moderate ({ns.arch}, epoch {ck.get("epoch")})'}
+            'what': f'moderate ({run.get("arch")}, epoch {ck.get("epoch")})'}
     info['files'] = {k: v for k, v in output_names('moderate', 0, 0).items() if k in ARRAYS}
     try:
         write_score(args, score, paths, info['what'])
