@@ -57,6 +57,7 @@ from utils.science.scores import (
     output_names,
     output_tag,
 )
+from utils.training.fraction import FeatureSource, check_extrapolate_args, recorded_subset  # noqa: E402
 
 # the training run's settings copied into info_<tag>.json (from its args.json, when present)
 RUN_SETTINGS = ("dataset", "data_path", "arch", "label_noise", "noise_type", "noise_seed", "corrupt_ratio",
@@ -78,7 +79,11 @@ def parse_args(argv=None):
     score.add_argument('--method', type=str, default='tdds', choices=tuple(SCORES),
                        help='score to compute (moderate: from the features of --checkpoint, no dynamics)')
     score.add_argument('--checkpoint', type=str, default=None, metavar='PATH',
-                       help='moderate: a checkpoint.pth.tar of train.py; its data set and architecture are used')
+                       help='moderate: a checkpoint.pth.tar of train.py; its data set and architecture are used '
+                            '(score extrapolation: the model whose features are used, by default the run\'s own)')
+    score.add_argument('--extrapolate_k', type=int, default=None, metavar='K',
+                       help='dynamics of a train.py --train_fraction run: each other sample gets the mean score of '
+                            'its K nearest scored samples in the run\'s penultimate features (by default K = 10)')
     score.add_argument('--trajectory_len', type=int, nargs='+', default=[10], metavar='T',
                        help='T: use epochs 0..T-1')
     score.add_argument('--window_size', type=int, nargs='+', default=[10], metavar='K',
@@ -183,8 +188,9 @@ def load_labels(args, dyn):
     if args.data_path is None or args.dataset is None:
         raise UserError("--data_path and --dataset go together: pass both to read the labels from the data set")
     from utils.training.data import load_targets  # only this branch needs the data set code
-    y = check_targets(load_targets(args.data_path, args.dataset), dyn.n, dyn.num_classes,
+    y = check_targets(load_targets(args.data_path, args.dataset), dyn.n_all, dyn.num_classes,
                       f"--dataset {args.dataset} in {args.data_path}")
+    y = y if dyn.subset is None else y[dyn.subset]   # a --train_fraction run's samples
     if dyn.targets is not None and (dyn.targets != y).any():
         raise UserError(f"the labels of --dataset {args.dataset} in {args.data_path} differ from "
                         f"{os.path.join(dyn.path, 'targets.npy')} (the labels trained on) for {(dyn.targets != y).sum()} "
@@ -270,50 +276,26 @@ def write_score(args, score, out, what, plot=True):
 
 def moderate(args, start):
     """--method moderate: features of the training images under the checkpoint's model."""
-    from types import SimpleNamespace
-
     import torch
 
-    from models import create_model
-    from utils.protocol.outputs import load_checkpoint
-    from utils.science.moderate import moderate_score, penultimate_features
-    from utils.training.data import FolderImages, load_data, recorded_data_path
+    from utils.science.moderate import moderate_score
+    from utils.training.checkpoint_features import checkpoint_features, read_checkpoint, run_settings
     if not args.checkpoint:
         raise UserError("--method moderate needs --checkpoint (a checkpoint.pth.tar written by train.py)")
     if not os.path.exists(args.checkpoint):   # a folder: load_checkpoint says which file to give
         raise UserError(f"--checkpoint {args.checkpoint}: no such file")
     check_output_dir(args.mask_path)
-    ck = load_checkpoint(args.checkpoint)
-    if not isinstance(ck, dict) or 'model' not in ck or 'args' not in ck:
-        hint = (f"; {os.path.basename(args.checkpoint)} holds the weights only: give checkpoint.pth.tar of the same run"
-                if isinstance(ck, dict) and 'model' in ck else "")
-        raise UserError(f"--checkpoint {args.checkpoint} is not a checkpoint of train.py (no 'model' and 'args'){hint}")
-    run = dict(ck['args'])
-    if args.dataset is not None and args.dataset != run.get('dataset'):
-        raise UserError(f"--checkpoint {args.checkpoint} was trained on {run.get('dataset')}, not --dataset {args.dataset}")
-    if args.data_path is not None:
-        run['data_path'] = args.data_path
-    elif run.get('data_path'):   # as the run recorded it, found from here even if it was started elsewhere
-        run['data_path'] = recorded_data_path(run.get('dataset'), run['data_path'],
-                                              os.path.dirname(os.path.abspath(args.checkpoint)))
+    ck = read_checkpoint(args.checkpoint)
+    run = run_settings(ck, args.checkpoint, args.data_path, args.dataset)
     paths = {k: os.path.join(args.mask_path, v) for k, v in output_names('moderate', 0, 0).items()}
     scoring = {'method': 'moderate', 'checkpoint': f"sha256 {file_sha256(args.checkpoint)}"}
     if not to_write(args, {'moderate': (paths, scoring)}):
         return
-    defaults = {'label_noise': 0.0, 'corrupt_ratio': 0.0, 'workers': 2, 'image_size': 224}
-    ns = SimpleNamespace(**{**defaults, **run})
     device = torch.device(resolve_device(args.device))
-    print(f"moderate from the features of {args.checkpoint} ({ns.arch}, epoch {ck.get('epoch')}) on {ns.dataset}, {device}")
-    data = load_data(ns, device)                       # the training set as trained (noise, corruption)
-    model = create_model(ns.arch, data.num_classes).to(device)
-    model.load_state_dict(ck['model'])
-    images = data.train
-    if isinstance(images, FolderImages):               # the evaluation transform: no random crop
-        images = FolderImages(images.dataset.folder, False, ns.image_size, device, ns.workers)
-        images.set_labels(data.targets)
-    else:
-        images.augment = False
-    _, score = moderate_score(penultimate_features(model, images, data.n_train), data.targets)
+    print(f"moderate from the features of {args.checkpoint} ({run.get('arch')}, epoch {ck.get('epoch')}) on "
+          f"{run.get('dataset')}, {device}")
+    features, data = checkpoint_features(ck, run, device)   # the training set as trained (noise, corruption)
+    _, score = moderate_score(features, data.targets)
     lock = FolderLock(args.mask_path, '--mask_path').acquire()
     if not decide_under(lock, args, {'moderate': (paths, scoring)}):
         return
@@ -322,7 +304,7 @@ def moderate(args, start):
             'num_samples': data.n_train, 'num_classes': data.num_classes, 'dynamics_path': None,
             'dynamics_run': os.path.dirname(os.path.abspath(args.checkpoint)),
             **{k: run.get(k) for k in RUN_SETTINGS}, 'combinations': 1, 'device': str(device),
-            'what': describe('moderate', arch=ns.arch, epoch=ck.get('epoch'))}
+            'what': describe('moderate', arch=run.get('arch'), epoch=ck.get('epoch'))}
     info['files'] = {k: v for k, v in output_names('moderate', 0, 0).items() if k in ARRAYS}
     try:
         write_score(args, score, paths, info['what'])
@@ -337,6 +319,7 @@ def main(argv=None):
     start = START if argv is None else time.time()
     args = parse_args(argv)
     if args.method == 'moderate':
+        check_extrapolate_args(args.extrapolate_k, None, args.method)
         return moderate(args, start)
     combos, skipped = combinations(args.method, args.trajectory_len, args.window_size, args.decay)
     for T, K, why in skipped:
@@ -356,7 +339,10 @@ def main(argv=None):
         raise UserError(f"--sensitivity_rates are pruning rates in [0, 1), got {args.sensitivity_rates}")
     check_output_dir(args.mask_path)
     T_max = max(T for T, _, _ in combos)
-    dyn = Dynamics(args.dynamics_path, T_max)
+    subset = recorded_subset(args.dynamics_path)              # a --train_fraction run's samples, or None
+    k = check_extrapolate_args(args.extrapolate_k, subset, args.method)
+    dyn = Dynamics(args.dynamics_path, T_max, subset=subset)
+    source = FeatureSource(dyn, args.checkpoint, args.data_path, args.dataset) if subset is not None else None
     targets = method_labels(dyn, args.method, load_labels(args, dyn))   # None if not needed
     device = resolve_device(args.device) if args.method != 'random' else 'cpu'
     shape = f'{dyn.n} x {dyn.num_classes} logits' if dyn.fmt == 'logits' else f'{dyn.n} samples, per-epoch features'
@@ -374,7 +360,8 @@ def main(argv=None):
         scoring = {'method': args.method, 'trajectory_len': T, 'window_size': K, 'decay': beta,
                    'seed': args.manualSeed if args.method == 'random' else None, 'num_samples': dyn.n,
                    'dynamics': dyn.identity(T) if args.method != 'random' else None,
-                   'labels': f"sha256 {array_sha256(targets)[:16]}" if targets is not None else None}
+                   'labels': f"sha256 {array_sha256(targets)[:16]}" if targets is not None else None,
+                   **({'extrapolation': source.identity(k)} if source else {})}
         planned[output_tag(args.method, T, K, beta, **several)] = \
             ({k: os.path.join(args.mask_path, v) for k, v in names.items()}, scoring)
     todo = to_write(args, planned)
@@ -384,6 +371,10 @@ def main(argv=None):
     scores = compute_scores(dyn, args.method, combos, targets=targets, seed=args.manualSeed, chunk_size=args.chunk_size,
                             device=device, mean_p=args.method in MEAN_P_METHODS)   # each (N,) in dataset order
     scores, mean_ps = scores if args.method in MEAN_P_METHODS else (scores, [None] * len(combos))
+    extrapolated = {}
+    if source is not None:   # the scores (and mean p_y) of S, extended to every sample (score extrapolation)
+        scores, extrapolated = source.extend(scores, k, device)
+        mean_ps = source.extend(mean_ps, k, device)[0] if args.method in MEAN_P_METHODS else mean_ps
 
     lock = FolderLock(args.mask_path, '--mask_path').acquire()          # the first write
     todo = decide_under(lock, args, {tag: planned[tag] for tag in todo})
@@ -402,15 +393,15 @@ def main(argv=None):
             if mean_p is not None:   # what --selection beta evaluates, beside the score it belongs to
                 paths['mean_p'] = os.path.join(args.mask_path, mean_p_name(tag))
                 save_npy(paths['mean_p'], mean_p)
-                print(f"wrote {paths['mean_p']}: ({dyn.n},) float32 mean p_y over epochs 0..{T - 1}, dataset order "
+                print(f"wrote {paths['mean_p']}: ({len(mean_p)},) float32 mean p_y over epochs 0..{T - 1}, dataset order "
                       f"(for train_subset.py --selection beta)")
             info = {'method': args.method, 'tag': tag, 'trajectory_len': T, 'window_size': K, 'decay': beta,
                     'seed': scoring['seed'], 'scoring': scoring,
                     'files': {k: os.path.basename(paths[k]) for k in ARRAYS + ('mean_p',) if k in paths},
-                    'num_samples': dyn.n, 'num_classes': dyn.num_classes, 'epochs_recorded': dyn.epochs_recorded,
+                    'num_samples': len(score), 'num_classes': dyn.num_classes, 'epochs_recorded': dyn.epochs_recorded,
                     'dynamics_path': os.path.abspath(args.dynamics_path), 'dynamics_run': run_folder,
                     'dynamics_run_id': dyn.run_id, **{k: run_args.get(k) for k in RUN_SETTINGS},
-                    'combinations': len(combos), 'device': str(device),
+                    'combinations': len(combos), 'device': str(device), **extrapolated,
                     'what': describe(args.method, T=T, K=K, decay=beta, seed=args.manualSeed)}
             write_score(args, score, paths, info['what'], plot=len(combos) == 1)
             written[tag] = (paths, info)

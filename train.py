@@ -25,6 +25,7 @@ from utils.protocol.outputs import training_set_info, write_training_set_files
 from utils.protocol.run import already_done, open_run
 from utils.training.dynamic_pruning import METHODS as DYNAMIC_METHODS
 from utils.training.dynamic_pruning import DynamicSampler
+from utils.training.fraction import TrainFraction, add_fraction_args, check_fraction_args, fingerprinted
 from utils.training.loop import build_model, evaluate_only, fit, run_facts, setup
 from utils.training.recorder import DTYPES, FORMATS, DynamicsRecorder
 
@@ -41,6 +42,7 @@ def parse_args(argv=None):
     g.add_argument("--stop_epoch", type=int, default=None, metavar="E",
                    help="train epochs 0..E-1 of the --epochs schedule, then stop with a resumable checkpoint "
                         "(TDDS reads only epochs 0..T-1: E = T saves the rest of the full-data run)")
+    add_fraction_args(g)
     g = parser.add_argument_group("dynamic pruning (prune while training; docs/METHODS.md)")
     g.add_argument("--dynamic", choices=DYNAMIC_METHODS, default=None,
                    help="infobatch: prune well-learned samples each epoch and up-weight the rest of them; "
@@ -72,10 +74,12 @@ def main(argv=None):
     args = parse_args(argv)
     check_training_args(args)
     check_dynamic_args(args)
+    check_fraction_args(args)
     if args.stop_epoch is not None and not 1 <= args.stop_epoch <= args.epochs:
         raise UserError(f"--stop_epoch {args.stop_epoch} must lie in 1..--epochs ({args.epochs})")
     device, data = setup(args)                                    # reads only, writes nothing
-    fingerprint = run_fingerprint(args, **run_facts(args, data, device))
+    fingerprint = run_fingerprint(fingerprinted(args), **run_facts(args, data, device))
+    fraction = TrainFraction(args, data.n_train)                  # every sample, or --train_fraction's
     model = build_model(args, data, device)                       # (an unknown --arch stops here)
     if args.evaluate:
         return evaluate_only(args, model, data)
@@ -87,6 +91,7 @@ def main(argv=None):
     log = folder.log
     if dist.is_main_process():
         write_training_set_files(args.save_path, data)
+        fraction.write(args.save_path, log)
     log(f"{data.name}: {data.n_train} training / {len(data.test)} test images, {data.num_classes} classes | "
         f"{args.arch} on {device}{' x' + str(dist.world_size()) if dist.world_size() > 1 else ''}"
         f"{' amp ' + args.amp_dtype if args.amp else ''} | {args.epochs} epochs"
@@ -99,11 +104,11 @@ def main(argv=None):
     if args.dynamics:
         recorder = DynamicsRecorder(os.path.join(args.save_path, "npy"), torch.from_numpy(data.targets),
                                     data.num_classes, device, args.dynamics_format, args.dynamics_dtype,
-                                    run_id=folder.run_id, every_sample=args.dynamic is None)
+                                    run_id=folder.run_id, every_sample=args.dynamic is None and fraction.whole)
     run_info = {"dataset": data.name, "arch": args.arch, "seed": args.manualSeed, "method": "full",
                 "subset_rate": 0.0, "selection": "full", "class_balanced": False,
                 "num_train_samples": data.n_train, "budget": "epochs", "run_id": folder.run_id,
-                **training_set_info(data)}
+                **training_set_info(data), **fraction.info}
     sampler = None
     if args.dynamic:
         sampler = DynamicSampler(args.dynamic, data.n_train, args.epochs, args.dynamic_ratio, args.dynamic_delta,
@@ -114,7 +119,7 @@ def main(argv=None):
                          **({"dynamic_delta": args.dynamic_delta} if args.dynamic == "infobatch" else
                             {"num_train_samples": sampler.epoch_size})})
     with folder:                                  # an exception marks the folder failed, the lock goes
-        result = fit(args, model, data, torch.arange(data.n_train), device, run_info=run_info,
+        result = fit(args, model, data, fraction.indices, device, run_info=run_info,
                      fingerprint=fingerprint, ck=ck, resume_from=resume_from, recorder=recorder,
                      stop_epoch=args.stop_epoch, log=log, sampler=sampler)
         folder.end(result)

@@ -8,7 +8,7 @@ from utils.protocol.files import save_npy
 
 CHECKPOINT, BEST, STATE = "checkpoint.pth.tar", "model_best.pth.tar", "folder.json"
 # what a previous run leaves in its folder (besides npy/ and the logs); the lock files are not one of them
-RUN_FILES = (CHECKPOINT, BEST, "metrics.json", "subset_indices.npy", "train_labels.npy",
+RUN_FILES = (CHECKPOINT, BEST, "metrics.json", "subset_indices.npy", "train_indices.npy", "train_labels.npy",
              "label_noise_mask.npy", "corrupted_mask.npy", "curve.png", STATE, "args.json")
 
 

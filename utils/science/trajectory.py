@@ -100,13 +100,18 @@ class Dynamics:
       'contrib' (train.py --dynamics_format contrib): <e>_<Tag>.npy (N,) per feature, <e>_Index.npy.
     Row r of epoch e belongs to dataset index Index_e[r]. Opening reads the .npy headers and the
     Index files only; `targets` is targets.npy (N,) int64 in dataset order, or None if absent.
+
+    `subset` (strictly increasing dataset indices S; train.py --train_fraction): the run trained on S
+    only, and every epoch holds the rows of exactly S. The samples are then S's (n = |S|, read and
+    scored in the order of S; `targets` is targets.npy[S]), and n_all is the training set's N.
     """
 
-    def __init__(self, path, trajectory_len):
+    def __init__(self, path, trajectory_len, subset=None):
         if not os.path.isdir(path):
             raise UserError(f"dynamics folder {path} does not exist" if not os.path.exists(path)
                             else f"--dynamics_path {path} is not a folder")
         self.path = path
+        self.subset = None if subset is None else np.asarray(subset, dtype=np.int64)
         self._found = {}   # (epoch, tag) -> file path
         for name in os.listdir(path):
             m = _EPOCH_FILE.match(name)
@@ -147,6 +152,7 @@ class Dynamics:
             self._index[e] = self._check_index(e)
         if self.n == 0:
             raise UserError(f"{self._first} has no samples")
+        self.n_all = self.n if self.subset is None else self._n_all
         self.targets = self._load_targets()
 
     def identity(self, T):
@@ -195,6 +201,8 @@ class Dynamics:
             if not np.array_equal(idx, np.round(idx)):
                 raise UserError(f"{f.path} holds non-integer indices")
         idx = idx.astype(np.int64, copy=False)
+        if self.subset is not None:
+            return self._subset_index(f, idx)
         if np.array_equal(idx, np.arange(self.n)):
             return None
         if self.n and (idx.min() < 0 or idx.max() >= self.n or
@@ -203,6 +211,19 @@ class Dynamics:
             raise UserError(f"{f.path} is not a permutation of 0..{self.n - 1} "
                             f"(indices out of range, repeated or missing)")
         return idx.astype(np.int32)
+
+    def _subset_index(self, f, idx):
+        """The rows of an epoch of a run on the samples S: a permutation of S. None if in S's order, else
+        the position in S of each row (int32)."""
+        S = self.subset
+        if len(idx) != len(S) or not np.array_equal(np.sort(idx), S):
+            raise UserError(f"{f.path} holds {len(idx)} rows that are not the {len(S)} samples the run trained on "
+                            f"(its train_indices.npy): dynamics and run folder do not belong together")
+        if self._n_all is None or S[-1] >= self._n_all:
+            raise UserError(f"{self.path} needs targets.npy with the labels of the whole training set to score the "
+                            f"{len(S)} samples its run trained on")
+        pos = np.searchsorted(S, idx)
+        return None if np.array_equal(pos, np.arange(len(S))) else pos.astype(np.int32)
 
     def _refuse_partial(self, e, f, suspect):
         """A run that prunes while training (train.py --dynamic) records only the samples each epoch
@@ -213,7 +234,8 @@ class Dynamics:
             raise UserError(f"{path}: epoch {e} holds {rows} of the {self._n_all} samples of targets.npy (a run "
                             f"that prunes while training, train.py --dynamic, records only the samples it "
                             f"trained): scores need every sample in every epoch; record them with a run "
-                            f"without --dynamic")
+                            f"without --dynamic (a train.py --train_fraction run is scored from inside its "
+                            f"run folder, which names the samples it trained in train_indices.npy)")
 
     def _load_targets(self):
         path = os.path.join(self.path, 'targets.npy')
@@ -224,6 +246,8 @@ class Dynamics:
         except Exception as e:
             msg = ' '.join(str(e).split())
             raise UserError(f"cannot read {path}: truncated or not a .npy file ({msg})") from None
+        if self.subset is not None:   # the labels of the whole training set; S's are scored
+            return check_targets(y, self.n_all, self.num_classes, path)[self.subset]
         return check_targets(y, self.n, self.num_classes, path)
 
     def read(self, e, tag, a, b, out=None):
