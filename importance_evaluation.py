@@ -44,19 +44,9 @@ from utils.methods import DATASETS, SCORES, describe  # noqa: E402
 from utils.protocol.files import atomic_write, check_writable, load_json, save_figure, save_json, save_npy  # noqa: E402
 from utils.protocol.fingerprint import array_sha256, file_sha256  # noqa: E402
 from utils.protocol.lock import FolderLock, check_unlocked  # noqa: E402
-from utils.science.scores import (
-    LABEL_METHODS,
-    MEAN_P_METHODS,
-    Dynamics,
-    check_args,
-    check_targets,
-    combinations,
-    compute_scores,
-    mean_p_name,
-    method_labels,
-    output_names,
-    output_tag,
-)
+from utils.science.scores import (LABEL_METHODS, MEAN_P_METHODS, Dynamics, check_args, check_targets,  # noqa: E402
+                                   combinations, compute_scores, mean_p_name, method_labels, output_names,
+                                   output_tag)
 from utils.training.fraction import FeatureSource, check_extrapolate_args, recorded_subset  # noqa: E402
 
 # the training run's settings copied into info_<tag>.json (from its args.json, when present)

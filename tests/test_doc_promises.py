@@ -196,7 +196,8 @@ def test_moderate_reads_the_training_set_as_trained_and_data_path_overrides_the_
     monkeypatch.setattr(utils.training.curve, "plot_curves", lambda history, path, title="": drawn.append(len(history)))
     from models import create_model
     from utils.training.data import CIFAR_STATS, DeviceImages, load_data
-    from utils.science.moderate import moderate_score, penultimate_features
+    from utils.science.moderate import moderate_score
+    from utils.training.checkpoint_features import penultimate_features
     data_copy = tmp_path / "data"
     shutil.copytree(cifar10_dir, data_copy)
     flags = ["--dataset", "cifar10", "--arch", "resnet20", "--epochs", "3", "--batch-size", "160", "--ngpu", "0",

@@ -8,7 +8,8 @@ import torch
 
 from models import create_model
 from utils.training.data import CIFAR_STATS, DeviceImages
-from utils.science.moderate import moderate_score, penultimate_features
+from utils.science.moderate import moderate_score
+from utils.training.checkpoint_features import penultimate_features
 from utils.science.selection import kept_count
 from conftest import assert_user_error, cli
 

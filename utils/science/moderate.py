@@ -10,38 +10,9 @@ the position in the stable ascending argsort of d. Keeping the N - floor(rN) hig
 keeps the band of ranks closest to the middle: the published band [round(N(1-r')/2), round(N(1+r')/2)),
 r' = 1 - r, up to one sample at its edges, where ranks at equal distance from the middle tie (the
 stable argsort of the scores keeps the one of higher dataset index).
+The features come from utils/training/checkpoint_features.py (one forward pass of a model).
 """
 import numpy as np
-import torch
-
-
-def final_linear(model):
-    """The last nn.Linear of `model` (its input is the penultimate feature)."""
-    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    if not layers:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear: no penultimate features to take")
-    return layers[-1]
-
-
-@torch.no_grad()
-def penultimate_features(model, images, n, batch_size=500):
-    """(N, D) float32 features of training images 0..n-1 from `images.batches(...)` (an object of
-    utils.training.data with augmentation off), the model in eval mode."""
-    from utils.training.data import make_batches
-    model.eval()
-    feats = {}
-    hook = final_linear(model).register_forward_hook(lambda m, inp, out: feats.__setitem__("x", inp[0]))
-    out = None
-    try:
-        for x, _, idx in images.batches(make_batches(torch.arange(n), batch_size)):
-            model(x)
-            f = feats["x"].float().flatten(1)                            # (B, D)
-            if out is None:
-                out = torch.empty(n, f.shape[1])
-            out[idx.cpu()] = f.cpu()
-    finally:
-        hook.remove()
-    return out.numpy()
 
 
 def moderate_score(features, targets):

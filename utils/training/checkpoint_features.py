@@ -4,8 +4,11 @@ augmentation (ImageFolder: the evaluation transform). Used by Moderate and by sc
 import os
 from types import SimpleNamespace
 
+import torch
+
 from utils.errors import UserError
 from utils.protocol.outputs import load_checkpoint
+from utils.training.data import make_batches
 
 # what a checkpoint's args may lack (runs of older versions) for the data set to be rebuilt
 RUN_DEFAULTS = {"label_noise": 0.0, "corrupt_ratio": 0.0, "workers": 2, "image_size": 224}
@@ -40,10 +43,7 @@ def run_settings(ck, path, data_path=None, dataset=None, what="--checkpoint"):
 def checkpoint_features(ck, run, device):
     """(features (N, D) float32 in dataset order, data): the input of the final nn.Linear of the
     checkpoint's model for every training image of its run (`run`: run_settings(ck, ...))."""
-    import torch
-
     from models import create_model
-    from utils.science.moderate import penultimate_features
     from utils.training.data import FolderImages, load_data
     ns = SimpleNamespace(**{**RUN_DEFAULTS, **run})
     data = load_data(ns, torch.device(device))          # the training set as trained (noise, corruption)
@@ -56,3 +56,31 @@ def checkpoint_features(ck, run, device):
     else:
         images.augment = False
     return penultimate_features(model, images, data.n_train), data
+
+
+def final_linear(model):
+    """The last nn.Linear of `model` (its input is the penultimate feature)."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear: no penultimate features to take")
+    return layers[-1]
+
+
+@torch.no_grad()
+def penultimate_features(model, images, n, batch_size=500):
+    """(N, D) float32 features of training images 0..n-1 from `images.batches(...)` (an object of
+    utils.training.data with augmentation off), the model in eval mode."""
+    model.eval()
+    feats = {}
+    hook = final_linear(model).register_forward_hook(lambda m, inp, out: feats.__setitem__("x", inp[0]))
+    out = None
+    try:
+        for x, _, idx in images.batches(make_batches(torch.arange(n), batch_size)):
+            model(x)
+            f = feats["x"].float().flatten(1)                            # (B, D)
+            if out is None:
+                out = torch.empty(n, f.shape[1])
+            out[idx.cpu()] = f.cpu()
+    finally:
+        hook.remove()
+    return out.numpy()
