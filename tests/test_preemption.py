@@ -250,6 +250,7 @@ def test_sigint_sigusr1_with_a_second_signal_sigterm_in_evaluation_then_resume_e
     --save_every_steps (not a setting of the run), SIGTERM during epoch 3's evaluation (the run stops
     after that epoch's checkpoint, 143); resumed to the end: every .npy byte, metrics.json and the
     final checkpoint are full_run's."""
+    import utils.protocol.epoch_end
     import utils.training.loop
     save = tmp_path / "cut"
     cmd = ["train.py", "--data_path", cifar10_dir, *FULL_RUN, "--save_path", save]
@@ -260,13 +261,13 @@ def test_sigint_sigusr1_with_a_second_signal_sigterm_in_evaluation_then_resume_e
     ck = checkpoint(save)
     assert (ck["global_step"], ck["epoch"], ck["step"]) == (3, 0, 3)
 
-    save_torch, second = utils.training.loop.save_torch, []
+    save_torch, second = utils.protocol.epoch_end.save_torch, []
 
     def save_with_a_second_signal(path, obj):
         if obj.get("global_step") == 7 and not second:
             second.append(os.kill(os.getpid(), signal.SIGTERM))
         return save_torch(path, obj)
-    monkeypatch.setattr(utils.training.loop, "save_torch", save_with_a_second_signal)
+    monkeypatch.setattr(utils.protocol.epoch_end, "save_torch", save_with_a_second_signal)
     signal_at_step(4, signal.SIGUSR1, signal.SIGTERM)    # the resumed run's 4th step (global step 7): both
     # signals before the run asks: the first decides (138); then a third one while the checkpoint is written
     p = cli(*cmd, "--save_every_steps", "3", "--resume", check=False)
@@ -275,7 +276,7 @@ def test_sigint_sigusr1_with_a_second_signal_sigterm_in_evaluation_then_resume_e
     assert len(lines) == 1 and lines[0].startswith("SIGUSR1: checkpoint at step 2 of epoch 1 (global step 7)"), p.out
     assert (checkpoint(save)["global_step"], checkpoint(save)["step"]) == (7, 2)
 
-    monkeypatch.setattr(utils.training.loop, "save_torch", save_torch)
+    monkeypatch.setattr(utils.protocol.epoch_end, "save_torch", save_torch)
     signal_at_step(0)                                    # disarmed
     evaluate, evals = utils.training.loop.evaluate, []
 

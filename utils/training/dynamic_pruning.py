@@ -30,7 +30,7 @@ import torch
 from utils import dist
 from utils.protocol.files import save_npy
 from utils.science.selection import kept_count
-from utils.training.loop import DYNAMIC, stream_seed
+from utils.training.rng import DYNAMIC, stream_seed
 
 METHODS = ("infobatch", "rs2")
 INITIAL_SCORE = 3.0   # InfoBatch's score of a sample not yet trained: every sample is kept in epoch 0
