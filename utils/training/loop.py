@@ -4,7 +4,7 @@
 a set of training indices (all of them, or a pruned subset), with exact resume at any optimizer step,
 signals (SIGTERM/SIGUSR1) and torchrun's DistributedDataParallel. What it carries from step to step
 and checkpoints is utils/training/state.py's RunState; the files it writes go through the write
-protocol (utils/protocol/epoch_end.py). Both functions return plain dicts of metrics.
+protocol (utils/protocol/epoch_end.py). train_one_epoch, evaluate and fit return plain dicts of metrics.
 """
 import functools
 import json
