@@ -26,8 +26,9 @@ from utils.protocol.run import already_done, open_run
 from utils.training.dynamic_pruning import METHODS as DYNAMIC_METHODS
 from utils.training.dynamic_pruning import DynamicSampler
 from utils.training.fraction import TrainFraction, add_fraction_args, check_fraction_args, fingerprinted
-from utils.training.loop import build_model, evaluate_only, fit, run_facts, setup
+from utils.training.loop import evaluate_only, fit
 from utils.training.recorder import DTYPES, FORMATS, DynamicsRecorder
+from utils.training.setup import build_model, run_facts, setup
 
 
 def parse_args(argv=None):

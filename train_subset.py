@@ -39,7 +39,8 @@ from utils.science.scores import mean_p_name
 from utils.science.selection import BETA_C, STRATEGIES, file_tag, load_mask_and_score, loss_weights, select
 from utils.training.data import make_batches
 from utils.training.distill import check_kd_args, load_teacher
-from utils.training.loop import build_model, evaluate_only, fit, run_facts, setup
+from utils.training.loop import evaluate_only, fit
+from utils.training.setup import build_model, run_facts, setup
 
 BUDGETS = ("epochs", "iterations")
 

@@ -27,7 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from models import create_model  # noqa: E402
 from utils.protocol.files import save_torch  # noqa: E402
 from utils.training.data import CIFAR_STATS, Data, DeviceImages, make_batches  # noqa: E402
-from utils.training.loop import epoch_sums, rng_state, train_one_epoch  # noqa: E402
+from utils.training.loop import epoch_sums, train_one_epoch  # noqa: E402
+from utils.training.rng import rng_state  # noqa: E402
 from utils.training.recorder import DynamicsRecorder  # noqa: E402
 
 

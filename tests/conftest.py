@@ -352,6 +352,17 @@ def assert_same_checkpoint(a, b, skip=CHECKPOINT_VARIES):
     assert_same_state(load(a), load(b), skip, "checkpoint")
 
 
+def label_prior(labels):
+    """(accuracy in %, mean cross-entropy) of the best prediction that ignores the input: always the most
+    frequent class, and the label frequencies as the probabilities. A model that learned nothing from
+    the inputs does no better in expectation, on any CPU: "it learns" is checked against these, which
+    the data fix, never against an accuracy a run happened to reach (AMD and Intel kernels round
+    differently, and a few steps of SGD carry that difference far)."""
+    counts = np.bincount(np.asarray(labels))
+    p = counts[counts > 0] / counts.sum()
+    return 100.0 * p.max(), float(-(p * np.log(p)).sum())
+
+
 LOCK_FILES = {".lock", ".holder.json"}   # the write protocol's (utils/protocol/): a dead writer's record may go
 
 

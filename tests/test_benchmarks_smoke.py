@@ -55,6 +55,16 @@ def test_bench_training():
     lines_matching(p.stdout, rf"^ratio b/a: {NUM} \(target >= 0.85\)")
 
 
+def test_bench_eval_every():
+    """Digits at 99% pruned, batch 256: the budget is 6 steps, 6 epochs of one step; N = 4 evaluates 3 and 5."""
+    p = cli("benchmarks/bench_eval_every.py", "--epochs", "1", "--batch-size", "256", "--rate", "0.99",
+            "--every", "1", "4", "--threads", "1")
+    for every, evaluated in ((1, 6), (4, 2)):
+        lines_matching(p.stdout, rf"^--eval_every {every}: train {NUM} s, eval {NUM} s, total {NUM} s "
+                                 rf"\({evaluated} of 6 epochs evaluated\); final {NUM}%, best {NUM}%$")
+    lines_matching(p.stdout, r"^final accuracy the same for every N: yes$")
+
+
 def test_bench_grid():
     p = cli("benchmarks/bench_grid.py", "--n", "300", "--classes", "7", "--repeat", "1")
     m = lines_matching(p.stdout, rf"1 combination .*: ({NUM}) s; 12 combinations .*: ({NUM}) s; ratio ({NUM})")[0]

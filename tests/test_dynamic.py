@@ -15,7 +15,7 @@ import torch
 import train
 import train_subset
 from conftest import run_script, write_cifar
-from utils.training import loop as engine
+from utils.protocol import epoch_end
 from utils.args import without_unused
 from utils.training.dynamic_pruning import (DynamicSampler, EpochCosine, infobatch_select, is_pruned, keep_fraction, rs2_permutation, rs2_select)
 from utils.training.loop import train_one_epoch
@@ -239,21 +239,21 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(method, infobatch_ru
         with pytest.raises(UserError, match=r"epoch 0 holds 80 of the 160 samples"):
             Dynamics(os.path.join(ref, "npy"), 1)                        # every epoch a subset
     cut = str(tmp_path / "cut")
-    save_torch = engine.save_torch
+    save_torch = epoch_end.save_torch
 
     def save_then_signal(path, obj):
         save_torch(path, obj)
         if obj["epoch"] == 1 and obj.get("step") == 1:        # the periodic checkpoint after step 1 of epoch 1
             os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(engine, "save_torch", save_then_signal)
+    monkeypatch.setattr(epoch_end, "save_torch", save_then_signal)
     argv = train_argv(cifar10_dir, cut, *extra, "--save_every_steps", "1")
     with pytest.raises(Preempted):
         train.main(argv)
     ck = torch.load(os.path.join(cut, "checkpoint.pth.tar"), weights_only=True)
     assert (ck["epoch"], ck["step"]) == (1, 2) and ck["sampler"]["epoch"] == 1
     assert np.array_equal(ck["sampler"]["indices"].numpy(), records(ref, 1)["Index"])
-    monkeypatch.setattr(engine, "save_torch", save_torch)
+    monkeypatch.setattr(epoch_end, "save_torch", save_torch)
     train.main(argv + ["--resume"])
 
     a, b = metrics(ref), metrics(cut)

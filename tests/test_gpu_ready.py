@@ -19,6 +19,7 @@ import train
 from conftest import ROOT, cli
 from test_imagefolder import write_image_folder
 from utils import dist
+from utils.protocol import epoch_end
 from utils.training import loop as engine
 from utils.training.background import BackgroundWriter
 
@@ -205,7 +206,7 @@ def test_background_writer_runs_in_order_and_stops_at_a_failure():
 def test_a_crash_between_epochs_leaves_the_last_committed_epoch(cifar10_dir, tmp_path, monkeypatch):
     """Slow writes still under way when the run crashes (in epoch 2's evaluation) are finished first:
     the folder then holds epochs 0 and 1, complete and consistent, and says failed."""
-    real_save, real_eval = engine.save_torch, engine.evaluate
+    real_save, real_eval = epoch_end.save_torch, engine.evaluate
     slow = lambda *a: (time.sleep(0.3), real_save(*a))   # noqa: E731
     evals = []
 
@@ -215,7 +216,7 @@ def test_a_crash_between_epochs_leaves_the_last_committed_epoch(cifar10_dir, tmp
             raise RuntimeError("a crash")
         return real_eval(*a, **kw)
 
-    monkeypatch.setattr(engine, "save_torch", slow)
+    monkeypatch.setattr(epoch_end, "save_torch", slow)
     monkeypatch.setattr(engine, "evaluate", crashing)
     save = tmp_path / "run"
     with pytest.raises(RuntimeError, match="a crash"):
@@ -231,14 +232,14 @@ def test_a_crash_between_epochs_leaves_the_last_committed_epoch(cifar10_dir, tmp
 
 
 def test_a_failed_background_write_ends_the_run_in_one_line(cifar10_dir, tmp_path, capsys, monkeypatch):
-    real = engine.save_json
+    real = epoch_end.save_json
 
     def full_disk(path, obj):
         if threading.current_thread() is not threading.main_thread():
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, obj)
 
-    monkeypatch.setattr(engine, "save_json", full_disk)
+    monkeypatch.setattr(epoch_end, "save_json", full_disk)
     status, err = run_main(train_argv(cifar10_dir, tmp_path / "run", "--epochs", "3"), capsys)
     assert status == 1 and len(err) == 1 and "metrics.json: the disk is full" in err[0], err
     assert state(tmp_path / "run")["state"] == "failed"

@@ -8,7 +8,7 @@ import signal
 
 import numpy as np
 
-from conftest import CLASSES, N_PER_CLASS, assert_user_error, cli, write_image_folder
+from conftest import CLASSES, N_PER_CLASS, assert_user_error, cli, label_prior, write_image_folder
 
 N_TRAIN = N_PER_CLASS["train"] * len(CLASSES)
 
@@ -66,8 +66,11 @@ def test_imagefolder_dynamics_and_exact_mid_epoch_resume(image_folder, tmp_path,
     with open(f"{save}/metrics.json") as f:
         m = json.load(f)
     assert m["finished"] and m["num_train_samples"] == N_TRAIN and m["history"][-1]["samples"] == N_TRAIN
-    # the classes are flat colours: after 2 epochs, row i's logits predict sample i's class
-    assert (out.argmax(1) == y).mean() > 0.6, (out.argmax(1) == y).mean()
+    # the classes are flat colours: after 2 epochs, row i's logits predict sample i's class better than
+    # the label frequencies alone can (label_prior: 1/3 and ln 3; 100% and 0.05 measured)
+    prior_acc, prior_loss = label_prior(y)
+    assert 100 * (out.argmax(1) == y).mean() > prior_acc and loss.mean() < prior_loss, ((out.argmax(1) == y).mean(),
+                                                                                          loss.mean())
 
 
 def test_imagefolder_torchvision_model(image_folder, tmp_path):

@@ -202,7 +202,8 @@ def test_model_init_is_the_published_one_and_streams_are_independent():
     the same parameters and buffers in the same order (modulo the two names above), the same initial
     values, and the same outputs."""
     from types import SimpleNamespace
-    from utils.training.loop import AUGMENT, GLOBAL, ORDER, build_model, stream_seed
+    from utils.training.rng import AUGMENT, GLOBAL, ORDER, stream_seed
+    from utils.training.setup import build_model
     args = SimpleNamespace(manualSeed=3, arch="resnet18", amp=False)
     model = build_model(args, SimpleNamespace(num_classes=100), torch.device("cpu"))
     assert torch.initial_seed() == stream_seed(3, GLOBAL, 0)   # then the rank's own global stream
@@ -310,7 +311,7 @@ def test_imagefolder_workers_are_not_part_of_the_fingerprint():
     no result, so a run may resume with another --workers (the default, auto, depends on the machine)."""
     from types import SimpleNamespace
 
-    from utils.training.loop import run_facts
+    from utils.training.setup import run_facts
     data = SimpleNamespace(n_train=4, targets=np.arange(4))
     facts = run_facts(SimpleNamespace(dataset="imagefolder", workers=2), data, torch.device("cpu"))
     assert not any("workers" in k for k in facts)

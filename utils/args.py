@@ -123,6 +123,9 @@ def add_training_args(parser, default_save_path, default_batch_size):
     g.add_argument("--start_epoch", type=int, default=0, help="(published flag; --resume sets the epoch)")
     g.add_argument("--evaluate", action="store_true", help="only evaluate the (resumed) model on the test set")
     g.add_argument("--print_freq", type=int, default=200, help="log a progress line every N iterations")
+    g.add_argument("--eval_every", type=int, default=1, metavar="N",
+                   help="evaluate on the test set after every N-th epoch and after the last one (1 = every epoch, "
+                        "as published); best_acc is over the evaluated epochs; training is the same for any N")
     g.add_argument("--save_every_steps", type=int, default=0, metavar="N",
                    help="also write checkpoint.pth.tar every N optimizer steps, mid-epoch, for machines that die "
                         "without a signal (0 = only after each epoch and on SIGTERM/SIGUSR1)")
@@ -178,7 +181,8 @@ def check_training_args(args):
     if args.workers == "auto":
         args.workers = default_workers()
     for flag, value, low in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
-                             ("--print_freq", args.print_freq, 1), ("--workers", args.workers, 0),
+                             ("--print_freq", args.print_freq, 1), ("--eval_every", args.eval_every, 1),
+                             ("--workers", args.workers, 0),
                              ("--save_every_steps", args.save_every_steps, 0),
                              ("--image_size", args.image_size, 8), ("--ngpu", args.ngpu, 0),
                              ("--manualSeed", args.manualSeed, 0), ("--noise_seed", args.noise_seed, 0),

@@ -13,7 +13,8 @@ from utils.args import flag_name, without_unused
 # resolved device is; --stop_epoch and --save_every_steps because stopping (or checkpointing) early and
 # resuming gives the uninterrupted run.
 NOT_FINGERPRINTED = {"print_freq", "workers", "resume", "overwrite", "evaluate", "save_path", "start_epoch",
-                     "download", "data_path", "ngpu", "mask_path", "score_path", "stop_epoch", "save_every_steps"}
+                     "download", "data_path", "ngpu", "mask_path", "score_path", "stop_epoch", "save_every_steps",
+                     "eval_every"}
 
 
 # ----------------------------------------------------------------------------------- the fingerprint

@@ -22,7 +22,7 @@ from utils.errors import UserError
 from utils.protocol.files import load_json
 from utils.protocol.fingerprint import array_sha256, file_sha256
 from utils.protocol.outputs import CHECKPOINT, load_checkpoint
-from utils.training.loop import amp_dtype, autocast, channels_last
+from utils.training.setup import amp_dtype, autocast, channels_last
 
 
 def kd_loss(student, teacher, losses, alpha, tau):

@@ -31,7 +31,7 @@ from utils import dist
 from utils.methods import DYNAMIC_METHODS
 from utils.protocol.files import save_npy
 from utils.science.selection import kept_count
-from utils.training.loop import DYNAMIC, stream_seed
+from utils.training.rng import DYNAMIC, stream_seed
 
 METHODS = tuple(DYNAMIC_METHODS)   # train.py --dynamic (declared in utils/methods.py)
 INITIAL_SCORE = 3.0   # InfoBatch's score of a sample not yet trained: every sample is kept in epoch 0
