@@ -198,11 +198,8 @@ def markdown(runs, missing=()):
                        "trained)", fmt="{:.3f}")
     cost = aggregate(runs, "cost_total")
     if any(rate > 0 for _, rate in cost):
-        normalized = all(m.get("threads") for m in runs if m.get("cost_total") is not None)
         lines += table(cost, "Compute (seconds), as a fraction of one full-data training's seconds (dynamics + scoring "
-                       "+ subset + teacher)" + ("; thread-normalized (thread-seconds, threads as the sweep gave them)"
-                                                if normalized else "; not thread-normalized (no threads.json)"),
-                       fmt="{:.3f}")
+                       "+ subset + teacher)" + threads_note(runs), fmt="{:.3f}")
     if any(rate > 0 for _, rate in work) or any(rate > 0 for _, rate in cost):
         lines += ledger_rows(runs)
     lines += table(aggregate(runs, "mean_weight"), "Mean loss weight u of the kept set — the published score "
@@ -210,6 +207,18 @@ def markdown(runs, missing=()):
     for name, key in FLAGGED.items():
         lines += table(aggregate(runs, key), f"Fraction of the kept set that is {name}", fmt="{:.3f}")
     return "\n".join(lines) + "\n"
+
+
+def threads_note(runs):
+    """Whether the seconds are thread-seconds and, where not, what is actually missing."""
+    costed = [m for m in runs if m.get("cost_total") is not None]
+    unknown = [m["run"] for m in costed if not m.get("threads")]
+    if not unknown:
+        return "; thread-normalized (thread-seconds, threads as the sweep gave them)"
+    if not any(m.get("threads_recorded") for m in runs):
+        return "; not thread-normalized (no threads.json)"
+    shown = ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+    return f"; not thread-normalized: threads.json does not record the threads of {len(unknown)} run(s) ({shown})"
 
 
 def ledger_rows(runs):

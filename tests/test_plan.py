@@ -459,6 +459,24 @@ def test_interrupt_stops_the_jobs(tmp_path, jobs):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert "/s99" in (tmp_path / "out" / "plan.txt").read_text()                      # stage 2 had begun
+    # issue 33.1: the threads of what the stopped jobs trained are recorded, as for the runs that ended
+    threads = json.loads((tmp_path / "out" / "threads.json").read_text())
+    given = int(env.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0))) if jobs == 1 else \
+        max(1, len(os.sched_getaffinity(0)) // 2)
+    stopped = [n for n in ("el2n/r0.5/s99", "random/r0.5/s99") if n in threads]
+    assert len(stopped) == jobs and all(threads[n] == given for n in stopped), threads
+
+
+def test_threads_of_a_run_trained_in_stretches():
+    """Issue 33.1: a run half trained at 2 threads and resumed at 1 is recorded as both stretches, not as 1;
+    a run started afresh at epoch 0 is one number again."""
+    from utils.study.executor import merge_threads
+    assert merge_threads(None, 0, 2) == 2
+    assert merge_threads(2, 3, 1) == [[0, 2], [3, 1]]
+    assert merge_threads([[0, 2], [3, 1]], 5, 1) == [[0, 2], [3, 1]]     # the same threads go on
+    assert merge_threads([[0, 2], [3, 1]], 2, 4) == [[0, 2], [2, 4]]     # epochs 2.. retrained (resumed from 2)
+    assert merge_threads([[0, 2], [3, 1]], 0, 1) == 1                    # afresh
+    assert merge_threads(None, 3, 1) == [[3, 1]]                         # epochs 0..2 of unknown threads
 
 
 def test_slurm_array_runs_the_plan_line_of_its_task(tmp_path):

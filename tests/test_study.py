@@ -292,3 +292,82 @@ def test_an_out_that_cannot_be_written_is_one_line(tmp_path, capsys):
                         cwd=str(tmp_path))
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1 and err[0].startswith("sweep.sh: error: cannot create OUT "), err
+
+
+def test_the_records_answer_as_the_scripts_decide(full_run, cifar10_dir, tmp_path):
+    """Issue 33.6: utils/study/records.py answers "done" from the folders' records, in-process, exactly where
+    the scripts say "already ..." (and never where they would train or refuse): a finished training run, a
+    finished scoring, a finished subset run; other settings, a changed input file or a record of another
+    device are not done."""
+    import json
+    import shutil
+
+    from conftest import FULL_RUN, cli, folder_digest
+    from utils.study.records import run_done, scoring_done
+    parse = SWEEP.parsers()
+    run = str(tmp_path / "full")
+    shutil.copytree(full_run, run)
+    full = ["--data_path", cifar10_dir, *FULL_RUN, "--save_path", run, "--resume"]
+    before = folder_digest(run)
+    assert run_done(parse["train.py"](full), "train.py")["finished"]
+    assert "already finished" in cli("train.py", *full).out                  # the script: the same answer
+    assert run_done(parse["train.py"](full + ["--decay", "0.001"]), "train.py") is None
+    assert run_done(parse["train.py"](full + ["--epochs", "6"]), "train.py") is None
+    assert folder_digest(run) == before                                         # read-only, no lock left
+    masks = str(tmp_path / "masks")
+    score = ["--dynamics_path", f"{run}/npy", "--mask_path", masks, "--method", "el2n", "--trajectory_len", "3", "4"]
+    assert scoring_done(parse["importance_evaluation.py"](score)) is None      # not scored yet
+    cli("importance_evaluation.py", *score)
+    assert len(scoring_done(parse["importance_evaluation.py"](score))) == 2
+    assert "already scored" in cli("importance_evaluation.py", *score).out
+    assert scoring_done(parse["importance_evaluation.py"](score[:-2] + ["5"])) is None   # T=5: not scored
+    subset = ["--data_path", cifar10_dir, "--dataset", "cifar10", "--arch", "resnet20", "--epochs", "2", "--batch-size",
+              "32", "--ngpu", "0", "--subset_rate", "0.5", "--mask_path", f"{masks}/data_mask_el2n_ep3.npy",
+              "--score_path", f"{masks}/score_el2n_ep3.npy", "--save_path", str(tmp_path / "sub"), "--resume"]
+    assert run_done(parse["train_subset.py"](subset), "train_subset.py") is None   # not trained yet
+    cli("train_subset.py", *subset)
+    assert run_done(parse["train_subset.py"](subset), "train_subset.py")["finished"]
+    assert "already finished" in cli("train_subset.py", *subset).out
+    other = [a.replace("el2n_ep3", "el2n_ep4") for a in subset]               # other scores: the script retrains
+    assert run_done(parse["train_subset.py"](other), "train_subset.py") is None
+    state = json.loads((tmp_path / "sub" / "folder.json").read_text())
+    state["fingerprint"]["device"] = "cuda"                                     # trained elsewhere
+    (tmp_path / "sub" / "folder.json").write_text(json.dumps(state))
+    assert run_done(parse["train_subset.py"](subset), "train_subset.py") is None
+    info = tmp_path / "masks" / "info_el2n_ep3.json"
+    record = json.loads(info.read_text())
+    record["scoring"]["labels"] = "sha256 0000"                                 # scored with other labels
+    info.write_text(json.dumps(record))
+    assert scoring_done(parse["importance_evaluation.py"](score)) is None
+
+
+def test_stage_three_is_not_rerun_when_nothing_it_reads_changed(tmp_path):
+    """Issue 33.6: the summary and the report of a re-run study that started no process are not made again
+    while they are newer than every file they read (and than the code); a newer file, or other rates of
+    the report, make them run."""
+    import json
+    import time
+
+    from utils.study.records import summary_fresh
+    out, masks = tmp_path / "out", tmp_path / "out" / "masks"
+    (out / "tdds" / "r0.5" / "s1").mkdir(parents=True)
+    (masks / "report").mkdir(parents=True)
+    old = time.time() - 100
+    for f in (out / "tdds" / "r0.5" / "s1" / "metrics.json", masks / "info_win3_ep3.json", out / "plan.txt"):
+        f.write_text("{}")
+        os.utime(f, (old, old))
+    summarize = ["python", os.path.join(ROOT, "scripts", "summarize.py"), str(out)]
+    report = ["python", os.path.join(ROOT, "scripts", "report.py"), str(masks), "--rates", "0.5", "0.8"]
+    assert not summary_fresh(summarize) and not summary_fresh(report)          # never written
+    for f in ("results.md", "results.csv"):
+        (out / f).write_text("")
+    (masks / "report" / "report.md").write_text("")
+    (masks / "report" / "class_counts.json").write_text(json.dumps({"win3_ep3": {"0.5": {}, "0.8": {}}}))
+    (out / "plans").mkdir()
+    (out / "plans" / "today.txt").write_text("")                                 # every sweep's dated copy
+    assert summary_fresh(summarize) and summary_fresh(report)
+    assert not summary_fresh(report[:-1])                                        # other rates
+    (out / "tdds" / "r0.5" / "s1" / "metrics.json").write_text("{}")           # a run rewritten since
+    assert not summary_fresh(summarize) and summary_fresh(report)
+    (masks / "info_win3_ep3.json").write_text("{}")                             # a scoring rewritten since
+    assert not summary_fresh(report)

@@ -353,6 +353,31 @@ def test_static_and_dynamic_runs_on_one_compute_axis(tmp_path):
     assert os.path.getsize(os.path.join(out, "accuracy_vs_cost.png")) > 1000
 
 
+def test_threads_in_stretches_and_what_is_missing(tmp_path):
+    """Issue 33.1: a run trained at 2 threads for its first 2 epochs and at 1 for the other 2 (an interrupted
+    sweep resumed with other JOBS) counts 2 x 3 s + 1 x 3 s = 9 thread-seconds; where threads.json exists but
+    misses runs, the note names them instead of saying there is no threads.json."""
+    out = str(tmp_path / "sweep")
+    E = 4
+    write_metrics(out, "full", method="full", subset_rate=0.0, final_acc=80.0, epochs=E, completed_epochs=E,
+                  train_seconds=8.0, history=history([100] * E, 2.0))
+    for run in ("random/r0.5/s1", "random/r0.5/s2"):
+        write_metrics(out, run, method="random", selection="random", subset_rate=0.5, final_acc=60.0, epochs=E,
+                      num_train_samples=50, full_train_samples=100, completed_epochs=E, train_seconds=6.0,
+                      history=history([50] * E, 1.5))
+    with open(os.path.join(out, "threads.json"), "w") as f:
+        json.dump({"full": 1, "random/r0.5/s1": [[0, 2], [2, 1]]}, f)
+    md = load_summarize().summarize(out)
+    rows = {r["run"]: r for r in csv.DictReader(open(os.path.join(out, "results.csv")))}
+    assert float(rows["random/r0.5/s1"]["threads"]) == 1.5                        # (2 x 3 s + 1 x 3 s) / 6 s
+    assert float(rows["random/r0.5/s1"]["cost_total"]) == pytest.approx(6.0 * 1.5 / 8.0)
+    assert rows["random/r0.5/s2"]["threads"] == ""
+    assert "not thread-normalized: threads.json does not record the threads of 1 run(s) (random/r0.5/s2)" in md
+    assert "no threads.json" not in md
+    os.remove(os.path.join(out, "threads.json"))
+    assert "not thread-normalized (no threads.json)" in load_summarize().summarize(out)
+
+
 def test_pareto_front():
     front = load_summarize().pareto_front
     points = [(0.5, 60.0), (0.8, 71.0), (0.73, 78.0), (0.5, 75.0), (1.0, 80.0), (1.2, 80.0), (0.9, 77.0)]   # by hand

@@ -51,6 +51,7 @@ def read_runs(out):
     "fingerprint" and "threads" added, in table order (their compute: utils.study.costs.collect_runs)."""
     runs = []
     threads = read_threads(out)
+    recorded = os.path.exists(os.path.join(out, "threads.json"))
     for folder, dirs, files in os.walk(out):
         dirs.sort()  # deterministic order
         if "metrics.json" not in files:
@@ -65,7 +66,8 @@ def read_runs(out):
         m["path"] = os.path.abspath(folder)
         m["label"] = run_label(m)
         m["is_full"] = m["label"] == FULL
-        m["threads"] = threads.get(m["run"])
+        m["threads"] = effective_threads(threads.get(m["run"]), m)
+        m["threads_recorded"] = recorded
         recorded = read_state(folder)   # folder.json: fingerprint and state, read once
         m["fingerprint"] = fingerprint(m, recorded)
         m["state"] = run_state(m, recorded.get("state"))
@@ -80,6 +82,23 @@ def read_runs(out):
 def read_threads(out):
     """{run folder: threads it ran with}, as the sweep's executor recorded them (OUT/threads.json), or {}."""
     return load_json(os.path.join(out, "threads.json"), {})
+
+
+def effective_threads(entry, m):
+    """The threads a run trained with: threads.json's number, or, where sweeps gave its epochs different
+    threads ([[first epoch, threads], ...]), their mean weighted by each epoch's train_seconds (so that
+    seconds x threads are its thread-seconds); None where the threads of some epochs are unknown."""
+    if not isinstance(entry, list):
+        return entry
+    if not entry or entry[0][0] != 0:
+        return None
+    history = [h for h in m.get("history") or [] if "epoch" in h]
+    if not history:
+        return None
+    seconds = [float(h.get("train_seconds", 1.0)) for h in history]
+    threads = [next(n for first, n in reversed(entry) if first <= h["epoch"]) for h in history]
+    total = sum(seconds)
+    return round(sum(s * n for s, n in zip(seconds, threads)) / total, 3) if total > 0 else None
 
 
 def run_state(m, state):
