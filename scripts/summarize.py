@@ -64,7 +64,7 @@ from utils.errors import UserError, run  # noqa: E402
 from utils.protocol.files import save_figure, save_text  # noqa: E402
 # (add_costs, pareto_front, run_label: also summarize.<name> for the tests that call them)
 from utils.study.costs import add_costs, collect_runs, pareto_front  # noqa: E402,F401
-from utils.study.runs import FULL, aggregate, counts, is_dynamic, missing_runs, run_label  # noqa: E402,F401
+from utils.study.runs import FULL, aggregate, counts, is_dynamic, missing_runs, read_plans, run_label  # noqa: E402,F401
 
 CSV_COLUMNS = ["run", "label", "state", "method", "selection", "class_balanced", "score_weighting", "budget", "subset_rate",
                "seed", "final_acc", "best_acc", "epochs", "steps", "completed_epochs", "finished", "batch_size",
@@ -161,8 +161,9 @@ def reference_lines(runs):
     return lines
 
 
-def markdown(runs, missing=()):
-    """results.md: missing and unfinished runs, accuracy tables (final, best), the cost ledger, the kept
+def markdown(runs, missing=(), plans=()):
+    """results.md: missing and unfinished runs, accuracy tables (final, best), each variant beside the
+    study's runs it shares (`plans`: utils.study.runs.read_plans), the cost ledger, the kept
     noisy/corrupted fractions."""
     datasets = sorted({str(m.get("dataset", "?")) for m in runs})
     archs = sorted({str(m.get("arch", "?")) for m in runs})
@@ -191,6 +192,7 @@ def markdown(runs, missing=()):
     lines.append("")
     lines += table(aggregate(runs), "Final test accuracy (%) — the last epoch")
     lines += table(aggregate(runs, "best_acc"), "Best test accuracy (%) over epochs — what the published logs report")
+    lines += variant_tables(runs, plans)
     work = aggregate(runs, "work_total")
     if any(rate > 0 for _, rate in work):
         lines += table(work, "Compute (work), as a fraction of one full-data training: samples forwarded and "
@@ -207,6 +209,26 @@ def markdown(runs, missing=()):
     for name, key in FLAGGED.items():
         lines += table(aggregate(runs, key), f"Fraction of the kept set that is {name}", fmt="{:.3f}")
     return "\n".join(lines) + "\n"
+
+
+def variant_tables(runs, plans):
+    """Per variant (TAG) that shares runs with the study: its final accuracy beside the study's runs it
+    shares, the rows a variant did not train because its flags act on nothing there."""
+    lines = []
+    for plan in plans:
+        if not plan["tag"] or not plan["shared"]:
+            continue
+        own = [m for m in runs if m["path"] in set(plan["planned"])]
+        shared = [m for m in runs if m["path"] in {study for _, study in plan["shared"]}]
+        stats = {**aggregate(own), **{(f"{label} (shared)", rate): v for (label, rate), v in aggregate(shared).items()}}
+        names = sorted({m["label"] for m in shared})
+        table_lines = table(stats, f"Variant {plan['tag']} ({plan['file']}): final test accuracy (%), beside the "
+                                   f"study's runs it shares")
+        if table_lines:
+            lines += table_lines[:2] + [f"Its flags act on nothing in {len(plan['shared'])} run(s) of the study "
+                                        f"({', '.join(names)}): the variant shares them (rows marked shared).", ""] \
+                + table_lines[2:]
+    return lines
 
 
 def threads_note(runs):
@@ -352,7 +374,7 @@ def summarize(out):
     runs = collect_runs(out)
     if not runs:
         raise UserError(f"no metrics.json under {out}: run scripts/sweep.sh (or train.py / train_subset.py) first")
-    text = markdown(runs, missing_runs(out, runs))
+    text = markdown(runs, missing_runs(out, runs), read_plans(out))
     save_text(os.path.join(out, "results.csv"), csv_text(runs))
     save_text(os.path.join(out, "results.md"), text)
     plot(runs, os.path.join(out, "accuracy_vs_pruning.png"))

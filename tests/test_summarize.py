@@ -427,6 +427,31 @@ def test_missing_runs_of_a_tagged_variant(tmp_path):
     assert "- random-bs64/r0.5/s1" in missing and "- random/r0.5/s1" not in missing
 
 
+def test_a_variant_is_shown_beside_the_runs_it_shares(tmp_path):
+    """Issue 33.3: the runs a TAG variant did not plan (its flags act on nothing there: plan-<TAG>.txt lists
+    them as "# shared: VARIANT STUDY") are shown beside the variant's own runs, with the study's values;
+    a shared run the study lacks is missing."""
+    out = str(tmp_path / "sweep")
+    for run, fields in {"tdds/r0.5/s1": dict(method="tdds", final_acc=70.0),
+                        "random/r0.5/s1": dict(method="random", selection="random", final_acc=60.0),
+                        "rs2/r0.5/s1": dict(method="rs2", selection="dynamic", dynamic_ratio=0.5, final_acc=65.0),
+                        "tdds-unweighted/r0.5/s1": dict(method="tdds", score_weighting=False, final_acc=72.0)}.items():
+        write_metrics(out, run, subset_rate=0.5, **fields)
+    moved = "/elsewhere/out"   # the plan was written for another OUT: its paths move along
+    with open(os.path.join(out, "plan-unweighted.txt"), "w") as f:
+        f.write(f"# OUT={moved}\n# shared: {moved}/random-unweighted/r0.5/s1 {moved}/random/r0.5/s1\n"
+                f"# shared: {moved}/rs2-unweighted/r0.5/s1 {moved}/rs2/r0.5/s1\n"
+                f"# shared: {moved}/rs2-unweighted/r0.5/s2 {moved}/rs2/r0.5/s2\n# stage 2\n"
+                f"python train_subset.py --save_path {moved}/tdds-unweighted/r0.5/s1 --resume\n")
+    md = load_summarize().summarize(out)
+    variant = parse_md_table(md, "Variant unweighted")
+    assert variant == {"tdds-unweighted": {"50%": "72.00"}, "random (shared)": {"50%": "60.00"},
+                       "rs2 (shared)": {"50%": "65.00"}}
+    assert "Its flags act on nothing in 3 run(s) of the study (random, rs2)" in md
+    assert "- rs2/r0.5/s2" in md.split("## Missing runs")[1].split("##")[0]
+    assert set(parse_md_table(md)) == {"tdds", "random", "rs2", "tdds-unweighted"}   # the main table as before
+
+
 def test_seconds_charge_the_epochs_the_scores_used(tmp_path):
     """A full-data run trained to the end (FULL_ACC=1) charges a static method in seconds only the
     epochs 0 .. T-1 its scores used, as work does; a teacher that is that run pays the rest."""

@@ -217,28 +217,43 @@ def aggregate(runs, key="final_acc"):
             for k, a in values.items()}
 
 
-def missing_runs(out, runs):
-    """The run folders (relative to out) that OUT/plan.txt names and that have no results yet."""
-    plan = []
+def read_plans(out):
+    """The plans of what is in OUT: plan.txt and each variant's plan-<TAG>.txt (sweep.sh TAG=), as
+    [{"file", "tag", "planned": [run folders], "shared": [(variant folder, the study's folder)]}], every
+    folder absolute and moved along with OUT (the plan says the OUT it was written for)."""
+    plans = []
     for name in ["plan.txt"] + sorted(f for f in os.listdir(out) if f.startswith("plan-") and f.endswith(".txt")):
-        try:   # plan.txt, and plan-<TAG>.txt of each variant (sweep.sh TAG=)
+        try:
             with open(os.path.join(out, name)) as f:
-                plan += f.read().splitlines()
+                text = f.read().splitlines()
         except OSError:
-            pass
-    have = {m["path"] for m in runs if m["final_acc"] is not None}
-    planned_out = None   # the OUT the plan was written for (its paths are absolute), if it says
-    missing = []
-    for line in plan:
-        if line.startswith("# OUT="):
-            planned_out = shlex.split(line[len("# OUT="):])[0]
-        words = shlex.split(line) if not line.startswith("#") else []
-        if "--save_path" not in words[:-1]:
             continue
-        path = words[words.index("--save_path") + 1]
-        if planned_out:   # the folder may have moved since
-            path = os.path.join(out, os.path.relpath(path, planned_out))
-        if os.path.abspath(path) not in have:
-            missing.append(os.path.relpath(path, out))
-    return missing
+        plan = {"file": name, "tag": name[len("plan-"):-len(".txt")] if name != "plan.txt" else None,
+                "planned": [], "shared": []}
+        planned_out = None   # the OUT the plan was written for (its paths are absolute), if it says
 
+        def here(path):   # the folder may have moved since
+            return os.path.abspath(os.path.join(out, os.path.relpath(path, planned_out)) if planned_out else path)
+        for line in text:
+            if line.startswith("# OUT="):
+                planned_out = shlex.split(line[len("# OUT="):])[0]
+            elif line.startswith("# shared: "):
+                variant, study = shlex.split(line[len("# shared: "):])[:2]
+                plan["shared"].append((here(variant), here(study)))
+            words = shlex.split(line) if not line.startswith("#") else []
+            if "--save_path" in words[:-1]:
+                plan["planned"].append(here(words[words.index("--save_path") + 1]))
+        plans.append(plan)
+    return plans
+
+
+def missing_runs(out, runs):
+    """The run folders (relative to out) that OUT's plans name, or share with the study, and that have no
+    results yet."""
+    have = {m["path"] for m in runs if m["final_acc"] is not None}
+    missing = []
+    for plan in read_plans(out):
+        for path in plan["planned"] + [study for _, study in plan["shared"]]:
+            if path not in have and os.path.relpath(path, out) not in missing:
+                missing.append(os.path.relpath(path, out))
+    return missing
