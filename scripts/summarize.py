@@ -270,32 +270,62 @@ def _lines(ax, stats, x_of=None):
         ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=label)
 
 
-def _save(fig, ax, runs, path, legend_loc="best"):
-    ax.grid(alpha=0.3)
+def legend_beside(ax):
+    """The legend beside the axes, never over a point (none when nothing is plotted)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
+def _title(ax, runs):
     ax.set_title(" / ".join(", ".join(sorted({str(m.get(k, "?")) for m in runs})) for k in ("dataset", "arch")))
-    if ax.get_legend_handles_labels()[0]:   # no finished run: an empty plot, no legend
-        ax.legend(fontsize=8, loc=legend_loc)
-    save_figure(path, fig)
-    import matplotlib.pyplot as plt
-    plt.close(fig)
 
 
 def plot(runs, path):
-    """Accuracy vs pruning rate, one line per label with seed error bars; full data dashed."""
+    """accuracy_vs_pruning.png (pruning_figure)."""
+    import matplotlib.pyplot as plt
+    fig, _ = pruning_figure(runs)
+    save_figure(path, fig)
+    plt.close(fig)
+
+
+def pruning_figure(runs):
+    """Accuracy vs pruning rate, one line per label with seed error bars; full data dashed; the legend
+    beside the axes, never over a point."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     stats = aggregate(runs)
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = plt.subplots(figsize=(8.4, 4.4))
     _lines(ax, stats)
     full = [v for (_, rate), v in stats.items() if rate == 0]
     if full:
         ax.axhline(full[0][0], color="k", linestyle="--", linewidth=1, label=f"full data ({full[0][0]:.2f})")
     ax.set_xlabel("pruning rate (%)")
     ax.set_ylabel("final test accuracy (%)")
-    _save(fig, ax, runs, path, "lower left")  # accuracy falls with the rate: lower left stays empty
+    ax.grid(alpha=0.3)
+    _title(ax, runs)
+    legend_beside(ax)
+    fig.tight_layout()
+    return fig, ax
 
+
+def place_labels(fig, ax, texts):
+    """Move point labels (annotations in offset points) up, then down, until no two overlap: labels of
+    points at the same work and accuracy stack instead of printing over each other."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for text in sorted(texts, key=lambda t: (t.xy[0], t.xy[1])):
+        box = text.get_window_extent(renderer)
+        step = (box.height + 1) * 72.0 / fig.dpi        # one label's height, in points
+        x, y0 = text.xyann
+        for k in range(1, 40):
+            if not any(box.overlaps(p) for p in placed):
+                break
+            text.xyann = (x, y0 + step * ((k + 1) // 2) * (1 if k % 2 else -1))   # +1, -1, +2, -2 ... heights
+            box = text.get_window_extent(renderer)
+        placed.append(box)
 
 
 def plot_cost(runs, path):
@@ -320,14 +350,15 @@ def cost_figure(runs):
     keys = sorted(k for k in acc if k in work and k[1] > 0)
     dynamic = {m["label"] for m in runs if is_dynamic(m)}
     fig, ax = plt.subplots(figsize=(8.4, 4.6))
-    points = []
+    points, texts = [], []
     for i, label in enumerate(sorted({k[0] for k in keys})):
         ks = [k for k in keys if k[0] == label]
         x, y, err = [work[k][0] for k in ks], [acc[k][0] for k in ks], [acc[k][1] for k in ks]
         ax.errorbar(x, y, yerr=err, fmt="s" if label in dynamic else "o", capsize=3, color=f"C{i % 10}",
                     label=label + (" (dynamic)" if label in dynamic else ""))
         for k, xi, yi in zip(ks, x, y):
-            ax.annotate(f"{100 * k[1]:g}%", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            texts.append(ax.annotate(f"{100 * k[1]:g}%", (xi, yi), textcoords="offset points", xytext=(4, 4),
+                                     fontsize=7, color=f"C{i % 10}"))
         points += list(zip(x, y))
     trained = [m for m in runs if m["is_full"] and m["state"] == "finished"]   # not a run stopped at T
     full = [(work[k][0], v[0]) for k, v in aggregate(trained).items() if k in aggregate(trained, "work_total")]
@@ -342,10 +373,10 @@ def cost_figure(runs):
     ax.set_xlabel("compute: samples trained, x one full-data training (static: dynamics epochs + subset run)")
     ax.set_ylabel("final test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.set_title(" / ".join(", ".join(sorted({str(m.get(k, "?")) for m in runs})) for k in ("dataset", "arch")))
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    _title(ax, runs)
+    legend_beside(ax)
     fig.tight_layout()
+    place_labels(fig, ax, texts)
     return fig, ax, front
 
 
@@ -356,13 +387,14 @@ def plot_flagged(runs, path):
     import matplotlib.pyplot as plt
 
     present = {name: aggregate(runs, key) for name, key in FLAGGED.items() if aggregate(runs, key)}
-    fig, axes = plt.subplots(1, len(present), figsize=(6.4 * len(present), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(present), figsize=(8.4 * len(present), 4.4), squeeze=False)
     for ax, (name, stats) in zip(axes[0], present.items()):
         _lines(ax, stats)
         ax.set_xlabel("pruning rate (%)")
         ax.set_ylabel(f"fraction of the kept set that is {name}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        legend_beside(ax)
+    fig.tight_layout()
     save_figure(path, fig)
     plt.close(fig)
 

@@ -378,6 +378,31 @@ def test_threads_in_stretches_and_what_is_missing(tmp_path):
     assert "not thread-normalized (no threads.json)" in load_summarize().summarize(out)
 
 
+def test_no_label_or_legend_hides_another(tmp_path):
+    """Issue 33.8: in accuracy_vs_cost.png the rate labels of points at the same work and accuracy do not
+    overlap (they stack, in their method's colour); in accuracy_vs_pruning.png the legend sits beside the
+    axes, where it hides no point (it sat in the lower left, over a low point at the smallest rate)."""
+    out = str(tmp_path / "sweep")
+    E, N = 4, 100
+    write_metrics(out, "full", method="full", subset_rate=0.0, final_acc=90.0, epochs=E, num_train_samples=N,
+                  completed_epochs=E, history=history([N] * E))
+    for method in ("el2n", "forgetting", "aum"):            # the same work and the same accuracy
+        for rate in (0.5, 0.8):
+            write_metrics(out, f"{method}/r{rate}/s1", method=method, subset_rate=rate, final_acc=12.0 + rate,
+                          epochs=E, num_train_samples=50, full_train_samples=N, history=history([50] * E),
+                          score_info={"method": method, "trajectory_len": 2, "num_samples": N})
+    summarize = load_summarize()
+    runs = summarize.collect_runs(out)
+    fig, ax, _ = summarize.cost_figure(runs)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert len(boxes) == 6
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    fig, ax = summarize.pruning_figure(runs)
+    fig.canvas.draw()
+    assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1
+
+
 def test_pareto_front():
     front = load_summarize().pareto_front
     points = [(0.5, 60.0), (0.8, 71.0), (0.73, 78.0), (0.5, 75.0), (1.0, 80.0), (1.2, 80.0), (0.9, 77.0)]   # by hand
