@@ -371,3 +371,16 @@ def test_stage_three_is_not_rerun_when_nothing_it_reads_changed(tmp_path):
     assert not summary_fresh(summarize) and summary_fresh(report)
     (masks / "info_win3_ep3.json").write_text("{}")                             # a scoring rewritten since
     assert not summary_fresh(report)
+
+
+def test_messages_round_their_numbers(capsys):
+    """Issue 33.8: "already finished ... (final 9.722222222222221%)" prints 9.72%, from the script and from the
+    sweep's records alike."""
+    from argparse import Namespace
+
+    from utils.protocol.run import already_done
+    from utils.study.records import done_text
+    metrics = {"finished": True, "final_acc": 9.722222222222221, "best_acc": 13.333333333333334}
+    already_done(Namespace(save_path="/out/random/r0.8/s2"), metrics)
+    assert "(final 9.72%, best 13.33%)" in capsys.readouterr().out
+    assert "(final 9.72%, best 13.33%)" in done_text("/out/random/r0.8/s2", metrics)

@@ -20,7 +20,7 @@ from collections import namedtuple
 from utils.protocol.files import load_json, save_json, save_text
 from utils.protocol.run import read_state
 from utils.study.plan import gpu_count, line, plan_text
-from utils.study.records import run_done, scoring_done, summary_fresh
+from utils.study.records import done_text, run_done, scoring_done, summary_fresh
 
 PROG = "sweep.sh"
 DONE = re.compile(r"^already (finished|stopped|scored)", re.M)
@@ -158,12 +158,7 @@ class Executor:
             return None
         if script in ("train.py", "train_subset.py"):
             m = run_done(flags, script)
-            if m is None:
-                return None
-            acc = ", ".join(f"{k} {m[k + '_acc']:.2f}%" for k in ("final", "best")
-                            if isinstance(m.get(k + "_acc"), (int, float)))
-            what = "finished" if m.get("finished", True) else f"stopped after epoch {m.get('completed_epochs')}"
-            return f"already {what}: {save}{f' ({acc})' if acc else ''}; from its records, no process started"
+            return None if m is None else done_text(save, m)
         if script == "importance_evaluation.py":
             infos = scoring_done(flags)
             if infos is None:

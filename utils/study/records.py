@@ -104,6 +104,14 @@ def run_done(flags, script):
     return metrics if decision["action"] == "done" and isinstance(metrics, dict) else None
 
 
+def done_text(save, metrics):
+    """The line for a run its records show done (accuracies rounded, as in every message)."""
+    acc = ", ".join(f"{k} {metrics[k + '_acc']:.2f}%" for k in ("final", "best")
+                    if isinstance(metrics.get(k + "_acc"), (int, float)))
+    what = "finished" if metrics.get("finished", True) else f"stopped after epoch {metrics.get('completed_epochs')}"
+    return f"already {what}: {save}{f' ({acc})' if acc else ''}; from its records, no process started"
+
+
 def scoring_done(flags):
     """The info_<tag>.json paths of a scoring that importance_evaluation.py would find already scored, or None."""
     if flags.method in ("moderate",) or flags.data_path or flags.dataset:   # (labels from the data set: the script)
