@@ -319,8 +319,9 @@ def _dynamic_runs(plan, c, ratios):
 def _settings(c, plan, scored):
     """What the study will do, in words, before anything runs."""
     n = {s: len(plan.stages[s]) for s in plan.stages}
-    lines = [f"study: {c['DATASET']} / {c['ARCH']}, {c['EPOCHS']} epochs, pruning rates {' '.join(c['rates'])}, "
-             f"seeds {' '.join(c['SEEDS'])}; OUT={c['OUT']}",
+    rates = f"pruning rates {' '.join(c['rates'])}, " if c["METHODS"] or not c["DYNAMIC_RATIOS"] else ""
+    lines = [f"study: {c['DATASET']} / {c['ARCH']}, {c['EPOCHS']} epochs, {rates}seeds {' '.join(c['SEEDS'])}; "
+             f"OUT={c['OUT']}",
              f"  methods {' '.join(c['METHODS']) or 'none'}; selections {' '.join(c['SELECTIONS'])}"
              + (f"; dynamic {' '.join(c['DYNAMIC'])}" if c["DYNAMIC"] else "")
              + (f" at ratios {' '.join(c['DYNAMIC_RATIOS'])}" if c["DYNAMIC"] and c["DYNAMIC_RATIOS"] else "")
