@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 from utils.errors import UserError
 from utils.science.scores import output_tag
+from utils.study.check import check_commands, skip_shared
 from utils.study.variables import (  # noqa: F401 (VARIABLES, near_misses, gpu_count: the sweep's, from here)
     DYNAMIC_METHODS,
     METHODS,
@@ -177,7 +178,6 @@ def _study(c):
 def make_plan(environ, cwd=None, parse=None):
     """The plan of the study that `environ` describes (see the module docstring). `parse`: {script file
     name: its parser (argv -> flags)}, to check every line before anything runs. Raises UserError."""
-    from utils.study.check import check_commands, skip_shared
     c = read_config(environ, cwd)
     plan = Plan(c)
     s = _study(c)
