@@ -25,7 +25,7 @@ from utils.protocol.outputs import training_set_info, write_training_set_files
 from utils.protocol.run import already_done, open_run
 from utils.training.dynamic_pruning import METHODS as DYNAMIC_METHODS
 from utils.training.dynamic_pruning import DynamicSampler
-from utils.training.fraction import TrainFraction, add_fraction_args, check_fraction_args, fingerprinted
+from utils.training.fraction import TrainFraction, add_fraction_args, check_fraction_args
 from utils.training.loop import evaluate_only, fit
 from utils.training.recorder import DTYPES, FORMATS, DynamicsRecorder
 from utils.training.setup import build_model, run_facts, setup
@@ -79,7 +79,7 @@ def main(argv=None):
     if args.stop_epoch is not None and not 1 <= args.stop_epoch <= args.epochs:
         raise UserError(f"--stop_epoch {args.stop_epoch} must lie in 1..--epochs ({args.epochs})")
     device, data = setup(args)                                    # reads only, writes nothing
-    fingerprint = run_fingerprint(fingerprinted(args), **run_facts(args, data, device))
+    fingerprint = run_fingerprint(args, **run_facts(args, data, device))
     fraction = TrainFraction(args, data.n_train)                  # every sample, or --train_fraction's
     model = build_model(args, data, device)                       # (an unknown --arch stops here)
     if args.evaluate:

@@ -20,7 +20,6 @@ batch's mean min-max-normalised score (docs/METHODS.md, "The published loss weig
 the mean_p_<tag>.npy that importance_evaluation.py --method dual writes; --teacher adds distillation
 from the full-data model (docs/AGGRESSIVE_PRUNING.md).
 """
-import argparse
 import os
 import re
 
@@ -201,12 +200,7 @@ def main(argv=None):
         files["content of --mean_p_path"] = file_sha256(mean_p_path)
     if teacher:
         files["content of --teacher"] = teacher["teacher_sha256"]
-    # the paths are not fingerprinted (their content is), so the files may move; flags that act only with
-    # beta or a teacher are left out without them, so the runs of earlier versions still resume
-    unused = {"mean_p_path", "teacher"} | ({"beta_c"} if args.selection != "beta" else set()) | \
-        ({"kd_alpha", "kd_temperature"} if args.teacher is None else set())
-    where = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in unused})
-    fingerprint = run_fingerprint(where, **run_facts(args, data, device), **files)
+    fingerprint = run_fingerprint(args, **run_facts(args, data, device), **files)   # the paths' content, not the paths
     model = build_model(args, data, device)                       # (an unknown --arch stops here)
     if args.evaluate:
         return evaluate_only(args, model, data)

@@ -3,6 +3,7 @@ JOBS=2 (two runs at once, the cores split between them).
 
     python benchmarks/bench_sweep.py                  # digits, ResNet-20, 6 epochs, 6 subset runs
     python benchmarks/bench_sweep.py --epochs 2 --rates 0.8 --methods "tdds random"
+    python benchmarks/bench_sweep.py --rerun          # a finished 16-run study run again (docs/SWEEP.md)
 
 The full-data run and the scores are made once (untimed) and copied into both study folders, so
 both sweeps do the same work: stage 2 (the subset runs, what JOBS parallelises) and stage 3
@@ -10,13 +11,20 @@ both sweeps do the same work: stage 2 (the subset runs, what JOBS parallelises) 
 ratios, and the load average (other processes on the machine distort both). OMP_NUM_THREADS and
 MKL_NUM_THREADS are removed from the environment so that JOBS=1 uses every core, as a user's sweep
 would; run it on an otherwise idle machine.
+
+--rerun builds a finished study (digits, 3 epochs, METHODS="tdds el2n forgetting random", RATES="0.5
+0.8", SEEDS="1 2": 16 subset runs; untimed) and then times the same sweep run again: its wall time, the
+CPU seconds of every process it started, and how many Python processes it started (PYTHON is a
+wrapper that counts them; the sweep itself is one).
 """
 import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -44,12 +52,49 @@ def sweep(out, env, jobs):
     return time.perf_counter() - t0, (stage2_end or time.perf_counter()) - (stage2_start or t0)
 
 
+def rerun(a):
+    """Time a finished study's sweep run again (see the module docstring)."""
+    env = {"DATASET": "digits", "ARCH": "resnet20", "EPOCHS": str(a.epochs), "TRAJ": str(a.epochs),
+           "WIN": str(min(3, a.epochs)), "RATES": a.rates, "METHODS": a.methods, "SEEDS": a.seeds, "NGPU": "0",
+           "BATCH": "64", "FULL_BATCH": "64"}
+    with tempfile.TemporaryDirectory() as tmp:
+        calls = os.path.join(tmp, "calls.txt")
+        python = os.path.join(tmp, "python")
+        with open(python, "w") as f:   # counts every Python process the sweep starts (itself included)
+            f.write(f'#!/bin/sh\necho "$@" >> {calls}\nexec {sys.executable} "$@"\n')
+        os.chmod(python, 0o755)
+        out = os.path.join(tmp, "study")
+        env["PYTHON"] = python
+        t0 = time.perf_counter()
+        sweep(out, env, 1)
+        first = time.perf_counter() - t0
+        first_calls = sum(1 for _ in open(calls))
+        os.remove(calls)
+        runs = sum("metrics.json" in files for _, _, files in os.walk(out))
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        wall, _ = sweep(out, env, 1)
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+        processes = sum(1 for _ in open(calls)) if os.path.exists(calls) else 0
+    print(f"a study of {runs - 1} subset runs and its full-data run, built in {first:.0f} s with {first_calls} "
+          f"Python processes; run again: {wall:.1f} s wall, {cpu:.1f} s CPU, {processes} Python process(es); "
+          f"load average now {os.getloadavg()[0]:.2f}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--rates", default="0.5 0.8")
     p.add_argument("--methods", default="tdds el2n random")
+    p.add_argument("--seeds", default="1 2", help="--rerun: the subset runs' seeds")
+    p.add_argument("--rerun", action="store_true", help="time a finished study's sweep run again (16 runs by default)")
     a = p.parse_args()
+    if a.rerun:
+        if a.methods == p.get_default("methods"):
+            a.methods = "tdds el2n forgetting random"
+        if a.epochs == p.get_default("epochs"):
+            a.epochs = 3
+        return rerun(a)
     env = {"DATASET": "digits", "ARCH": "resnet20", "EPOCHS": str(a.epochs), "TRAJ": str(a.epochs),
            "WIN": str(min(3, a.epochs)), "RATES": a.rates, "METHODS": a.methods, "NGPU": "0", "BATCH": "64",
            "FULL_BATCH": "64"}

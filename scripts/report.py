@@ -26,21 +26,18 @@ without info). Writes into DIR
 Conventions (docs/METHODS.md): higher score = kept; a rate is the fraction PRUNED; the kept set at
 rate r is mask[int(r * N):], mask = the stable ascending argsort of the score.
 """
-import glob
 import os
-import re
 import sys
-from dataclasses import dataclass, field
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: utils
 from utils.args import DATA_SETTINGS, DATASETS, Parser  # noqa: E402
 from utils.errors import UserError, run  # noqa: E402
-from utils.protocol.files import ensure_writable_dir, load_json, save_figure, save_json, save_text  # noqa: E402
-from utils.protocol.fingerprint import file_sha256  # noqa: E402
+from utils.protocol.files import ensure_writable_dir, save_figure, save_json, save_text  # noqa: E402
 from utils.protocol.lock import check_unlocked  # noqa: E402
-from utils.science.selection import class_budgets, kept_count, load_mask_and_score  # noqa: E402
+from utils.science.selection import class_budgets, kept_count  # noqa: E402
+from utils.study.scorings import from_info, load_run_files, load_scores, open_dynamics  # noqa: E402
 
 FRAME = {"mislabeled": (220, 30, 30), "corrupted": (255, 150, 0)}   # RGB of a flagged cell's frame
 PAD = 3             # frame width in pixels around each thumbnail
@@ -63,108 +60,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-# ------------------------------------------------------------------------------------------ inputs
-@dataclass
-class Score:
-    """One score of the mask folder."""
-    tag: str
-    score: np.ndarray            # (N,) float64, dataset order
-    order: np.ndarray            # (N,) int64 dataset indices by ascending score (the mask)
-    info: dict = field(default_factory=dict)
-    method: str = None           # tdds, el2n, ... (None if neither the info nor the name says)
-    T: int = None                # trajectory length
-
-
-def parse_tag(tag):
-    """(method, T) from a file tag: win{K}_ep{T}[_suffix] is TDDS, {method}_ep{T}[_suffix] a baseline,
-    'moderate' moderate; (None, None) for anything else."""
-    m = re.match(r"^win\d+_ep(\d+)(_|$)", tag)
-    if m:
-        return "tdds", int(m[1])
-    m = re.match(r"^([a-z][a-z0-9_]*?)_ep(\d+)(_|$)", tag)
-    if m:
-        return m[1], int(m[2])
-    return ("moderate", None) if tag == "moderate" else (None, None)
-
-
-def _load_vector(path):
-    try:
-        a = np.load(path, allow_pickle=False)
-    except Exception as e:   # truncated, not .npy, pickled objects ...
-        raise UserError(f"{path} is not a readable .npy array ({type(e).__name__})") from None
-    if a.ndim != 1 or a.dtype.kind not in "fiu":
-        raise UserError(f"{path} holds {a.dtype} {a.shape}, expected a (N,) score")
-    if not np.isfinite(a).all():
-        raise UserError(f"{path} contains NaN or inf")
-    return a.astype(np.float64)
-
-
-def load_scores(mask_dir):
-    """{tag: Score} of every score in mask_dir: dataset_score_<tag>.npy, or (files of the published
-    script, which writes no dataset-order score) the pair data_mask_<tag>.npy + score_<tag>.npy."""
-    tags = {os.path.basename(f)[len("dataset_score_"):-4] for f in glob.glob(os.path.join(mask_dir, "dataset_score_*.npy"))}
-    tags |= {os.path.basename(f)[len("score_"):-4] for f in glob.glob(os.path.join(mask_dir, "score_*.npy"))
-             if os.path.exists(os.path.join(mask_dir, "data_mask_" + os.path.basename(f)[len("score_"):]))}
-    if not tags:
-        raise UserError(f"no score files (dataset_score_<tag>.npy, or data_mask_<tag>.npy + score_<tag>.npy) in "
-                        f"{mask_dir}: run importance_evaluation.py --mask_path {mask_dir} first")
-    out = {}
-    for tag in sorted(tags):
-        path = os.path.join(mask_dir, f"dataset_score_{tag}.npy")
-        if os.path.exists(path):
-            score = _load_vector(path)
-            order = np.argsort(score, kind="stable")      # = data_mask_<tag>.npy of importance_evaluation.py
-        else:
-            mask = os.path.join(mask_dir, f"data_mask_{tag}.npy")
-            # N is the mask's own length here; load_mask_and_score reports an unreadable or 2-D file
-            order, score = load_mask_and_score(mask, os.path.join(mask_dir, f"score_{tag}.npy"), _length(mask))
-        info_path = os.path.join(mask_dir, f"info_{tag}.json")
-        info = load_json(info_path, strict=True) if os.path.exists(info_path) else {}
-        why = uncommitted(mask_dir, tag, info)
-        if why:
-            print(f"note: {tag}: skipped: {why}", file=sys.stderr)
-            continue
-        method, T = parse_tag(tag)
-        out[tag] = Score(tag, score, order, info, info.get("method") or method, info.get("trajectory_len") or T)
-    if not out:
-        raise UserError(f"no finished scoring in {mask_dir} (see the notes above): run importance_evaluation.py "
-                        f"--mask_path {mask_dir} again")
-    sizes = {t: len(s.score) for t, s in out.items()}
-    if len(set(sizes.values())) != 1:
-        raise UserError(f"the scores in {mask_dir} have different lengths ({', '.join(f'{t}: {n}' for t, n in sizes.items())}): "
-                        "one data set per folder")
-    return out
-
-
-def uncommitted(mask_dir, tag, info):
-    """Why the scoring <tag> cannot be trusted, or None. importance_evaluation.py writes info_<tag>.json
-    last, with the sha256 of its arrays: our files without it are a scoring that did not finish, and
-    arrays that no longer match it were changed since. The published script's pair (data_mask + score,
-    no dataset_score, no info) is accepted as it is."""
-    own = os.path.exists(os.path.join(mask_dir, f"dataset_score_{tag}.npy"))
-    if not info:
-        return f"no info_{tag}.json: a scoring that did not finish (run importance_evaluation.py again)" if own else None
-    for kind, expected in (info.get("sha256") or {}).items():
-        name = (info.get("files") or {}).get(kind)
-        path = os.path.join(mask_dir, name) if name else None
-        if path and os.path.exists(path) and file_sha256(path) != expected:   # (a missing one is not read)
-            return f"{name} is not the file info_{tag}.json vouches for (changed or replaced since it was scored)"
-    return None
-
-
-def _length(path):
-    """Rows of a 1-D .npy file, 0 when it is not one (load_mask_and_score then says why in one line)."""
-    try:
-        a = np.load(path, mmap_mode="r")
-        return a.shape[0] if a.ndim == 1 else 0
-    except Exception:
-        return 0
-
-
-def _from_info(scores, key):
-    return next((s.info[key] for s in scores.values() if s.info.get(key)), None)
-
-
+# ------------------------------------------------------------------------------------------ images
 class Images:
     """Training images and class names of a data set; ImageFolder files are opened only when shown."""
 
@@ -191,11 +87,11 @@ class Images:
     def corrupt_as_trained(self, scores, corrupted):
         """Show the training images as the scored run trained on them: its --corrupt_ratio settings
         (from info_<tag>.json) replayed on the in-memory images, checked against corrupted_mask.npy."""
-        ratio = _from_info(scores, "corrupt_ratio")
+        ratio = from_info(scores, "corrupt_ratio")
         if not ratio or self.array is None:
             return
         from utils.training.robustness import apply_corruption
-        recorded = {k: _from_info(scores, k) or DATA_SETTINGS[k] for k in ("corruption", "severity", "corrupt_seed")}
+        recorded = {k: from_info(scores, k) or DATA_SETTINGS[k] for k in ("corruption", "severity", "corrupt_seed")}
         self.array, replayed = apply_corruption(self.array, ratio, recorded["corruption"], recorded["severity"],
                                                 seed=recorded["corrupt_seed"])
         if corrupted is not None and not np.array_equal(replayed, corrupted):
@@ -230,52 +126,6 @@ def _cifar_names(folder, dataset):
             return [str(n) for n in pickle.load(f, encoding="latin1")[key]]
     except (OSError, KeyError, TypeError, pickle.UnpicklingError, EOFError):
         return [str(c) for c in range(10 if dataset == "cifar10" else 100)]
-
-
-def load_run_files(run_folder, n):
-    """(labels trained on or None, {"mislabeled": (N,) bool, "corrupted": (N,) bool}) from the
-    training run's folder: files absent = nothing to say; files of another length = a UserError."""
-    labels, flags = None, {}
-    if not run_folder:
-        return labels, flags
-    for key, name in (("labels", "train_labels.npy"), ("mislabeled", "label_noise_mask.npy"),
-                      ("corrupted", "corrupted_mask.npy")):
-        path = os.path.join(run_folder, name)
-        if not os.path.exists(path):
-            continue
-        try:
-            a = np.load(path, allow_pickle=False)
-        except Exception as e:
-            raise UserError(f"{path} is not a readable .npy array ({type(e).__name__})") from None
-        if a.shape != (n,):
-            raise UserError(f"{path} has shape {a.shape} but the scores have {n} samples: "
-                            "the scores are not of this training run")
-        if key == "labels":
-            labels = a.astype(np.int64)
-        else:
-            flags[key] = a.astype(bool)
-    return labels, flags
-
-
-def open_dynamics(s, flag_path, n):
-    """(Dynamics or None, why not) for the trajectories of TDDS score s."""
-    from utils.science.scores import Dynamics
-    path = flag_path or s.info.get("dynamics_path")
-    if not path:
-        return None, "no dynamics folder known (pass --dynamics_path)"
-    if not s.T or s.T < 2:
-        return None, "its trajectory length is unknown"
-    try:
-        dyn = Dynamics(path, s.T)
-    except UserError as e:
-        if flag_path:
-            raise   # the user named this folder: a mistake to report, not to skip
-        return None, f"the dynamics are unavailable ({e})"
-    if dyn.n != n:
-        if flag_path:
-            raise UserError(f"--dynamics_path {path} holds {dyn.n} samples, the scores {n}")
-        return None, f"{path} holds {dyn.n} samples, the scores {n}"
-    return dyn, ""
 
 
 # ------------------------------------------------------------------------------------------ pictures
@@ -436,7 +286,7 @@ def main(argv=None):
     n = len(next(iter(scores.values())).score)
     for r in args.rates:
         kept_count(n, r)                              # a rate that keeps nothing is a UserError
-    dataset = args.dataset or _from_info(scores, "dataset")
+    dataset = args.dataset or from_info(scores, "dataset")
     if dataset is None:
         raise UserError(f"the scores in {args.mask_dir} do not say which data set they are of (no info_<tag>.json): "
                         "pass --dataset (and --data_path)")
@@ -445,11 +295,11 @@ def main(argv=None):
     if args.dynamics_path:
         run_folder = os.path.dirname(os.path.abspath(args.dynamics_path.rstrip("/")))
     else:
-        run_folder = _from_info(scores, "dynamics_run")
+        run_folder = from_info(scores, "dynamics_run")
     data_path = args.data_path
     if not data_path:   # as the run recorded it, found from here even if it was started elsewhere
         from utils.training.data import recorded_data_path
-        data_path = recorded_data_path(dataset, _from_info(scores, "data_path") or "./data", run_folder)
+        data_path = recorded_data_path(dataset, from_info(scores, "data_path") or "./data", run_folder)
     images = Images(dataset, data_path)
     if len(images.labels) != n:
         raise UserError(f"the scores in {args.mask_dir} have {n} samples, the {dataset} training set in {data_path} "

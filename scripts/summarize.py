@@ -52,21 +52,19 @@ thread-seconds where the sweep recorded each run's threads (OUT/threads.json):
   teacher  = the --teacher's own training, less the epochs already charged as dynamics when it is that run
 """
 import csv
-import hashlib
 import io
-import json
 import os
-import shlex
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: utils
-from utils.args import Parser, without_unused  # noqa: E402
+from utils.args import Parser  # noqa: E402
 from utils.errors import UserError, run  # noqa: E402
-from utils.methods import DYNAMIC_METHODS, SELECTIONS, names  # noqa: E402
-from utils.protocol.files import load_json, save_figure, save_text  # noqa: E402
-from utils.protocol.run import read_state, training_cwd  # noqa: E402
+from utils.protocol.files import save_figure, save_text  # noqa: E402
+# (add_costs, pareto_front, run_label: also summarize.<name> for the tests that call them)
+from utils.study.costs import add_costs, collect_runs, pareto_front  # noqa: E402,F401
+from utils.study.runs import FULL, aggregate, counts, is_dynamic, missing_runs, read_plans, run_label  # noqa: E402,F401
 
 CSV_COLUMNS = ["run", "label", "state", "method", "selection", "class_balanced", "score_weighting", "budget", "subset_rate",
                "seed", "final_acc", "best_acc", "epochs", "steps", "completed_epochs", "finished", "batch_size",
@@ -76,300 +74,8 @@ CSV_COLUMNS = ["run", "label", "state", "method", "selection", "class_balanced",
                "cost_dynamics", "cost_scoring", "cost_subset", "cost_teacher", "cost_total",
                "kept_mislabeled_fraction", "mislabeled_kept_fraction", "kept_corrupted_fraction",
                "corrupted_kept_fraction"]
-FULL = "full"  # label of the full-data run(s)
-SEED = "--manualSeed"   # the one setting in which runs averaged as seeds may differ
 FLAGGED = {"mislabeled": "kept_mislabeled_fraction", "corrupted": "kept_corrupted_fraction"}
-DYNAMIC = tuple(DYNAMIC_METHODS)   # dynamic pruning: a full-data run (train.py --dynamic) that prunes as it goes
 FAR_BELOW = 5.0   # points below random at which a score-weighted method's result gets a warning
-
-
-def run_label(m):
-    """Table row of a run (see the module docstring)."""
-    if m.get("subset_rate", 0.0) == 0.0 and m.get("method", FULL) == FULL:
-        return FULL
-    label = "random" if m.get("selection") == "random" else m.get("method", "unknown")
-    if m.get("selection") in names(SELECTIONS, score_values=True):
-        label += "-" + m["selection"]
-    if m.get("class_balanced"):
-        label += "-cb"
-    if m.get("score_weighting") is False and m.get("selection") != "random":
-        label += "-unweighted"
-    if m.get("budget") == "iterations":
-        label += "-iters"
-    if m.get("teacher"):
-        label += "-kd"
-    scored = m.get("scored_arch")
-    if scored and m.get("selection") != "random" and scored != m.get("arch"):
-        label += f" [{scored}→{m.get('arch')}]"
-    return label
-
-
-def is_dynamic(m):
-    return m.get("method") in DYNAMIC
-
-
-def collect_runs(out):
-    """Every metrics.json under `out`, as dicts with "run" (folder relative to out) and "label" added."""
-    runs = []
-    threads = read_threads(out)
-    for folder, dirs, files in os.walk(out):
-        dirs.sort()  # deterministic order
-        if "metrics.json" not in files:
-            continue
-        path = os.path.join(folder, "metrics.json")
-        m = load_json(path, strict=True)
-        if not isinstance(m, dict) or "final_acc" not in m:
-            raise UserError(f"{path} has no final_acc: expected the metrics.json of a training run")
-        m["subset_rate"] = float(m.get("subset_rate") or (m.get("dynamic_ratio") if is_dynamic(m) else 0.0) or 0.0)
-        m["final_acc"] = float(m["final_acc"]) if m["final_acc"] is not None else None
-        m["run"] = os.path.relpath(folder, out)
-        m["path"] = os.path.abspath(folder)
-        m["label"] = run_label(m)
-        m["is_full"] = m["label"] == FULL
-        m["threads"] = threads.get(m["run"])
-        recorded = read_state(folder)   # folder.json: fingerprint and state, read once
-        m["fingerprint"] = fingerprint(m, recorded)
-        m["state"] = run_state(m, recorded.get("state"))
-        if scores_replaced(m):
-            m["label"] += " (scores since replaced)"
-        runs.append(m)
-    name_differences([m for m in runs if counts(m)])
-    runs.sort(key=lambda m: (not m["is_full"], m["label"], m["subset_rate"], str(m.get("seed")), m["run"]))
-    add_costs(runs)
-    add_work(runs)
-    return runs
-
-
-def read_threads(out):
-    """{run folder: threads it ran with}, as the sweep's executor recorded them (OUT/threads.json), or {}."""
-    return load_json(os.path.join(out, "threads.json"), {})
-
-
-def run_state(m, state):
-    """finished, stopped (--stop_epoch), running (its writer holds the lock now), interrupted or failed:
-    folder.json's `state` where there is one, else what metrics.json says."""
-    if state in ("running", "interrupted", "failed") or m["final_acc"] is None:
-        return state if state in ("running", "failed") else "interrupted"
-    if m.get("finished", True):   # metrics.json of older versions has no "finished": they wrote it at the end
-        return "finished"
-    return "stopped" if m.get("stopped") or state == "stopped" else "interrupted"
-
-
-def counts(m):
-    """Does the run enter the tables? Finished runs do; of the others only the full-data run that
-    stopped at T (--stop_epoch) to record the dynamics, as the reference line that says so."""
-    return m["state"] == "finished" or (m["is_full"] and m["state"] == "stopped")
-
-
-def scores_replaced(m):
-    """Was the run trained on a mask that its scoring's info_<tag>.json no longer vouches for (the
-    scoring was redone with --overwrite since)? False when that cannot be told (files moved)."""
-    trained = ((m.get("score_info") or {}).get("sha256") or {}).get("mask")
-    mask = m.get("mask_path")
-    if not trained or not mask or m.get("selection") == "random":
-        return False
-    if not os.path.isabs(mask):   # relative to where the run was started
-        cwd = training_cwd(m["path"])
-        if cwd is None:
-            return False
-        mask = os.path.join(cwd, mask)
-    info = load_json(os.path.join(os.path.dirname(mask), f"info_{m['score_info'].get('tag')}.json"), {})
-    now = (info.get("sha256") or {}).get("mask") if isinstance(info.get("sha256"), dict) else None
-    return bool(now) and now != trained
-
-
-def _setting(m, key):
-    if key == "score":
-        return (m.get("score_info") or {}).get("tag")
-    return m.get(key)
-
-
-# what decides a result, for runs of versions that wrote no fingerprint (steps: the batch size too)
-SEED_INVARIANT = ("dataset", "arch", "scored_arch", "epochs", "steps", "score")
-
-
-def fingerprint(m, recorded):
-    """{setting: value} that decides the run's result: the run fingerprint of folder.json (`recorded`;
-    args.json in older versions), without settings that have no effect; for a bare metrics.json, what
-    it records."""
-    fp = recorded.get("fingerprint")
-    if not isinstance(fp, dict):
-        fp = load_json(os.path.join(m["path"], "args.json"), {}).get("fingerprint")
-    if isinstance(fp, dict):
-        return without_unused(fp, "--")
-    return {**{k: _setting(m, k) for k in SEED_INVARIANT}, SEED: m.get("seed")}
-
-
-def _shown(m, key):
-    """"name=value" of one setting in a label: flags without their dashes, file contents by the score's
-    tag (or a short hash), other hashes shortened."""
-    value = m["fingerprint"].get(key)
-    if key in ("content of --mask_path", "content of --score_path", "content of --mean_p_path"):
-        tag = (m.get("score_info") or {}).get("tag")
-        return f"scores={tag or str(value)[:8]}"
-    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
-        value = value[:8]
-    name = key[2:] if key.startswith("--") else key.replace("content of --", "")
-    return f"{name}={value}"
-
-
-def name_differences(runs):
-    """Runs are seeds of one experiment only when their fingerprints differ in --manualSeed alone. Where
-    runs of one label and rate differ in more, every run of that label gets the differing settings in
-    its label (at every rate, so that its rows stay whole), and the tables never average them."""
-    by_label = {}
-    for m in runs:
-        by_label.setdefault(m["label"], []).append(m)
-    for label, ms in by_label.items():
-        experiments = {}   # rate -> {fingerprint without the seed: one of its runs}
-        for m in ms:
-            experiments.setdefault(m["subset_rate"], {}).setdefault(_experiment(m), m["fingerprint"])
-        differing = set()
-        for fps in experiments.values():
-            fps = list(fps.values())
-            for k in set().union(*fps) - {SEED} if len(fps) > 1 else ():
-                if len({json.dumps(fp.get(k), sort_keys=True, default=str) for fp in fps}) > 1:
-                    differing.add(k)
-        if differing:
-            for m in ms:
-                m["label"] += " (" + ", ".join(dict.fromkeys(_shown(m, k) for k in sorted(differing))) + ")"
-    # the rule, enforced: where a shown value still hides a difference (two files of one tag), the
-    # fingerprint's own short hash tells the experiments apart
-    cells = {}
-    for m in runs:
-        cells.setdefault((m["label"], m["subset_rate"]), {}).setdefault(_experiment(m), []).append(m)
-    for experiments in cells.values():
-        for key, ms in experiments.items() if len(experiments) > 1 else ():
-            for m in ms:
-                m["label"] += f" [settings {hashlib.sha256(key.encode()).hexdigest()[:6]}]"
-
-
-def _experiment(m):
-    """The fingerprint without the seed, as one string: runs with the same one are seeds of one experiment."""
-    return json.dumps({k: v for k, v in m["fingerprint"].items() if k != SEED}, sort_keys=True, default=str)
-
-
-# ------------------------------------------------------------------------------------------------ cost
-def _epoch_seconds(m):
-    done = m.get("completed_epochs") or len(m.get("history", [])) or 0
-    return m.get("train_seconds", 0.0) / done if done else None
-
-
-def _dynamics_seconds(full, T):
-    """Seconds of the full-data run's epochs 0 .. T-1, the dynamics a score used (its per-epoch seconds);
-    the whole run where T is not known (moderate scores the trained model)."""
-    history = full.get("history") or []
-    if not T:
-        return full.get("train_seconds", 0.0)
-    if history and all("train_seconds" in h and "epoch" in h for h in history):
-        return float(sum(h["train_seconds"] for h in history if h["epoch"] < T))
-    done = full.get("completed_epochs") or len(history)
-    return min(T, done) * (_epoch_seconds(full) or 0.0)
-
-
-def add_costs(runs):
-    """Add cost_dynamics, cost_scoring, cost_subset, cost_teacher, cost_total (fractions of one full-data
-    training) to every subset run whose full-data run (same data set, the scored architecture) is among
-    `runs`. cost_teacher is the --teacher's own training, unless that run is the one whose dynamics are
-    already charged; the teacher's forward passes are part of the subset's train_seconds (and are
-    shown as teacher_forward_seconds). Where subset runs differ in batch size (sweep.sh RATE_FLAGS),
-    each label names its runs' batch size per rate."""
-    batch = {}   # label -> {rate: batch sizes}
-    for m in runs:
-        if not m["is_full"] and m.get("batch_size"):
-            batch.setdefault(m["label"], {}).setdefault(m["subset_rate"], set()).add(m["batch_size"])
-        if m.get("teacher"):
-            m["teacher_forward_seconds"] = sum(h.get("teacher_seconds", 0.0) for h in m.get("history", []))
-    if len({b for rates in batch.values() for sizes in rates.values() for b in sizes}) > 1:
-        names = {label: ", ".join(f"{100 * r:g}%: {'/'.join(map(str, sorted(b)))}" for r, b in sorted(rates.items()))
-                 for label, rates in batch.items()}
-        for m in runs:
-            if m["label"] in names:
-                m["label"] += f" (batch {names[m['label']]})"
-    fulls, by_path = {}, {}
-    for m in runs:
-        if m["is_full"] and _epoch_seconds(m):
-            fulls.setdefault((m.get("dataset"), m.get("arch")), m)
-            by_path[m["path"]] = m
-    for m in runs:
-        is_full = m["is_full"]
-        arch = m.get("arch") if is_full else (m.get("scored_arch") or m.get("arch"))
-        scored_run = (m.get("score_info") or {}).get("dynamics_run")
-        # the run whose dynamics were scored, when it is in this folder; else one of the same data set and architecture
-        full = by_path.get(m["path"] if is_full else scored_run) or fulls.get((m.get("dataset"), arch))
-        if full is None:
-            continue
-        one_training = _epoch_seconds(full) * full.get("epochs", 0)   # seconds of one full-data training
-        # thread-seconds where the sweep recorded the threads: a run beside others got fewer threads each (the
-        # dynamics and the scoring ran alone, in stage 1, with the full-data run's threads)
-        own = m["threads"] / full["threads"] if m.get("threads") and full.get("threads") else 1.0
-        if is_full or is_dynamic(m):
-            m["cost_total"] = m.get("train_seconds", 0.0) * own / one_training
-            if not is_full:
-                m["cost_dynamics"] = m["cost_scoring"] = m["cost_teacher"] = 0.0
-                m["cost_subset"] = m["cost_total"]
-            continue
-        needs_dynamics = m.get("selection") != "random"
-        info = m.get("score_info") or {}
-        # the epochs of the full-data run the score used (not the rest of it: FULL_ACC=1 trains on for the reference)
-        T = None if "moderate" in (info.get("method"), m.get("method")) else info.get("trajectory_len")
-        used = _dynamics_seconds(full, T) if needs_dynamics else 0.0
-        m["cost_dynamics"] = used / one_training
-        m["cost_scoring"] = (info.get("seconds") or 0.0) / one_training if needs_dynamics else 0.0
-        m["cost_subset"] = m.get("train_seconds", 0.0) * own / one_training
-        charged = needs_dynamics and m.get("teacher_run") == full["path"]   # the teacher recorded the dynamics
-        teacher = full.get("train_seconds", 0.0) - used if charged else (m.get("teacher_train_seconds") or 0.0)
-        m["cost_teacher"] = max(teacher, 0.0) / one_training if m.get("teacher") else 0.0
-        m["cost_total"] = m["cost_dynamics"] + m["cost_scoring"] + m["cost_subset"] + m["cost_teacher"]
-
-
-def _trained(m):
-    """Samples forwarded and backpropagated in the run's training (each epoch's "samples")."""
-    history = m.get("history") or []
-    if history and all("samples" in h for h in history):
-        return float(sum(h["samples"] for h in history))
-    return float((m.get("num_train_samples") or 0) * (m.get("completed_epochs") or len(history)))
-
-
-def add_work(runs):
-    """work_*: compute counted in samples forwarded and backpropagated, as a fraction of one full-data
-    training (E epochs x N samples; E and N of the run's own schedule and data set), so that it does not
-    depend on threads, jobs side by side or the machine:
-      full-data and dynamic runs: the samples they trained / (E N)
-      static (subset) runs: work_dynamics = T N / (E N) = T / E, the epochs of the dynamics run its scores
-      used (moderate: the whole run, E / E), 0 for random selection; work_subset = the samples it
-      trained / (E N); work_teacher = the teacher's training where the run distils (E N, less the
-      dynamics already charged when the teacher is the run that recorded them)
-    work_forward counts forward-only passes apart: the teacher's forward pass of every trained sample and
-    moderate's features (N). Evaluation passes are not counted (every run of a schedule evaluates alike)."""
-    full_n = {m.get("dataset"): m.get("num_train_samples") for m in runs if m["is_full"] and m.get("num_train_samples")}
-    for m in runs:
-        n = m.get("full_train_samples") or (m.get("num_train_samples") if m["is_full"] else None) \
-            or (m.get("score_info") or {}).get("num_samples") or full_n.get(m.get("dataset"))
-        e = m.get("epochs")
-        if not n or not e or (not counts(m) and not m["is_full"]):
-            continue
-        one = float(n) * float(e)
-        if m["is_full"] or is_dynamic(m):
-            m.update(work_dynamics=0.0, work_subset=_trained(m) / one, work_teacher=0.0, work_forward=0.0)
-            m["work_total"] = m["work_subset"]
-            if is_dynamic(m):
-                m["dynamic_ratio"] = m.get("dynamic_ratio", m["subset_rate"])
-            continue
-        info = m.get("score_info") or {}
-        if m.get("selection") == "random":
-            dyn = 0.0
-        elif info.get("method") == "moderate" or m.get("method") == "moderate":
-            dyn = 1.0
-        else:
-            dyn = (info.get("trajectory_len") or 0) / e
-        m["work_dynamics"] = dyn
-        m["work_subset"] = _trained(m) / one
-        m["work_teacher"] = (1.0 - dyn if dyn and m.get("teacher_run") == (m.get("score_info") or {}).get(
-            "dynamics_run") else 1.0) if m.get("teacher") else 0.0
-        m["work_forward"] = ((_trained(m) if m.get("teacher") else 0.0) +
-                             (float(n) if m.get("method") == "moderate" else 0.0)) / one
-        m["work_total"] = m["work_dynamics"] + m["work_subset"] + m["work_teacher"]
 
 
 def weighting_warnings(runs):
@@ -409,17 +115,6 @@ def why_missing(runs):
     return lines + [""]
 
 
-# ------------------------------------------------------------------------------------------------ tables
-def aggregate(runs, key="final_acc"):
-    """{(label, rate): (mean, std, n)} of `key` over the runs that have it; std is the sample std
-    (ddof=1), 0 for one run."""
-    values = {}
-    for m in runs:
-        if m.get(key) is not None and counts(m):
-            values.setdefault((m["label"], m["subset_rate"]), []).append(float(m[key]))
-    return {k: (float(np.mean(a)), float(np.std(a, ddof=1)) if len(a) > 1 else 0.0, len(a))
-            for k, a in values.items()}
-
 
 def format_cell(mean, std, n, fmt="{:.2f}"):
     return fmt.format(mean) if n == 1 else f"{fmt.format(mean)} ± {fmt.format(std)} (n={n})"
@@ -447,31 +142,6 @@ def table(stats, title, fmt="{:.2f}"):
     return lines + [""]
 
 
-def missing_runs(out, runs):
-    """The run folders (relative to out) that OUT/plan.txt names and that have no results yet."""
-    plan = []
-    for name in ["plan.txt"] + sorted(f for f in os.listdir(out) if f.startswith("plan-") and f.endswith(".txt")):
-        try:   # plan.txt, and plan-<TAG>.txt of each variant (sweep.sh TAG=)
-            with open(os.path.join(out, name)) as f:
-                plan += f.read().splitlines()
-        except OSError:
-            pass
-    have = {m["path"] for m in runs if m["final_acc"] is not None}
-    planned_out = None   # the OUT the plan was written for (its paths are absolute), if it says
-    missing = []
-    for line in plan:
-        if line.startswith("# OUT="):
-            planned_out = shlex.split(line[len("# OUT="):])[0]
-        words = shlex.split(line) if not line.startswith("#") else []
-        if "--save_path" not in words[:-1]:
-            continue
-        path = words[words.index("--save_path") + 1]
-        if planned_out:   # the folder may have moved since
-            path = os.path.join(out, os.path.relpath(path, planned_out))
-        if os.path.abspath(path) not in have:
-            missing.append(os.path.relpath(path, out))
-    return missing
-
 
 def reference_lines(runs):
     """One line per full-data experiment: its accuracy, epochs, and whether it stopped at T."""
@@ -491,8 +161,9 @@ def reference_lines(runs):
     return lines
 
 
-def markdown(runs, missing=()):
-    """results.md: missing and unfinished runs, accuracy tables (final, best), the cost ledger, the kept
+def markdown(runs, missing=(), plans=()):
+    """results.md: missing and unfinished runs, accuracy tables (final, best), each variant beside the
+    study's runs it shares (`plans`: utils.study.runs.read_plans), the cost ledger, the kept
     noisy/corrupted fractions."""
     datasets = sorted({str(m.get("dataset", "?")) for m in runs})
     archs = sorted({str(m.get("arch", "?")) for m in runs})
@@ -521,6 +192,7 @@ def markdown(runs, missing=()):
     lines.append("")
     lines += table(aggregate(runs), "Final test accuracy (%) — the last epoch")
     lines += table(aggregate(runs, "best_acc"), "Best test accuracy (%) over epochs — what the published logs report")
+    lines += variant_tables(runs, plans)
     work = aggregate(runs, "work_total")
     if any(rate > 0 for _, rate in work):
         lines += table(work, "Compute (work), as a fraction of one full-data training: samples forwarded and "
@@ -528,11 +200,8 @@ def markdown(runs, missing=()):
                        "trained)", fmt="{:.3f}")
     cost = aggregate(runs, "cost_total")
     if any(rate > 0 for _, rate in cost):
-        normalized = all(m.get("threads") for m in runs if m.get("cost_total") is not None)
         lines += table(cost, "Compute (seconds), as a fraction of one full-data training's seconds (dynamics + scoring "
-                       "+ subset + teacher)" + ("; thread-normalized (thread-seconds, threads as the sweep gave them)"
-                                                if normalized else "; not thread-normalized (no threads.json)"),
-                       fmt="{:.3f}")
+                       "+ subset + teacher)" + threads_note(runs), fmt="{:.3f}")
     if any(rate > 0 for _, rate in work) or any(rate > 0 for _, rate in cost):
         lines += ledger_rows(runs)
     lines += table(aggregate(runs, "mean_weight"), "Mean loss weight u of the kept set — the published score "
@@ -540,6 +209,38 @@ def markdown(runs, missing=()):
     for name, key in FLAGGED.items():
         lines += table(aggregate(runs, key), f"Fraction of the kept set that is {name}", fmt="{:.3f}")
     return "\n".join(lines) + "\n"
+
+
+def variant_tables(runs, plans):
+    """Per variant (TAG) that shares runs with the study: its final accuracy beside the study's runs it
+    shares, the rows a variant did not train because its flags act on nothing there."""
+    lines = []
+    for plan in plans:
+        if not plan["tag"] or not plan["shared"]:
+            continue
+        own = [m for m in runs if m["path"] in set(plan["planned"])]
+        shared = [m for m in runs if m["path"] in {study for _, study in plan["shared"]}]
+        stats = {**aggregate(own), **{(f"{label} (shared)", rate): v for (label, rate), v in aggregate(shared).items()}}
+        names = sorted({m["label"] for m in shared})
+        table_lines = table(stats, f"Variant {plan['tag']} ({plan['file']}): final test accuracy (%), beside the "
+                                   f"study's runs it shares")
+        if table_lines:
+            lines += table_lines[:2] + [f"Its flags act on nothing in {len(plan['shared'])} run(s) of the study "
+                                        f"({', '.join(names)}): the variant shares them (rows marked shared).", ""] \
+                + table_lines[2:]
+    return lines
+
+
+def threads_note(runs):
+    """Whether the seconds are thread-seconds and, where not, what is actually missing."""
+    costed = [m for m in runs if m.get("cost_total") is not None]
+    unknown = [m["run"] for m in costed if not m.get("threads")]
+    if not unknown:
+        return "; thread-normalized (thread-seconds, threads as the sweep gave them)"
+    if not any(m.get("threads_recorded") for m in runs):
+        return "; not thread-normalized (no threads.json)"
+    shown = ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+    return f"; not thread-normalized: threads.json does not record the threads of {len(unknown)} run(s) ({shown})"
 
 
 def ledger_rows(runs):
@@ -569,39 +270,62 @@ def _lines(ax, stats, x_of=None):
         ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=label)
 
 
-def _save(fig, ax, runs, path, legend_loc="best"):
-    ax.grid(alpha=0.3)
+def legend_beside(ax):
+    """The legend beside the axes, never over a point (none when nothing is plotted)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
+def _title(ax, runs):
     ax.set_title(" / ".join(", ".join(sorted({str(m.get(k, "?")) for m in runs})) for k in ("dataset", "arch")))
-    if ax.get_legend_handles_labels()[0]:   # no finished run: an empty plot, no legend
-        ax.legend(fontsize=8, loc=legend_loc)
-    save_figure(path, fig)
-    import matplotlib.pyplot as plt
-    plt.close(fig)
 
 
 def plot(runs, path):
-    """Accuracy vs pruning rate, one line per label with seed error bars; full data dashed."""
+    """accuracy_vs_pruning.png (pruning_figure)."""
+    import matplotlib.pyplot as plt
+    fig, _ = pruning_figure(runs)
+    save_figure(path, fig)
+    plt.close(fig)
+
+
+def pruning_figure(runs):
+    """Accuracy vs pruning rate, one line per label with seed error bars; full data dashed; the legend
+    beside the axes, never over a point."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     stats = aggregate(runs)
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = plt.subplots(figsize=(8.4, 4.4))
     _lines(ax, stats)
     full = [v for (_, rate), v in stats.items() if rate == 0]
     if full:
         ax.axhline(full[0][0], color="k", linestyle="--", linewidth=1, label=f"full data ({full[0][0]:.2f})")
     ax.set_xlabel("pruning rate (%)")
     ax.set_ylabel("final test accuracy (%)")
-    _save(fig, ax, runs, path, "lower left")  # accuracy falls with the rate: lower left stays empty
+    ax.grid(alpha=0.3)
+    _title(ax, runs)
+    legend_beside(ax)
+    fig.tight_layout()
+    return fig, ax
 
 
-def pareto_front(points):
-    """The points (compute, accuracy) that no other point beats: none has at most their compute and a
-    higher accuracy, or less compute and at least their accuracy. Sorted by compute."""
-    front = [p for p in points if not any((q[0] <= p[0] and q[1] > p[1]) or (q[0] < p[0] and q[1] >= p[1])
-                                          for q in points)]
-    return sorted(set(front))
+def place_labels(fig, ax, texts):
+    """Move point labels (annotations in offset points) up, then down, until no two overlap: labels of
+    points at the same work and accuracy stack instead of printing over each other."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for text in sorted(texts, key=lambda t: (t.xy[0], t.xy[1])):
+        box = text.get_window_extent(renderer)
+        step = (box.height + 1) * 72.0 / fig.dpi        # one label's height, in points
+        x, y0 = text.xyann
+        for k in range(1, 40):
+            if not any(box.overlaps(p) for p in placed):
+                break
+            text.xyann = (x, y0 + step * ((k + 1) // 2) * (1 if k % 2 else -1))   # +1, -1, +2, -2 ... heights
+            box = text.get_window_extent(renderer)
+        placed.append(box)
 
 
 def plot_cost(runs, path):
@@ -626,14 +350,15 @@ def cost_figure(runs):
     keys = sorted(k for k in acc if k in work and k[1] > 0)
     dynamic = {m["label"] for m in runs if is_dynamic(m)}
     fig, ax = plt.subplots(figsize=(8.4, 4.6))
-    points = []
+    points, texts = [], []
     for i, label in enumerate(sorted({k[0] for k in keys})):
         ks = [k for k in keys if k[0] == label]
         x, y, err = [work[k][0] for k in ks], [acc[k][0] for k in ks], [acc[k][1] for k in ks]
         ax.errorbar(x, y, yerr=err, fmt="s" if label in dynamic else "o", capsize=3, color=f"C{i % 10}",
                     label=label + (" (dynamic)" if label in dynamic else ""))
         for k, xi, yi in zip(ks, x, y):
-            ax.annotate(f"{100 * k[1]:g}%", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            texts.append(ax.annotate(f"{100 * k[1]:g}%", (xi, yi), textcoords="offset points", xytext=(4, 4),
+                                     fontsize=7, color=f"C{i % 10}"))
         points += list(zip(x, y))
     trained = [m for m in runs if m["is_full"] and m["state"] == "finished"]   # not a run stopped at T
     full = [(work[k][0], v[0]) for k, v in aggregate(trained).items() if k in aggregate(trained, "work_total")]
@@ -648,10 +373,10 @@ def cost_figure(runs):
     ax.set_xlabel("compute: samples trained, x one full-data training (static: dynamics epochs + subset run)")
     ax.set_ylabel("final test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.set_title(" / ".join(", ".join(sorted({str(m.get(k, "?")) for m in runs})) for k in ("dataset", "arch")))
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    _title(ax, runs)
+    legend_beside(ax)
     fig.tight_layout()
+    place_labels(fig, ax, texts)
     return fig, ax, front
 
 
@@ -662,13 +387,14 @@ def plot_flagged(runs, path):
     import matplotlib.pyplot as plt
 
     present = {name: aggregate(runs, key) for name, key in FLAGGED.items() if aggregate(runs, key)}
-    fig, axes = plt.subplots(1, len(present), figsize=(6.4 * len(present), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(present), figsize=(8.4 * len(present), 4.4), squeeze=False)
     for ax, (name, stats) in zip(axes[0], present.items()):
         _lines(ax, stats)
         ax.set_xlabel("pruning rate (%)")
         ax.set_ylabel(f"fraction of the kept set that is {name}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        legend_beside(ax)
+    fig.tight_layout()
     save_figure(path, fig)
     plt.close(fig)
 
@@ -680,7 +406,7 @@ def summarize(out):
     runs = collect_runs(out)
     if not runs:
         raise UserError(f"no metrics.json under {out}: run scripts/sweep.sh (or train.py / train_subset.py) first")
-    text = markdown(runs, missing_runs(out, runs))
+    text = markdown(runs, missing_runs(out, runs), read_plans(out))
     save_text(os.path.join(out, "results.csv"), csv_text(runs))
     save_text(os.path.join(out, "results.md"), text)
     plot(runs, os.path.join(out, "accuracy_vs_pruning.png"))

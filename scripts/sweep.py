@@ -17,6 +17,32 @@ from utils.study.plan import VARIABLES, make_plan, near_misses, plan_text  # noq
 PROG = "sweep.sh"
 
 
+def parsers():
+    """{script: argv -> its parsed flags}: each script's own parser and its checks of the flags alone
+    (nothing read, nothing written), to check every planned line before anything runs."""
+    from argparse import Namespace
+
+    import importance_evaluation
+    import train
+    import train_subset
+    from utils.args import check_training_args
+
+    def full(argv):
+        args = train.parse_args(argv)
+        check_training_args(args)
+        train.check_dynamic_args(args)
+        return args
+
+    def subset(argv):
+        args = train_subset.parse_args(argv)
+        check_training_args(args)
+        # the teacher is trained in stage 1: its file is checked when the run starts, not at plan time
+        train_subset.check_subset_args(Namespace(**{**vars(args), "teacher": None, "kd_alpha": None})
+                                       if args.teacher else args)
+        return args
+    return {"train.py": full, "train_subset.py": subset, "importance_evaluation.py": importance_evaluation.parse_args}
+
+
 def main(environ=None, cwd=None, argv=()):
     """Plan the study of `environ` (default: os.environ); returns the exit status (2: a mistake in the
     variables, reported in one line, nothing written). The study takes no arguments: --help shows the
@@ -33,7 +59,7 @@ def main(environ=None, cwd=None, argv=()):
             return e.code
     try:
         near_misses(environ)
-        plan = make_plan(environ, cwd)
+        plan = make_plan(environ, cwd, parse=parsers())
     except UserError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2

@@ -234,6 +234,10 @@ record = importlib.util.module_from_spec(_record)
 _record.loader.exec_module(record)   # its make_dynamics: the very folders the recorded plans were made with
 # the one recorded error that changed on purpose: the bash sweep named the number printf made of the word
 FIXED_ERRORS = {"rate_not_number": "sweep.sh: error: RATES: 'abc' is not a number\n"}
+# a recorded plan that is now refused on purpose: every line is parsed by its script's parser at plan
+# time, and importance_evaluation.py has no --ngpu (the bash sweep wrote the line; the scorer refused it)
+REFUSED_NOW = {"eval_flags": "sweep.sh: error: EVAL_FLAGS: importance_evaluation.py refuses '--chunk_size 4096 "
+                             "--ngpu 0': unrecognized arguments: --ngpu 0\n"}
 
 
 @pytest.fixture(scope="module")
@@ -262,6 +266,9 @@ def test_recorded_plans_and_errors_are_unchanged(name, recorded_tmp, capsys):
         os.remove(plan_file)
     env = {"PLAN": plan_file, "OUT": "/study/out", **{k: sub(v) for k, v in case["env"].items()}}
     p = sweep_in_process(env, cwd, capsys)
+    if name in REFUSED_NOW:
+        assert p.returncode == 2 and p.stderr == REFUSED_NOW[name] and not os.path.exists(plan_file)
+        return
     assert p.returncode == case["status"], p.stderr
     if case["status"]:
         assert p.stderr == FIXED_ERRORS.get(name, sub(case["stderr"])) and p.stdout == ""
@@ -325,6 +332,12 @@ STUB = textwrap.dedent('''\
     settle(os.path.join(arg("--save_path"), "metrics.json"))
     if seed == "13":
         sys.exit("stub: seed 13 fails")
+    if seed == "99":   # a job's last words on SIGTERM, as train.py prints them (where it stopped, how to resume)
+        import signal
+        def stop(signum, frame):
+            print("SIGTERM: stub checkpoint at step 1 of epoch 0; run again with --resume", flush=True)
+            sys.exit(143)
+        signal.signal(signal.SIGTERM, stop)
     time.sleep(60 if seed == "99" else 0.3)
     os.makedirs(arg("--save_path"), exist_ok=True)
     json.dump(settings, open(os.path.join(arg("--save_path"), "metrics.json"), "w"))
@@ -446,12 +459,35 @@ def test_interrupt_stops_the_jobs(tmp_path, jobs):
     pids = hanging()
     assert len(pids) == jobs                                                           # el2n (and random), hanging
     sweep.send_signal(signal.SIGTERM)
-    _, err = sweep.communicate(timeout=20)
+    out, err = sweep.communicate(timeout=20)
     assert sweep.returncode == 130 and f"stopping {jobs} running job(s)" in err
+    # issue 33.2: each stopped job's own interruption line reaches its log, and the terminal in the foreground
+    last_words = "SIGTERM: stub checkpoint at step 1 of epoch 0"
+    logs = [f.read_text() for f in (tmp_path / "out").rglob("*.log") if "s99" in str(f)]
+    assert len(logs) == jobs and all(last_words in text for text in logs), logs
+    assert (last_words in out) == (jobs == 1), out
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert "/s99" in (tmp_path / "out" / "plan.txt").read_text()                      # stage 2 had begun
+    # issue 33.1: the threads of what the stopped jobs trained are recorded, as for the runs that ended
+    threads = json.loads((tmp_path / "out" / "threads.json").read_text())
+    given = int(env.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0))) if jobs == 1 else \
+        max(1, len(os.sched_getaffinity(0)) // 2)
+    stopped = [n for n in ("el2n/r0.5/s99", "random/r0.5/s99") if n in threads]
+    assert len(stopped) == jobs and all(threads[n] == given for n in stopped), threads
+
+
+def test_threads_of_a_run_trained_in_stretches():
+    """Issue 33.1: a run half trained at 2 threads and resumed at 1 is recorded as both stretches, not as 1;
+    a run started afresh at epoch 0 is one number again."""
+    from utils.study.executor import merge_threads
+    assert merge_threads(None, 0, 2) == 2
+    assert merge_threads(2, 3, 1) == [[0, 2], [3, 1]]
+    assert merge_threads([[0, 2], [3, 1]], 5, 1) == [[0, 2], [3, 1]]     # the same threads go on
+    assert merge_threads([[0, 2], [3, 1]], 2, 4) == [[0, 2], [2, 4]]     # epochs 2.. retrained (resumed from 2)
+    assert merge_threads([[0, 2], [3, 1]], 0, 1) == 1                    # afresh
+    assert merge_threads(None, 3, 1) == [[3, 1]]                         # epochs 0..2 of unknown threads
 
 
 def test_slurm_array_runs_the_plan_line_of_its_task(tmp_path):

@@ -353,6 +353,56 @@ def test_static_and_dynamic_runs_on_one_compute_axis(tmp_path):
     assert os.path.getsize(os.path.join(out, "accuracy_vs_cost.png")) > 1000
 
 
+def test_threads_in_stretches_and_what_is_missing(tmp_path):
+    """Issue 33.1: a run trained at 2 threads for its first 2 epochs and at 1 for the other 2 (an interrupted
+    sweep resumed with other JOBS) counts 2 x 3 s + 1 x 3 s = 9 thread-seconds; where threads.json exists but
+    misses runs, the note names them instead of saying there is no threads.json."""
+    out = str(tmp_path / "sweep")
+    E = 4
+    write_metrics(out, "full", method="full", subset_rate=0.0, final_acc=80.0, epochs=E, completed_epochs=E,
+                  train_seconds=8.0, history=history([100] * E, 2.0))
+    for run in ("random/r0.5/s1", "random/r0.5/s2"):
+        write_metrics(out, run, method="random", selection="random", subset_rate=0.5, final_acc=60.0, epochs=E,
+                      num_train_samples=50, full_train_samples=100, completed_epochs=E, train_seconds=6.0,
+                      history=history([50] * E, 1.5))
+    with open(os.path.join(out, "threads.json"), "w") as f:
+        json.dump({"full": 1, "random/r0.5/s1": [[0, 2], [2, 1]]}, f)
+    md = load_summarize().summarize(out)
+    rows = {r["run"]: r for r in csv.DictReader(open(os.path.join(out, "results.csv")))}
+    assert float(rows["random/r0.5/s1"]["threads"]) == 1.5                        # (2 x 3 s + 1 x 3 s) / 6 s
+    assert float(rows["random/r0.5/s1"]["cost_total"]) == pytest.approx(6.0 * 1.5 / 8.0)
+    assert rows["random/r0.5/s2"]["threads"] == ""
+    assert "not thread-normalized: threads.json does not record the threads of 1 run(s) (random/r0.5/s2)" in md
+    assert "no threads.json" not in md
+    os.remove(os.path.join(out, "threads.json"))
+    assert "not thread-normalized (no threads.json)" in load_summarize().summarize(out)
+
+
+def test_no_label_or_legend_hides_another(tmp_path):
+    """Issue 33.8: in accuracy_vs_cost.png the rate labels of points at the same work and accuracy do not
+    overlap (they stack, in their method's colour); in accuracy_vs_pruning.png the legend sits beside the
+    axes, where it hides no point (it sat in the lower left, over a low point at the smallest rate)."""
+    out = str(tmp_path / "sweep")
+    E, N = 4, 100
+    write_metrics(out, "full", method="full", subset_rate=0.0, final_acc=90.0, epochs=E, num_train_samples=N,
+                  completed_epochs=E, history=history([N] * E))
+    for method in ("el2n", "forgetting", "aum"):            # the same work and the same accuracy
+        for rate in (0.5, 0.8):
+            write_metrics(out, f"{method}/r{rate}/s1", method=method, subset_rate=rate, final_acc=12.0 + rate,
+                          epochs=E, num_train_samples=50, full_train_samples=N, history=history([50] * E),
+                          score_info={"method": method, "trajectory_len": 2, "num_samples": N})
+    summarize = load_summarize()
+    runs = summarize.collect_runs(out)
+    fig, ax, _ = summarize.cost_figure(runs)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert len(boxes) == 6
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    fig, ax = summarize.pruning_figure(runs)
+    fig.canvas.draw()
+    assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1
+
+
 def test_pareto_front():
     front = load_summarize().pareto_front
     points = [(0.5, 60.0), (0.8, 71.0), (0.73, 78.0), (0.5, 75.0), (1.0, 80.0), (1.2, 80.0), (0.9, 77.0)]   # by hand
@@ -400,6 +450,31 @@ def test_missing_runs_of_a_tagged_variant(tmp_path):
     md = load_summarize().summarize(str(out))
     missing = md.split("## Missing runs", 1)[1].split("\n## ", 1)[0]
     assert "- random-bs64/r0.5/s1" in missing and "- random/r0.5/s1" not in missing
+
+
+def test_a_variant_is_shown_beside_the_runs_it_shares(tmp_path):
+    """Issue 33.3: the runs a TAG variant did not plan (its flags act on nothing there: plan-<TAG>.txt lists
+    them as "# shared: VARIANT STUDY") are shown beside the variant's own runs, with the study's values;
+    a shared run the study lacks is missing."""
+    out = str(tmp_path / "sweep")
+    for run, fields in {"tdds/r0.5/s1": dict(method="tdds", final_acc=70.0),
+                        "random/r0.5/s1": dict(method="random", selection="random", final_acc=60.0),
+                        "rs2/r0.5/s1": dict(method="rs2", selection="dynamic", dynamic_ratio=0.5, final_acc=65.0),
+                        "tdds-unweighted/r0.5/s1": dict(method="tdds", score_weighting=False, final_acc=72.0)}.items():
+        write_metrics(out, run, subset_rate=0.5, **fields)
+    moved = "/elsewhere/out"   # the plan was written for another OUT: its paths move along
+    with open(os.path.join(out, "plan-unweighted.txt"), "w") as f:
+        f.write(f"# OUT={moved}\n# shared: {moved}/random-unweighted/r0.5/s1 {moved}/random/r0.5/s1\n"
+                f"# shared: {moved}/rs2-unweighted/r0.5/s1 {moved}/rs2/r0.5/s1\n"
+                f"# shared: {moved}/rs2-unweighted/r0.5/s2 {moved}/rs2/r0.5/s2\n# stage 2\n"
+                f"python train_subset.py --save_path {moved}/tdds-unweighted/r0.5/s1 --resume\n")
+    md = load_summarize().summarize(out)
+    variant = parse_md_table(md, "Variant unweighted")
+    assert variant == {"tdds-unweighted": {"50%": "72.00"}, "random (shared)": {"50%": "60.00"},
+                       "rs2 (shared)": {"50%": "65.00"}}
+    assert "Its flags act on nothing in 3 run(s) of the study (random, rs2)" in md
+    assert "- rs2/r0.5/s2" in md.split("## Missing runs")[1].split("##")[0]
+    assert set(parse_md_table(md)) == {"tdds", "random", "rs2", "tdds-unweighted"}   # the main table as before
 
 
 def test_seconds_charge_the_epochs_the_scores_used(tmp_path):

@@ -96,6 +96,17 @@ def test_sweep_end_to_end_on_digits(tmp_path):
     assert (out / "accuracy_vs_pruning.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "accuracy_vs_cost.png").read_bytes()[:4] == b"\x89PNG"
 
+    # issue 33.6: the finished study run again answers from the folders' records: no process for the
+    # full-data run, the scoring or a subset run, and the summary and report, up to date, are not redone
+    (tmp_path / "ran.jsonl").unlink()
+    before = study_files(out)
+    p = run_script("bash", "scripts/sweep.sh", env=env)
+    assert not (tmp_path / "ran.jsonl").exists(), (tmp_path / "ran.jsonl").read_text()   # not one command started
+    assert p.stdout.count("; from its records, no process started") == 4, p.stdout     # full, TDDS, 2 subset runs
+    assert "2 already done (nothing rewritten; 2 of them from their records" in p.stdout
+    assert p.stdout.count("up to date: nothing it reads changed") == 2
+    assert study_files(out) == before
+
     # another EPOCHS: the full-data run is refused (listing the difference), the sweep stops, nothing changes
     before = study_files(out)
     p = run_script("bash", "scripts/sweep.sh", env={**env, "EPOCHS": "5"}, check=False)

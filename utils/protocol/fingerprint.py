@@ -14,7 +14,25 @@ from utils.args import flag_name, without_unused
 # resuming gives the uninterrupted run.
 NOT_FINGERPRINTED = {"print_freq", "workers", "resume", "overwrite", "evaluate", "save_path", "start_epoch",
                      "download", "data_path", "ngpu", "mask_path", "score_path", "stop_epoch", "save_every_steps",
-                     "eval_every"}
+                     "eval_every"}   # --eval_every: when the test set is evaluated, never what is trained
+# Flags added after runs were recorded without them, left out at the value those runs behaved as, so that
+# their folders keep their fingerprint (and resume): --train_fraction 1 trains on every sample, as before.
+ABSENT_AT = {"train_fraction": 1.0}
+# train_subset.py: the files read are fingerprinted by content (their paths may move), and the flags that
+# act only with Beta sampling or a teacher are left out without them (runs of earlier versions had none).
+SUBSET_PATHS = ("mean_p_path", "teacher")
+
+
+def fingerprinted(args):
+    """{dest: value} of the flags that enter the fingerprint of a run with these args (the one rule of
+    train.py, train_subset.py and the study's records)."""
+    out = {k: v for k, v in vars(args).items() if k not in NOT_FINGERPRINTED
+           and not (k in ABSENT_AT and v == ABSENT_AT[k])}
+    if "subset_rate" in out:   # train_subset.py
+        dropped = set(SUBSET_PATHS) | ({"beta_c"} if args.selection != "beta" else set()) \
+            | ({"kd_alpha", "kd_temperature"} if args.teacher is None else set())
+        out = {k: v for k, v in out.items() if k not in dropped}
+    return out
 
 
 # ----------------------------------------------------------------------------------- the fingerprint
@@ -34,7 +52,7 @@ def array_sha256(a):
 def run_fingerprint(args, **facts):
     """{setting: value} of everything that defines the run: the fingerprinted flags under their
     command-line names, plus `facts` (e.g. device, processes, content hashes) under theirs."""
-    fp = {flag_name(k): v for k, v in sorted(vars(args).items()) if k not in NOT_FINGERPRINTED}
+    fp = {flag_name(k): v for k, v in sorted(fingerprinted(args).items())}
     fp.update(facts)
     return fp
 

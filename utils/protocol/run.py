@@ -312,7 +312,8 @@ def already_done(args, metrics):
     if dist.is_main_process():
         what = ("finished" if metrics.get("finished") else
                 f"stopped after epoch {metrics.get('completed_epochs')}, which holds the epochs asked")
-        print(f"already {what}: {args.save_path} (final {metrics.get('final_acc')}%, best {metrics.get('best_acc')}%); "
-              f"nothing rewritten")
+        pct = lambda v: f"{v:.2f}%" if isinstance(v, (int, float)) else "?"   # noqa: E731 (rounded, as every message)
+        print(f"already {what}: {args.save_path} (final {pct(metrics.get('final_acc'))}, best "
+              f"{pct(metrics.get('best_acc'))}); nothing rewritten")
     dist.cleanup()
     return metrics

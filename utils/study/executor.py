@@ -2,9 +2,12 @@
 (stage 1 stops the sweep at its first failure), stage 2 with up to JOBS commands at once, each job's
 output appended to <save folder>.log, threads split between the jobs and one GPU per job,
 round-robin. Ctrl-C / SIGTERM end exactly the jobs it started (each in its own process group: the
-job and its children, e.g. torchrun's workers). It has no skip logic: it runs every command and each
-script decides from what its folder holds; it ends with the list of failed (status != 0, 2) and
-refused (status 2) commands and how to go on (exit status 1).
+job and its children, e.g. torchrun's workers). Before starting a command it asks the folders'
+records, in its own process, whether the work is already done (utils/study/records.py: the scripts'
+own decision, read-only); only a sure "done" skips the process, otherwise the command runs and its
+script decides from what its folder holds. OUT/threads.json records the threads each run trained
+with, per stretch of epochs, also for the runs an interrupt stopped. It ends with the list of failed
+(status != 0, 2) and refused (status 2) commands and how to go on (exit status 1).
 """
 import os
 import re
@@ -12,17 +15,53 @@ import signal
 import subprocess
 import sys
 import time
+from collections import namedtuple
 
 from utils.protocol.files import load_json, save_json, save_text
+from utils.protocol.run import read_state
 from utils.study.plan import gpu_count, line, plan_text
+from utils.study.records import done_text, run_done, scoring_done, summary_fresh
 
 PROG = "sweep.sh"
 DONE = re.compile(r"^already (finished|stopped|scored)", re.M)
 WHY = re.compile(r"^(error|sweep\.sh): .*$", re.M)
 
 
+# a command running now: its index in stage 2 (None: stage 1 or 3), log, log offset, save folder, threads,
+# and where its run stood when it started (run id, epochs done)
+Job = namedtuple("Job", "index log offset save threads run_id start")
+
+
 class Interrupted(Exception):
     pass
+
+
+def load_text(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def epochs_done(save):
+    """(run id, epochs the run in `save` has completed) from its records; (None, 0) for an empty folder."""
+    state = read_state(save)
+    metrics = load_json(os.path.join(save, "metrics.json"), {})
+    done = [x for x in (state.get("completed_epochs"), metrics.get("completed_epochs") if isinstance(metrics, dict)
+                        else None) if isinstance(x, int)]
+    return state.get("run_id"), max(done, default=0)
+
+
+def merge_threads(old, start, n):
+    """A run's threads.json entry after an attempt that trained epochs `start`.. with n threads: one number
+    when every epoch ran with the same, else [[first epoch, threads], ...] stretches."""
+    stretches = [[0, old]] if isinstance(old, int) else [list(x) for x in old] if isinstance(old, list) else []
+    merged = []
+    for first, k in [x for x in stretches if x[0] < start] + [[start, n]]:
+        if not merged or merged[-1][1] != k:
+            merged.append([first, k])
+    return n if merged == [[0, n]] else merged
 
 
 def _interrupt(signum, frame):
@@ -34,7 +73,7 @@ class Executor:
         self.plan, self.c, self.env = plan, plan.cfg, dict(environ)
         self.out, self.err = stdout or sys.stdout, stderr or sys.stderr
         self.refused, self.failed = [], []   # (command line, why)
-        self.running = {}                     # Popen -> (index in stage 2, log file, log offset)
+        self.running = {}                     # Popen -> Job
         self.gpus = []
         if int(self.c["NGPU"]) > 0:   # GPUS, else CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi lists
             self.gpus = (self.c["GPUS"].split() or [g for g in self.env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g]
@@ -43,7 +82,8 @@ class Executor:
         self.threads = max(1, cores // self.c["JOBS"])
         given = self.env.get("OMP_NUM_THREADS", "")
         self.own_threads = int(given) if given.isdigit() and int(given) > 0 else cores   # a job alone
-        self.trained = {}   # save folder -> threads it trained with (OUT/threads.json, for the summary)
+        self.trained = {}   # save folder -> its threads.json entry (OUT/threads.json, for the summary)
+        self.answered = {1: 0, 2: 0}   # per stage, the commands whose records showed their work done (no process)
         self.text, self.current = plan_text(plan), None   # the plan, and plan.txt once stage 2 has begun
         self.bar = None                                    # stage 2's progress line (JOBS > 1)
 
@@ -65,15 +105,21 @@ class Executor:
         return subprocess.Popen([str(a) for a in argv], env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
-    def foreground(self, argv, env, log_path=None):
+    def job(self, save, threads, index=None, log=None, offset=0):
+        """The Job of a command about to start (where its run stands now, for threads.json)."""
+        run_id, start = epochs_done(save) if save else (None, 0)
+        return Job(index, log, offset, save, threads, run_id, start)
+
+    def foreground(self, argv, env, log_path=None, job=None):
         """Run a command, its output on the terminal (and appended to log_path); (status, its output)."""
         self.say(f"+ {line(argv)}")
         p = subprocess.Popen([str(a) for a in argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              start_new_session=True)
-        self.running[p] = (None, None, 0)
+        self.running[p] = job or Job(None, None, 0, None, None, None, 0)
         text = []
         log = open(log_path, "a") if log_path else None
-        try:
+
+        def copy():   # the job's output to the terminal and its log, line by line, until it closes it
             for raw in iter(p.stdout.readline, b""):
                 s = raw.decode(errors="replace")
                 text.append(s)
@@ -82,12 +128,57 @@ class Executor:
                 if log:
                     log.write(s)
                     log.flush()
+        try:
+            try:
+                copy()
+            except Interrupted:   # stop the job, and show its last words (where it stopped, how to resume)
+                for s in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(s, signal.SIG_IGN)
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                copy()
+                p.wait()
+                raise
             status = p.wait()
         finally:
             if log:
                 log.close()
         del self.running[p]
         return status, "".join(text)
+
+    def trained_for(self, job, interrupted=False):
+        """Record the threads of what a job trained (OUT/threads.json): from the epoch its run stood at when
+        it started (0 when it started afresh), also when an interrupt stopped it."""
+        if job.save is None or job.threads is None:
+            return
+        run_id, done = epochs_done(job.save)
+        if interrupted and read_state(job.save).get("state") == "finished" and done == job.start:
+            return   # it found its work done
+        start = job.start if run_id == job.run_id else 0
+        rel = os.path.relpath(job.save, self.c["OUT"])
+        self.trained[rel] = merge_threads(self.trained.get(rel, self.known_threads().get(rel)), start, job.threads)
+
+    def known_threads(self):
+        return load_json(os.path.join(self.c["OUT"], "threads.json"), {})
+
+    def from_records(self, stage, i):
+        """The planned command's work, if its folder's records show it done (no process started): its text."""
+        flags = self.plan.parsed[stage][i]
+        argv, save = self.plan.stages[stage][i]
+        script = os.path.basename(str(argv[1]))
+        if flags is None:
+            return None
+        if script in ("train.py", "train_subset.py"):
+            m = run_done(flags, script)
+            return None if m is None else done_text(save, m)
+        if script == "importance_evaluation.py":
+            infos = scoring_done(flags)
+            if infos is None:
+                return None
+            return f"already scored: {', '.join(infos)}; from its records, no process started"
+        return None
 
     def settle(self, cmd, status, output, save=None):
         """Record how a command ended: 2 is a refusal (its error line says why), any other non-zero a failure."""
@@ -128,8 +219,11 @@ class Executor:
                         pass
                 for p in jobs:
                     p.wait()
+                for p in jobs:   # what they trained, at their threads (the summary's thread-seconds)
+                    self.trained_for(self.running[p], interrupted=True)
             else:
                 self.say(f"{PROG}: interrupted", err=True)
+            self.write_threads()
             return 130
         finally:
             for s, h in previous.items():
@@ -142,11 +236,17 @@ class Executor:
         self.say(f"plan: {dated} (stage 1 {len(plan.stages[1])}, stage 2 {len(plan.stages[2])}, stage 3 "
                  f"{len(plan.stages[3])} commands)")
         pinned = {**self.env, **({"CUDA_VISIBLE_DEVICES": self.gpus[0]} if self.gpus else {})}
-        for argv, save in plan.stages[1]:
-            status, output = self.foreground(argv, pinned)
+        for i, (argv, save) in enumerate(plan.stages[1]):
+            answer = self.from_records(1, i)
+            if answer:
+                self.say(f"+ {line(argv)}\n{answer}")
+                self.answered[1] += 1
+                continue
+            job = self.job(save, self.own_threads)
+            status, output = self.foreground(argv, pinned, job=job)
             self.settle(line(argv), status, output)
             if save and status == 0 and not DONE.search(output):
-                self.trained[save] = self.own_threads
+                self.trained_for(job)
             if status:
                 self.say(f"{PROG}: stage 1 did not go through: stage 2 needs it", err=True)
                 return self.finish()
@@ -155,28 +255,34 @@ class Executor:
         self.current = current
         done_before = self.stage2()
         n, bad = len(plan.stages[2]), len(self.refused) + len(self.failed)
+        answered = self.answered[2]
         self.say(f"stage 2: {n} runs: {n - bad - done_before} trained, {done_before} already done (nothing "
-                 f"rewritten), {len(self.refused)} refused, {len(self.failed)} failed")
+                 f"rewritten{f'; {answered} of them from their records, no process started' if answered else ''}), "
+                 f"{len(self.refused)} refused, {len(self.failed)} failed")
         self.write_threads()
         if self.refused:
             self.say(f"{os.path.basename(current)} not rewritten: {len(self.refused)} command(s) refused (this "
                      f"sweep's plan: {dated})")
-        else:
+        elif load_text(current) != self.text:   # (unchanged: not rewritten, the summary stays up to date)
             save_text(current, self.text)
+        started = len(plan.stages[1]) + len(plan.stages[2]) - sum(self.answered.values())
         for argv, _ in plan.stages[3]:   # whatever happened in stage 2: the summary names what is missing
+            if not started and summary_fresh(argv):   # nothing new since it was written
+                self.say(f"+ {line(argv)}\nup to date: nothing it reads changed since it was written; not run again")
+                continue
             status, output = self.foreground(argv, pinned)
             self.settle(line(argv), status, output)
         return self.finish()
 
     def write_threads(self):
-        """OUT/threads.json: {run folder: threads} of the runs this sweep trained, merged with earlier sweeps'
-        (summarize.py's seconds are thread-seconds where it knows them)."""
+        """OUT/threads.json: {run folder: threads, or [[first epoch, threads], ...] where they changed} of the
+        runs this sweep trained, merged with earlier sweeps' (summarize.py's seconds are thread-seconds where
+        it knows them)."""
         if not self.trained:
             return
-        path = os.path.join(self.c["OUT"], "threads.json")
-        known = load_json(path, {})
-        known.update({os.path.relpath(save, self.c["OUT"]): n for save, n in self.trained.items()})
-        save_json(path, known)
+        known = self.known_threads()
+        known.update(self.trained)
+        save_json(os.path.join(self.c["OUT"], "threads.json"), known)
 
     def dated_copy(self, text):
         """OUT/plans/<date>-<time>[-TAG].txt: every sweep's plan, kept."""
@@ -201,13 +307,23 @@ class Executor:
             self.progress()
         try:
             for i, (argv, save) in enumerate(cmds):
+                answer = self.from_records(2, i)
+                if answer:   # nothing started, nothing written (not even the log)
+                    self.report(f"{answer}\nalready done {save}")
+                    self.answered[2] += 1
+                    done_before += 1
+                    if self.bar is not None:
+                        self.bar.update()
+                    continue
                 os.makedirs(os.path.dirname(save), exist_ok=True)
                 log_path = save + ".log"
                 offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0   # the log keeps every attempt
                 env = self.job_env(i)
+                threads = self.threads if jobs > 1 else self.own_threads
                 if jobs == 1:   # in the foreground: the output on the terminal and in the log
-                    status, output = self.foreground(argv, env, log_path)
-                    done_before += self.ended(argv, save, status, output)
+                    job = self.job(save, threads, i, log_path, offset)
+                    status, output = self.foreground(argv, env, log_path, job=job)
+                    done_before += self.ended(job, argv, status, output)
                     continue
                 while len(self.running) >= jobs:
                     done_before += self.reap()
@@ -215,10 +331,11 @@ class Executor:
                 shown = " ".join(f"{k}={env[k]}" for k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
                                  if k in env and (k != "CUDA_VISIBLE_DEVICES" or self.gpus))
                 self.report(f"+ {shown} {line(argv)} >> {log_path} 2>&1")
+                job = self.job(save, threads, i, log_path, offset)
                 log = open(log_path, "a")
                 p = self.start(argv, env, log)
                 log.close()
-                self.running[p] = (i, log_path, offset)
+                self.running[p] = job
                 self.progress()
             while self.running:
                 done_before += self.reap()
@@ -232,28 +349,27 @@ class Executor:
     def reap(self):
         """Collect the jobs that have ended; returns how many of them found their work done."""
         done = 0
-        for p, (i, log_path, offset) in list(self.running.items()):
+        for p, job in list(self.running.items()):
             if p.poll() is None:
                 continue
             del self.running[p]
-            with open(log_path, errors="replace") as f:
-                f.seek(offset)
+            with open(job.log, errors="replace") as f:
+                f.seek(job.offset)
                 output = f.read()
-            argv, save = self.plan.stages[2][i]
-            done += self.ended(argv, save, p.returncode, output)
+            done += self.ended(job, self.plan.stages[2][job.index][0], p.returncode, output)
             if self.bar is not None:
                 self.bar.update()
             self.progress()
         return done
 
-    def ended(self, argv, save, status, output):
+    def ended(self, job, argv, status, output):
         """A stage-2 command ended; returns 1 when it found its work already done."""
         already = status == 0 and bool(DONE.search(output))
-        if status == 0 and not already:
-            self.trained[save] = self.threads if self.c["JOBS"] > 1 else self.own_threads
+        if not already and status != 2:   # what it trained (also a run that failed part way; a refused one trained nothing)
+            self.trained_for(job)
         if status == 0:
-            self.report(f"{'already done' if already else 'done'} {save}")
-        self.settle(line(argv), status, output, save)
+            self.report(f"{'already done' if already else 'done'} {job.save}")
+        self.settle(line(argv), status, output, job.save)
         return int(already)
 
     def progress(self):

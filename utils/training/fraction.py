@@ -8,7 +8,6 @@ every sample through the kNN of utils/science/extrapolate.py in the features of 
 model (one forward pass of all N samples). f = 1 (the default) is a full-data run, recorded exactly
 as before the flag existed.
 """
-import argparse
 import os
 
 import numpy as np
@@ -35,14 +34,6 @@ def check_fraction_args(args):
         raise UserError("--train_fraction and --dynamic both choose what the run trains on: use one")
     if f < 1 and args.evaluate:
         raise UserError("--train_fraction chooses what a training run trains on: it has no meaning with --evaluate")
-
-
-def fingerprinted(args):
-    """args for the run's fingerprint: --train_fraction only when below 1 (a full-data run keeps the
-    fingerprint it had before the flag existed, so its folders still resume)."""
-    if args.train_fraction < 1:
-        return args
-    return argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "train_fraction"})
 
 
 def fraction_indices(n, fraction, seed):
