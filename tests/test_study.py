@@ -384,3 +384,17 @@ def test_messages_round_their_numbers(capsys):
     already_done(Namespace(save_path="/out/random/r0.8/s2"), metrics)
     assert "(final 9.72%, best 13.33%)" in capsys.readouterr().out
     assert "(final 9.72%, best 13.33%)" in done_text("/out/random/r0.8/s2", metrics)
+
+
+def test_the_iteration_budget_evaluates_on_a_schedule(sweep):
+    """Issue 33.10: BUDGET=iterations trains ~1/(1 - r) short epochs at rate r; by default the subset runs then
+    evaluate every round(1/(1 - r)) epochs (the last always), and the epochs budget after every epoch."""
+    def every(**env):
+        status, _, err, stages = sweep(DATASET="digits", EPOCHS="4", TRAJ="3", WIN="3", RATES="0.5 0.9",
+                                       METHODS="random", **env)
+        assert status == 0, err
+        return {arg(a, "--subset_rate"): (arg(a, "--eval_every") if "--eval_every" in a else None,
+                                          arg(a, "--batch-size")) for a in stages[2]}
+    assert every(BUDGET="iterations") == {"0.5": ("2", "128"), "0.9": ("10", "32")}
+    assert every() == {"0.5": (None, "128"), "0.9": (None, "32")}
+    assert every(BUDGET="iterations", RATE_FLAGS="") == {"0.5": (None, "128"), "0.9": (None, "128")}

@@ -20,15 +20,17 @@ DYNAMIC_METHODS = tuple(DYNAMIC_TABLE)   # train.py --dynamic: one full-data run
 NO_METHODS = "none"                                # METHODS=none: no static method (a dynamic-only study)
 # The per-rate defaults of the subset runs (RATE_FLAGS unset): the authors' advice, a smaller batch at high
 # rates, with DUAL's numbers.
-# >>> issue 33.10, the evaluation schedule (--eval_every, both training scripts): where epochs are short
-# >>> (BUDGET=iterations at high rates) the defaults gain it here, per rate, e.g. "0.9:--batch-size 32
-# >>> --eval_every N"; default_rate_flags(budget) is the one place that chooses them.
+# Under BUDGET=iterations a subset run at rate r trains about 1/(1 - r) times the epochs, each 1 - r as long:
+# evaluating the whole test set after each would cost more than the training at high rates, so the defaults
+# evaluate every round(1/(1 - r)) epochs there (the last epoch always), about once per full-data epoch.
 RATE_DEFAULTS = "0.8:--batch-size 64 0.9:--batch-size 32"
+ITERATION_RATE_DEFAULTS = "0.5:--eval_every 2 0.7:--eval_every 3 0.8:--batch-size 64 --eval_every 5 " \
+                          "0.9:--batch-size 32 --eval_every 10"
 
 
 def default_rate_flags(budget):
     """RATE_FLAGS when it is unset, for the study's BUDGET (epochs or iterations)."""
-    return RATE_DEFAULTS
+    return ITERATION_RATE_DEFAULTS if budget == "iterations" else RATE_DEFAULTS
 # every variable the sweep reads, with its default ("" = none); the reference is docs/SWEEP.md
 VARIABLES = {
     "DATASET": "cifar100", "DATA_PATH": "./data", "ARCH": "resnet18", "EPOCHS": "200", "FULL_BATCH": "100",
