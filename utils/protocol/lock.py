@@ -219,7 +219,8 @@ class FolderLock:
         """Record that the folder is lost (held by `h`, or cleared): every later write raises this."""
         if not self.lost:
             who = (f"was taken over by {describe_holder(h)}" if h else
-                   f"lost its lock record (cleared by {UNLOCK}, or by a process that judged this one dead)")
+                   f"was taken from this run (its lock record was cleared: by a process that judged this one dead "
+                   f"and took the folder, or by {UNLOCK})")
             self.lost = FolderLost(f"{self.flag} {self.folder} {who}: this run stopped writing there; nothing more "
                                    f"was committed (check who writes it now; the same command with --resume "
                                    f"continues this run once that one has ended)")

@@ -322,12 +322,16 @@ def _remove_previous_run(save_path):
             remove_file(f)
 
 
+def _pct(value):
+    return f"{value:.2f}%" if isinstance(value, (int, float)) else "?"
+
+
 def already_done(args, metrics):
     """The same command on a run that is done: say so, write nothing."""
     if dist.is_main_process():
         what = ("finished" if metrics.get("finished") else
                 f"stopped after epoch {metrics.get('completed_epochs')}, which holds the epochs asked")
-        print(f"already {what}: {args.save_path} (final {metrics.get('final_acc')}%, best {metrics.get('best_acc')}%); "
-              f"nothing rewritten")
+        print(f"already {what}: {args.save_path} (final {_pct(metrics.get('final_acc'))}, best "
+              f"{_pct(metrics.get('best_acc'))}); nothing rewritten")
     dist.cleanup()
     return metrics
