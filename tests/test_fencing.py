@@ -305,6 +305,23 @@ def test_a_writer_frozen_between_its_check_and_its_rename_commits_nothing(tmp_pa
     assert read_holder(str(tmp_path))["nonce"] == "b"
 
 
+def test_each_rename_is_preceded_by_a_look_at_the_record(tmp_path):
+    """A takeover that does not retire the staging folder (a process of an older version, a record
+    replaced by hand) while a file is being written: the look before the rename stops it."""
+    from utils.protocol.files import atomic_write
+    lock = FolderLock(str(tmp_path), "--save_path").acquire(note=lambda m: None)
+
+    def written_while_taken(f):
+        f.write(b"half")
+        (tmp_path / HOLDER).write_text(json.dumps({"nonce": "c", "machine": "node-c", "host": "node-c", "pid": 9}))
+        f.write(b" and the rest")
+
+    with pytest.raises(UserError, match="was taken over by pid 9 on node-c"):
+        atomic_write(tmp_path / "f.bin", written_while_taken)
+    assert not (tmp_path / "f.bin").exists() and os.listdir(lock.stage) == []
+    lock.release()
+
+
 def test_a_training_run_taken_over_writes_nothing_more(tmp_path, monkeypatch):
     """Issue 31, hole 1: run A is paused past the grace (its heartbeat still); run B of other settings,
     on another machine, takes the folder over with --overwrite and commits. A then goes on: it must stop
