@@ -190,11 +190,11 @@ def _write_record(folder, rec, exclusive, stage=None, note=print):
     path = os.path.join(folder, HOLDER)
     data = json.dumps(rec).encode()
     tmp = os.path.join(stage or folder, f".holder.{rec['nonce']}.{rec['heartbeat']}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
     try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         if not exclusive:
             os.replace(tmp, path)
             return
