@@ -264,6 +264,14 @@ def test_scorings_without_manifest_or_info_are_noted_and_a_replaced_score_is_ref
             masks / "data_mask_win3_ep3.npy", "--score_path", masks / "score_win3_ep3.npy", "--save_path",
             tmp_path / "sub", check=False)
     one_error_line(p.err, "--score_path", "is not the file its info_win3_ep3.json describes")
+    flipped = -np.load(masks / "dataset_score_win3_ep3.npy")      # another order: a mask of another scoring
+    mask = np.argsort(flipped, kind="stable")
+    for name, a in (("data_mask", mask), ("score", flipped[mask]), ("dataset_score", flipped)):
+        np.save(masks / f"{name}_win3_ep3.npy", a)
+    p = cli("train_subset.py", *DIGITS, "--epochs", "1", "--subset_rate", "0.5", "--mask_path",
+            masks / "data_mask_win3_ep3.npy", "--score_path", masks / "score_win3_ep3.npy", "--save_path",
+            tmp_path / "sub", check=False)
+    one_error_line(p.err, "--mask_path", "is not the file its info_win3_ep3.json describes")
     assert not (tmp_path / "sub").exists()
 
 
