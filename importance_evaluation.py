@@ -32,16 +32,18 @@ sample's mean true-label probability over the same epochs (dataset order), which
 evaluates. Higher score = more important = kept.
 """
 import os
+import re
 import time
 
 START = time.time()   # the cost ledger counts the whole command, imports included
 
 import numpy as np  # noqa: E402
 
-from utils.args import Parser  # noqa: E402
+from utils.args import Parser, given, note_idle  # noqa: E402
 from utils.errors import UserError, run  # noqa: E402
 from utils.methods import DATASETS, SCORES, describe  # noqa: E402
-from utils.protocol.files import atomic_write, check_writable, load_json, save_figure, save_json, save_npy  # noqa: E402
+from utils.protocol.files import (atomic_write, check_writable, load_json, remove_file, save_figure,  # noqa: E402
+                                  save_json, save_npy)
 from utils.protocol.fingerprint import array_sha256, file_sha256  # noqa: E402
 from utils.protocol.lock import FolderLock, check_unlocked  # noqa: E402
 from utils.science.scores import (LABEL_METHODS, MEAN_P_METHODS, Dynamics, check_args, check_targets,  # noqa: E402
@@ -100,9 +102,33 @@ def check_output_dir(path):
     if os.path.isfile(path):
         raise UserError(f"--mask_path {path} is a file; it names the output FOLDER (train_subset.py's "
                         f"--mask_path names a file in it)")
-    check_writable(path, '--mask_path')
-    if os.path.isdir(path):
+    if os.path.isdir(path):   # writable or not: a finished scoring on a read-only mount is "already scored"
         check_unlocked(path, '--mask_path')
+    else:
+        check_writable(path, '--mask_path')
+
+
+def check_not_selection(path):
+    """A run's selection/ folder (what each epoch of train.py --dynamic trained on) is not dynamics."""
+    if os.path.isdir(path) and any(re.fullmatch(r"\d+_Weight\.npy", f) for f in os.listdir(path)):
+        raise UserError(f"--dynamics_path {path} is the selection/ folder of a train.py --dynamic run (the samples each "
+                        f"epoch trained on, and their weights), not recorded dynamics: scores need every sample's "
+                        f"dynamics in every epoch, the npy/ folder of a run with --dynamics and without --dynamic")
+
+
+def idle_scoring_flags(args, combos):
+    """The flags given that this scoring does not read (for a note; the scoring's record holds only what it reads)."""
+    g, idle = given(args), []
+    for flag, unused, why in (("window_size", all(K is None for _, K, _ in combos), f"{args.method} has no window"),
+                              ("decay", all(b is None for _, _, b in combos), "only tdds has a decay"),
+                              ("manualSeed", args.method != 'random', "only --method random draws"),
+                              ("checkpoint", args.method != 'moderate', "read by --method moderate only"),
+                              ("sensitivity_rates", len(combos) == 1, "they compare several combinations"),
+                              ("dataset", args.method not in LABEL_METHODS, f"{args.method} reads no labels"),
+                              ("data_path", args.method not in LABEL_METHODS, f"{args.method} reads no labels")):
+        if flag in g and unused:
+            idle.append(f"--{flag} ({why})")
+    return idle
 
 
 ARRAYS = ('mask', 'score', 'dataset_score')   # the files info_<tag>.json vouches for (sha256 each)
@@ -165,8 +191,7 @@ def uncommit(paths):
     """Before new arrays are written: the old record goes first (so that a cut-short scoring has no
     info and is never trusted), and the old histogram (so that --no_plot leaves none of another scoring)."""
     for k in ('info', 'hist'):
-        if os.path.exists(paths[k]):
-            os.remove(paths[k])
+        remove_file(paths[k])
 
 
 def load_labels(args, dyn):
@@ -281,6 +306,7 @@ def moderate(args, start):
     scoring = {'method': 'moderate', 'checkpoint': f"sha256 {file_sha256(args.checkpoint)}"}
     if not to_write(args, {'moderate': (paths, scoring)}):
         return
+    check_writable(args.mask_path, '--mask_path')
     device = torch.device(resolve_device(args.device))
     print(f"moderate from the features of {args.checkpoint} ({run.get('arch')}, epoch {ck.get('epoch')}) on "
           f"{run.get('dataset')}, {device}")
@@ -328,6 +354,8 @@ def main(argv=None):
     if not all(0 <= r < 1 for r in args.sensitivity_rates):
         raise UserError(f"--sensitivity_rates are pruning rates in [0, 1), got {args.sensitivity_rates}")
     check_output_dir(args.mask_path)
+    note_idle(idle_scoring_flags(args, combos), "this scoring")
+    check_not_selection(args.dynamics_path)
     T_max = max(T for T, _, _ in combos)
     subset = recorded_subset(args.dynamics_path)              # a --train_fraction run's samples, or None
     k = check_extrapolate_args(args.extrapolate_k, subset, args.method)
@@ -357,6 +385,7 @@ def main(argv=None):
     todo = to_write(args, planned)
     if not todo:
         return
+    check_writable(args.mask_path, '--mask_path')
 
     scores = compute_scores(dyn, args.method, combos, targets=targets, seed=args.manualSeed, chunk_size=args.chunk_size,
                             device=device, mean_p=args.method in MEAN_P_METHODS)   # each (N,) in dataset order

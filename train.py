@@ -124,9 +124,12 @@ def main(argv=None):
                      fingerprint=fingerprint, ck=ck, resume_from=resume_from, recorder=recorder,
                      stop_epoch=args.stop_epoch, log=log, sampler=sampler)
         folder.end(result)
-    if args.dynamics:
+    if args.dynamics:   # scores need every sample in every epoch: no next step that would be refused
+        every = args.dynamic is None or args.dynamic_ratio == 0
         log(f"dynamics: {args.save_path}/npy/<epoch>_*.npy ({args.dynamics_format}, epochs 0..{result['completed_epochs'] - 1}); "
-            f"next: python importance_evaluation.py --dynamics_path {args.save_path}/npy/")
+            + (f"next: python importance_evaluation.py --dynamics_path {args.save_path}/npy/" if every else
+               f"not for importance_evaluation.py: --dynamic {args.dynamic} trains part of the samples in each epoch, "
+               f"and scores need every sample in every epoch (record them in a run without --dynamic)"))
     dist.cleanup()
     return result
 

@@ -1,4 +1,5 @@
 """A folder knows what it holds (utils/protocol/): one writer, idempotent commands, dynamics of one run."""
+import json
 import os
 import signal
 import subprocess
@@ -35,7 +36,9 @@ def test_one_writer_and_a_dead_holder_is_taken_over(tmp_path, capsys):
         before = folder_digest(tmp_path)
         p = cli("train.py", *DIGITS, "--epochs", "1", "--save_path", str(tmp_path), "--overwrite", check=False)
         assert_user_error(p, f"pid {holder.pid}", "one writer per folder", "python -m utils.protocol.unlock")
-        assert folder_digest(tmp_path) == before and sorted(os.listdir(tmp_path)) == [".holder.json", ".lock"]
+        nonce = json.load(open(tmp_path / ".holder.json"))["nonce"]      # (its staging folder: fence.py)
+        assert folder_digest(tmp_path) == before
+        assert sorted(os.listdir(tmp_path)) == [".holder.json", ".lock", f".stage.{nonce}"]
         # the manual takeover refuses while the holder lives
         p = run_script(sys.executable, "-m", "utils.protocol.unlock", str(tmp_path), check=False)
         assert_user_error(p, "is alive")

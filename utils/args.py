@@ -21,6 +21,12 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class Args(argparse.Namespace):
+    """The parsed flags; also knows their defaults (a slot, so not in vars(args): neither in a run's
+    fingerprint nor in its args.json), so that a note can name the flags the user gave."""
+    __slots__ = ("_defaults",)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with defaults shown in --help and a bad flag answered in one line (exit 2)."""
 
@@ -31,40 +37,102 @@ class Parser(argparse.ArgumentParser):
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
 
+    def parse_args(self, args=None, namespace=None):
+        ns = super().parse_args(args, Args() if namespace is None else namespace)
+        if isinstance(ns, Args):
+            ns._defaults = {a.dest: a.default for a in self._actions if a.dest != argparse.SUPPRESS}
+        return ns
+
+
+def given(args):
+    """{dest: value} of the flags given a value other than their default ({} when the defaults are unknown)."""
+    defaults = getattr(args, "_defaults", None) if isinstance(args, Args) else None
+    if not defaults:
+        return {}
+    return {k: v for k, v in vars(args).items() if k in defaults and v != defaults[k]}
+
 
 # the settings that decide which training set is trained on (label noise, corruption) and their defaults
 DATA_SETTINGS = {"label_noise": 0.0, "noise_type": "symmetric", "noise_seed": 0,
                  "corrupt_ratio": 0.0, "corruption": "gaussian_noise", "severity": 3, "corrupt_seed": 0}
 # settings that only act when another one is non-zero: with --label_noise 0, the noise type and seed
-# change nothing, and likewise for corruption; comparisons of two runs' settings ignore them then
+# change nothing, and likewise for corruption; comparisons of two runs' settings ignore them then (and a
+# note names those given). Where the setting they depend on is not among the settings compared at all
+# (train_subset.py has no --dynamics, and keeps --teacher's content, not its path), they are kept.
 ONLY_WITH = {"label_noise": ("noise_type", "noise_seed"), "corrupt_ratio": ("corruption", "severity", "corrupt_seed"),
              "dynamic": ("dynamic", "dynamic_ratio", "dynamic_delta"),   # train.py without --dynamic: as before it existed
-             "amp": ("amp_dtype",)}
+             "amp": ("amp_dtype",), "dynamics": ("dynamics_format", "dynamics_dtype"),
+             "teacher": ("kd_alpha", "kd_temperature")}
 # settings that act only at some values of another: InfoBatch's delta, and in train_subset.py the score
-# weighting (a random subset has no score to weight by), ccs's strata, Beta's c
-ONLY_FOR = {"dynamic_delta": ("dynamic", ("infobatch",)), "no_score_weighting": ("selection", names(SELECTIONS, ranked=True)),
-            "mis_ratio": ("selection", ("ccs",)), "strata": ("selection", ("ccs",)), "beta_c": ("selection", ("beta",))}
+RANKED = names(SELECTIONS, ranked=True)   # the selections that read a score
+# weighting (a random subset has no score to weight by), ccs's strata, Beta's c; the image size and the
+# DataLoader workers of an ImageFolder (CIFAR and digits are held in memory at their own size); TF32 on
+# a CUDA device ("device" is a fact of the run, not a flag); the dtype of the (N, C) logits files; the
+# score files of a random selection
+ONLY_FOR = {"dynamic_delta": ("dynamic", ("infobatch",)), "no_score_weighting": ("selection", RANKED),
+            "mis_ratio": ("selection", ("ccs",)), "strata": ("selection", ("ccs",)), "beta_c": ("selection", ("beta",)),
+            "image_size": ("dataset", ("imagefolder",)), "workers": ("dataset", ("imagefolder",)),
+            "tf32": ("device", ("cuda",)), "dynamics_dtype": ("dynamics_format", ("logits",)),
+            "mask_path": ("selection", RANKED), "score_path": ("selection", RANKED)}
 # settings added after runs were recorded without them: such a record had the value given here
 # (--amp was bf16; convolutions, nearly all of a ResNet's arithmetic, ran in TF32 by PyTorch's default)
 ADDED_LATER = {"amp_dtype": "bfloat16", "tf32": "on"}
 AMP_DTYPES = ("bfloat16", "float16")
 
 
+def _key(out, prefix, name):
+    """The key of setting `name` in `out`: the flag (with `prefix`), or a fact of the run (bare), or None."""
+    return next((k for k in (prefix + name, name) if k in out), None)
+
+
 def without_unused(settings, prefix=""):
-    """A copy of {name: value} (names as args attributes, or with `prefix`, e.g. "--") without the
-    settings that have no effect because the one they depend on is 0 or unset."""
+    """A copy of {name: value} (names as args attributes, or with `prefix`, e.g. "--"; facts such as
+    "device" bare) without the settings that have no effect: the one they depend on is 0 or unset
+    (ONLY_WITH), or has a value at which they do nothing (ONLY_FOR). The one rule of what is a run's
+    identity: fingerprints are compared through it, and so are a study's variants."""
     out = dict(settings)
     if prefix + "amp" in out:   # a run's settings (not a partial dict): fill what older records lack
         for name, value in ADDED_LATER.items():
             out.setdefault(prefix + name, value)
     for rate, dependents in ONLY_WITH.items():
-        if not out.get(prefix + rate):
+        key = _key(out, prefix, rate)
+        if key is not None and not out[key]:
             for d in dependents:
                 out.pop(prefix + d, None)
     for name, (other, values) in ONLY_FOR.items():
-        if prefix + other in out and out[prefix + other] not in values:
+        key = _key(out, prefix, other)
+        if key is not None and out[key] not in values:
             out.pop(prefix + name, None)
     return out
+
+
+def idle_flags(args, **facts):
+    """["--flag value (why)", ...]: the flags given (not at their default) that act on nothing in this
+    run, by the rule of `without_unused`; `facts` (e.g. device="cpu") are what the flags do not say."""
+    values = given(args)
+    kept = without_unused({**vars(args), **facts})
+    out = []
+    for dest in sorted(values):
+        if dest in kept or dest not in vars(args):
+            continue
+        rate = next((r for r, deps in ONLY_WITH.items() if dest in deps and r != dest), None)
+        if rate is not None:
+            why = f"acts only with {flag_name(rate)}"
+        elif dest in ONLY_FOR:
+            other, allowed = ONLY_FOR[dest]
+            why = ("acts only on a CUDA device" if other == "device" else
+                   f"acts only with {flag_name(other)} {' or '.join(map(str, allowed))}")
+        else:
+            continue
+        shown = "" if values[dest] is True else f" {values[dest]}"
+        out.append(f"{flag_name(dest)}{shown} ({why})")
+    return out
+
+
+def note_idle(idle, where="this run"):
+    """One note naming the given flags that act on nothing (process 0 of torchrun only)."""
+    if idle and os.environ.get("RANK", "0") in ("0", ""):
+        print(f"note: {'; '.join(idle)}: no effect in {where}, and not part of its identity")
 
 
 def flag_name(dest):
@@ -83,7 +151,8 @@ def add_training_args(parser, default_save_path, default_batch_size):
     g.add_argument("--image_size", type=int, default=224, help="crop size for --dataset imagefolder")
     g.add_argument("--workers", type=_workers, default="auto",
                    help="DataLoader worker processes per training process (imagefolder only); auto = the CPU cores "
-                        "this process may use, one left for it, at most 16 (docs/GPU.md)")
+                        "this process may use, one left for it, at most 16 (docs/GPU.md); more than those cores "
+                        "is lowered to them, with a note")
 
     g = parser.add_argument_group("optimization (SGD, Nesterov, cosine annealing per iteration)")
     g.add_argument("--arch", type=str, default="resnet18",
@@ -156,15 +225,28 @@ def _workers(text):
         raise argparse.ArgumentTypeError(f"invalid value {text!r}: a number or auto") from None
 
 
-def default_workers():
-    """--workers auto: the CPU cores this process may use (torchrun's processes on a node share them),
-    one left for the process itself, at least 1 and at most 16."""
+def usable_cores():
+    """The CPU cores this process may use (torchrun's processes on a node share them), at least 1."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:   # macOS
         cores = os.cpu_count() or 1
-    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-    return max(1, min(16, per_process - 1))
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+
+
+def default_workers():
+    """--workers auto: the CPU cores this process may use, one left for the process itself, at least 1
+    and at most 16."""
+    return max(1, min(16, usable_cores() - 1))
+
+
+def _expected_device(args):
+    """The device type dist.setup will pick: cuda where --ngpu > 0 and CUDA is present (torch is imported
+    here, by the training scripts that have imported it anyway)."""
+    if args.ngpu <= 0:
+        return "cpu"
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def check_finite(args):
@@ -178,8 +260,14 @@ def check_finite(args):
 def check_training_args(args):
     from utils.errors import UserError
     check_finite(args)
+    note_idle(idle_flags(args, device=_expected_device(args)))
     if args.workers == "auto":
         args.workers = default_workers()
+    elif args.dataset == "imagefolder" and args.workers > usable_cores():
+        if os.environ.get("RANK", "0") in ("0", ""):
+            print(f"note: --workers {args.workers} is more than the {usable_cores()} CPU cores this process may use: "
+                  f"using {usable_cores()} (each worker is a process decoding images; more only compete for the cores)")
+        args.workers = usable_cores()
     for flag, value, low in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
                              ("--print_freq", args.print_freq, 1), ("--eval_every", args.eval_every, 1),
                              ("--workers", args.workers, 0),

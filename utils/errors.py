@@ -25,6 +25,20 @@ class UserError(Exception):
     """A mistake in the user's input (a flag, a file, a folder): reported in one line, no traceback."""
 
 
+class FolderLost(UserError):
+    """This process no longer holds the folder it was writing (another process took it over, or its
+    lock record was cleared): it stopped writing there, and committed nothing more (utils/protocol/fence.py)."""
+
+
+class OtherRank(Exception):
+    """Another process of this torchrun run failed, and process 0 reports why: this one ends silently
+    with `status`, the status process 0 ends with (see `exit_status`)."""
+
+    def __init__(self, status):
+        super().__init__(status)
+        self.status = status
+
+
 class WriteFailed(OSError):
     """A file could not be written (utils.protocol.files's atomic writes raise it, naming the real destination,
     never a temporary file); the file's previous version, if any, is intact."""
@@ -47,16 +61,37 @@ class Preempted(Exception):
         self.status = status
 
 
+def exit_status(e):
+    """The exit status `run` ends the command with for the exception `e` (None: success)."""
+    if e is None:
+        return 0
+    if isinstance(e, (Preempted, OtherRank)):
+        return e.status
+    if isinstance(e, UserError):
+        return 2
+    if isinstance(e, KeyboardInterrupt):
+        return 130
+    return 1
+
+
+def speaks():
+    """Whether this process prints the command's `error:` line: the only process, or process 0 of a
+    torchrun run (RANK). A user's mistake is the same on every process, so one line says it."""
+    return os.environ.get("RANK", "0") in ("0", "")
+
+
 def run(main, way_on=RESUME):
     """Call main(); a UserError becomes `error: <message>` on stderr and exit status 2, a failed write
-    `error: cannot write <file>: <why>; <way_on>` and exit status 1. The folders this process locked
-    are released whatever happens."""
+    `error: cannot write <file>: <why>; <way_on>` and exit status 1. Under torchrun a UserError (the
+    same on every process) and Ctrl-C are printed by process 0 only; every process ends with the
+    status. The folders this process locked are released whatever happens."""
     try:
         main()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if speaks():
+            print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except Preempted as e:
+    except (Preempted, OtherRank) as e:
         sys.exit(e.status)
     except WriteFailed as e:
         print(f"error: cannot write {e.path}: {e.reason}; the files written before it are intact: {way_on}",
@@ -69,7 +104,8 @@ def run(main, way_on=RESUME):
               f"{way_on}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if speaks():
+            print("interrupted", file=sys.stderr)
         sys.exit(130)
     finally:
         for cleanup in list(AT_EXIT):

@@ -6,6 +6,7 @@ Every folder the scripts write (a run's --save_path, a scoring's --mask_path) ca
   SLURM job and restart count, and a heartbeat counter it advances every HEARTBEAT_S seconds.
   Written atomically (a complete temporary file, then link/rename), so a reader never sees half a
   record; a record that cannot be read counts as held, never as dead.
+- `.stage.<nonce>/`: the writer's staging folder, where its temporary files wait for their rename.
 - `.lock`: an empty file the writer holds an exclusive flock on (never deleted: deleting a flocked
   file lets two processes lock two inodes of one name). Where the file system has no flock (Lustre
   `-o noflock`: ENOSYS), or a dead node still holds it cluster-wide, the record alone decides.
@@ -25,4 +26,10 @@ Liveness of a holder is judged on the reader's own clock, never by comparing tim
 another host: on the same machine (same host, boot and pid namespace) a dead pid is dead at once; a
 holder of the same SLURM job with a lower restart count is the previous life of a requeued job (dead),
 with the same restart count another task of the live job (alive); otherwise the holder is alive while
+its heartbeat changes within the grace period (a zombie, killed but not reaped, is dead).
+
+A lock is a lease, so writes are fenced (fence.py): every write into a held folder looks at the record
+right before it lands, and waits in the writer's staging folder `.stage.<nonce>`, which a takeover
+retires before it clears the old record; a writer that lost its folder stops with one line and writes
+nothing more. Removal is commit-last in reverse: the record that vouches goes first.
 """

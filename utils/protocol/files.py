@@ -1,12 +1,17 @@
 """Atomic file writes: every output is written under a temporary name, flushed, then os.replace'd,
-so an interrupted run (SIGKILL included) leaves each file either complete or absent/old."""
+so an interrupted run (SIGKILL included) leaves each file either complete or absent/old. A write into
+a folder this process holds under its lock is fenced (utils/protocol/fence.py): its temporary waits
+in the writer's staging folder, ownership is checked right before the rename, and a writer that lost
+the folder writes nothing more."""
 import errno
 import json
 import os
+import uuid
 
 import numpy as np
 
 from utils.errors import DISK_ERRORS, UserError, WriteFailed, describe_oserror
+from utils.protocol import fence
 
 
 def load_json(path, default=None, strict=False):
@@ -28,21 +33,55 @@ def load_json(path, default=None, strict=False):
 def atomic_write(path, write_fn, mode="wb"):
     """write_fn(f) writes the content to an open file object; `path` appears only when complete. A write
     that fails (any OSError, or torch.save's errno-less "PytorchStreamWriter failed writing file") raises
-    utils.errors.WriteFailed naming `path` and why; the previous `path`, if any, is untouched."""
+    utils.errors.WriteFailed naming `path` and why; the previous `path`, if any, is untouched. In a
+    folder this process holds, a writer that lost it raises FolderLost instead and writes nothing."""
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    lock = fence.holder_of(path)
+    if lock is not None:
+        lock.check_lost()
+    where = lock.staging_for(folder) if lock is not None else folder
+    tmp = os.path.join(where, f".{os.path.basename(path)}.tmp{os.getpid()}")
     try:
         with open(tmp, mode) as f:
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())
+        if lock is not None:
+            lock.ensure_owned()         # the last look before the rename (which fails once the stage is retired)
         os.replace(tmp, path)
     except BaseException as e:
         _discard(tmp)
+        lost = lock.taken() if lock is not None and isinstance(e, OSError) else None
+        if lost is not None:
+            raise lost from None
         if isinstance(e, OSError) or (isinstance(e, RuntimeError) and _is_write_error(e)):
             raise WriteFailed(path, _why(e, folder), getattr(e, "errno", None)) from e
         raise
+
+
+def remove_file(path):
+    """Remove `path` if it is there. In a folder this process holds, fenced like a write: it is first
+    renamed into the writer's staging folder (which fails once a takeover retired it), then deleted."""
+    path = os.fspath(path)
+    lock = fence.holder_of(path)
+    if lock is not None:
+        lock.ensure_owned()
+        where = lock.staging_for(os.path.dirname(path) or ".")
+        if where == lock.stage:
+            trash = os.path.join(where, f".removed.{uuid.uuid4().hex[:8]}")
+            try:
+                os.rename(path, trash)
+            except FileNotFoundError:
+                lost = lock.taken()
+                if lost is not None:
+                    raise lost from None
+                return
+            path = trash
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 def _is_write_error(e):

@@ -1,7 +1,9 @@
 """The lock record (.holder.json) of the one process writing a folder, and the judgement of whether
 that holder is alive: on the reader's own clock, never by comparing two hosts' clocks."""
+import errno
 import json
 import os
+import shutil
 import socket
 import time
 import uuid
@@ -31,6 +33,15 @@ def wait_s():
 
 
 # ------------------------------------------------------------------------------ the holder's record
+def _boot_id():
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        return f.read().strip()
+
+
+def _pid_namespace():
+    return os.readlink("/proc/self/ns/pid")
+
+
 def machine_identity():
     """Who can check this process's pid: the host name, the kernel's boot id and the pid namespace, so
     that containers sharing a host name (or a host) never judge each other's pids. TDDS_MACHINE_ID
@@ -38,8 +49,7 @@ def machine_identity():
     if os.environ.get("TDDS_MACHINE_ID"):
         return os.environ["TDDS_MACHINE_ID"]
     parts = [socket.gethostname()]
-    for probe in (lambda: open("/proc/sys/kernel/random/boot_id").read().strip(),
-                  lambda: os.readlink("/proc/self/ns/pid")):
+    for probe in (_boot_id, _pid_namespace):
         try:
             parts.append(probe())
         except OSError:
@@ -47,16 +57,25 @@ def machine_identity():
     return "/".join(parts)
 
 
-def _pid_start(pid):
-    """The start time of process `pid` (clock ticks since boot), or None: a reused pid has another."""
+def _pid_stat(pid):
+    """(state letter, start time in clock ticks since boot) of process `pid` from /proc, or None."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[19])
+    except (OSError, IndexError, ValueError, TypeError):
         return None
 
 
+def _pid_start(pid):
+    """The start time of process `pid` (clock ticks since boot), or None: a reused pid has another."""
+    stat = _pid_stat(pid)
+    return stat[1] if stat else None
+
+
 def _pid_alive(pid, start=None):
+    """Whether `pid` runs here (and is the process that started at `start`): a zombie, killed but not yet
+    reaped by its parent, has ended (it writes nothing more, and cannot be stopped)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -65,7 +84,10 @@ def _pid_alive(pid, start=None):
         pass
     except (TypeError, OverflowError, ValueError):
         return False
-    return start is None or _pid_start(pid) in (None, start)
+    stat = _pid_stat(pid)
+    if stat is not None and stat[0] in "ZX":
+        return False
+    return start is None or stat is None or stat[1] == start
 
 
 def _slurm():
@@ -156,38 +178,120 @@ def _watch(folder, h):
     return h
 
 
-def _write_record(folder, rec, exclusive):
-    """Write the record atomically: a complete temporary file, then link (exclusive: fails with
-    FileExistsError if a record exists) or rename over it."""
+NO_LINK = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS)   # file systems without hard links (FUSE, SMB, FAT)
+_NOTED_NO_LINK = set()
+
+
+def _write_record(folder, rec, exclusive, stage=None, note=print):
+    """Write the record atomically: a complete temporary file (in `stage`, the writer's staging folder,
+    when given), then link (exclusive: fails with FileExistsError if a record exists) or rename over
+    it. Where the file system refuses hard links, the exclusive record is created with O_EXCL instead
+    (a reader that catches it half-written counts it as held), with a note. Raises the OSError."""
     path = os.path.join(folder, HOLDER)
-    tmp = os.path.join(folder, f".holder.{rec['nonce']}.{rec['heartbeat']}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(rec, f)
-        f.flush()
-        os.fsync(f.fileno())
+    data = json.dumps(rec).encode()
+    tmp = os.path.join(stage or folder, f".holder.{rec['nonce']}.{rec['heartbeat']}.tmp{os.getpid()}")
     try:
-        if exclusive:
-            os.link(tmp, path)
-        else:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if not exclusive:
             os.replace(tmp, path)
+            return
+        try:
+            os.link(tmp, path)
+        except OSError as e:
+            if e.errno not in NO_LINK:
+                raise
+            _create_exclusive(folder, path, data, e, note)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def _clear_record(folder, expected):
-    """Take away the record `expected` (judged dead): rename it aside (one process wins) and check
-    that what was taken is that record; a newer one taken by mistake is put back. True if cleared."""
+def _create_exclusive(folder, path, data, why, note):
+    """The exclusive record without link(): O_CREAT | O_EXCL (FileExistsError if a record exists)."""
+    if folder not in _NOTED_NO_LINK:
+        _NOTED_NO_LINK.add(folder)
+        note(f"note: {folder}: this file system refuses hard links ({os.strerror(why.errno)}); the lock record is "
+             f"created exclusively with O_EXCL instead")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+STAGE, RETIRED = ".stage.", ".retired."     # a writer's staging folder .stage.<nonce>; one taken from it
+
+
+def stage_of(folder, nonce):
+    return os.path.join(folder, f"{STAGE}{nonce}")
+
+
+def retire_stages(folder, h=None, keep=None):
+    """Rename away the staging folder of the holder `h` (every one but `keep` when h is None or its
+    record unreadable), then delete it: a rename that writer still has pending now fails, so nothing
+    it writes can land in the folder any more (utils/protocol/fence.py)."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    target = f"{STAGE}{h['nonce']}" if h and h.get("nonce") else None   # None: every staging folder
+    for name in names:
+        path = os.path.join(folder, name)
+        if path == keep or not name.startswith((STAGE, RETIRED)):
+            continue
+        if name.startswith(STAGE):
+            if target is not None and name != target:
+                continue
+            aside = os.path.join(folder, f"{RETIRED}{uuid.uuid4().hex[:8]}")
+            try:
+                os.rename(path, aside)
+            except OSError:
+                continue
+            path = aside
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _is(rec, expected, mine):
+    """Whether the record `rec` is `expected`: by nonce; one that cannot be read only where `expected`
+    could not be read either (the manual unlock), or where `expected` is this process's own (`mine`)."""
+    if expected.get("unreadable"):
+        return True
+    if rec.get("unreadable") or "nonce" not in rec:
+        return mine
+    return rec["nonce"] == expected.get("nonce")
+
+
+def _clear_record(folder, expected, retire=True, note=print, mine=False):
+    """Take away the record `expected` (judged dead; or this process's own, `mine`): first its writer's
+    staging folder (`retire`), then the record, renamed aside (one process wins) and checked to be
+    that record; a newer one taken by mistake is put back. True if cleared."""
     path = os.path.join(folder, HOLDER)
+    now = read_holder(folder)
+    if now is None:
+        return True
+    if not _is(now, expected, mine):
+        return False                      # it changed hands meanwhile: not the record judged
+    if retire:
+        retire_stages(folder, expected)
     aside = os.path.join(folder, f".holder.stale.{uuid.uuid4().hex[:8]}")
     try:
         os.rename(path, aside)
     except FileNotFoundError:
         return True
-    taken = load_json(aside, dict(_UNREADABLE))
-    if taken.get("nonce") != expected.get("nonce") and not expected.get("unreadable"):
-        try:
-            os.link(aside, path)          # put the live one back (fails only if a third took the folder)
+    if not _is(load_json(aside, dict(_UNREADABLE)), expected, mine):
+        try:                              # put the live one back (fails only if a third took the folder)
+            with open(aside, "rb") as f:
+                data = f.read()
+            try:
+                os.link(aside, path)
+            except OSError as e:
+                if e.errno not in NO_LINK:
+                    raise
+                _create_exclusive(folder, path, data, e, note)
         except FileExistsError:
             pass
         os.remove(aside)

@@ -3,7 +3,8 @@ import os
 
 from tqdm import tqdm
 
-from utils.errors import UserError
+from utils.errors import UserError, WriteFailed, describe_oserror
+from utils.protocol import fence
 from utils.protocol.files import save_npy
 
 CHECKPOINT, BEST, STATE = "checkpoint.pth.tar", "model_best.pth.tar", "folder.json"
@@ -34,20 +35,31 @@ def load_checkpoint(path):
 
 
 class Log:
-    """Prints (main process only) and appends to SAVE_PATH/log_seed_<seed>.txt (the published name)."""
+    """Prints (main process only) and appends to SAVE_PATH/log_seed_<seed>.txt (the published name).
+    Each line is fenced like every write into a held folder (utils/protocol/fence.py): a run that lost
+    its folder appends nothing more; a failed write or flush (a full disk) names the log."""
 
     def __init__(self, save_path, seed, append, main):
         self.file = None
+        self.path = os.path.join(save_path, f"log_seed_{seed}.txt")
         if main:
-            self.file = open(os.path.join(save_path, f"log_seed_{seed}.txt"), "a" if append else "w")
+            fence.guard(self.path)
+            try:
+                self.file = open(self.path, "a" if append else "w")
+            except OSError as e:
+                raise WriteFailed(self.path, describe_oserror(e), e.errno) from None
 
     def __call__(self, msg, echo=True):
         if self.file is None:
             return
         if echo:
             tqdm.write(msg)
-        self.file.write(msg + "\n")
-        self.file.flush()
+        fence.guard(self.path)
+        try:
+            self.file.write(msg + "\n")
+            self.file.flush()
+        except OSError as e:
+            raise WriteFailed(self.path, describe_oserror(e), e.errno) from None
 
 
 def write_training_set_files(save_path, data):

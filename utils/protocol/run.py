@@ -9,7 +9,7 @@ import uuid
 
 from utils import dist
 from utils.errors import UserError
-from utils.protocol.files import load_json, save_json
+from utils.protocol.files import load_json, remove_file, save_json
 from utils.protocol.fingerprint import fingerprint_diffs
 from utils.protocol.holder import quick_judgement, read_holder
 from utils.protocol.lock import FolderLock
@@ -31,10 +31,10 @@ def read_state(folder):
     return st
 
 
-def write_state(folder, **fields):
-    """Update folder.json (atomically) with `fields`, keeping the others."""
+def write_state(folder, fresh=False, **fields):
+    """Update folder.json (atomically) with `fields`, keeping the others (`fresh`: none of them)."""
     path = os.path.join(folder, STATE)
-    st = load_json(path, {})
+    st = {} if fresh else load_json(path, {})
     st.update(fields, updated=time.time())
     save_json(path, st)
 
@@ -156,6 +156,9 @@ def decide_run(folder, fingerprint, *, resume, overwrite, stop_epoch=None):
     if held:
         if overwrite:
             return fresh
+        if resume and st in ("running", "interrupted", "failed") and \
+                not fingerprint_diffs(state.get("fingerprint") or {}, fingerprint):
+            return {**fresh, "restart": st}     # this run, killed before its first checkpoint: requeued
         raise refusal("files_no_checkpoint", folder=folder, held=", ".join(held[:3]))
     return fresh
 
@@ -196,13 +199,21 @@ class RunFolder:
         self.resume_from = decision["resume_from"] if ck is not None else None
 
     def begin(self, run_id=None):
-        """The first writes, after every check passed: stale temporaries and (decided) the previous run's
-        files go, then args.json, folder.json ("running") and the log."""
+        """The first writes, after every check passed: stale temporaries go; folder.json says "running"
+        for this run (first: it retracts the record of a run being replaced, so that a removal cut short
+        never leaves a folder that says "finished"); then the previous run's files go (if decided),
+        then args.json and the log."""
         from utils import dist
         self.run_id = run_id or new_run_id()
         if self.main:
             save_path = self.args.save_path
+            if self.lock is not None:
+                self.lock.ensure_owned()
             _remove_stale_temporaries(save_path)          # ours now: no live writer owns a temporary here
+            write_state(save_path, fresh=self.decision["remove"],
+                        kind="train_subset" if hasattr(self.args, "subset_rate") else "train",
+                        run_id=self.run_id, fingerprint=self.fingerprint, state="running", completed_epochs=None,
+                        error=None)
             if self.decision["remove"]:
                 _remove_previous_run(save_path)
             try:
@@ -213,9 +224,6 @@ class RunFolder:
             save_json(os.path.join(save_path, "args.json"),
                       {"args": vars(self.args), "command": " ".join(sys.argv), "cwd": os.getcwd(),
                        "git_commit": commit or None})
-            write_state(save_path, kind="train_subset" if hasattr(self.args, "subset_rate") else "train",
-                        run_id=self.run_id, fingerprint=self.fingerprint, state="running", completed_epochs=None,
-                        error=None)
         dist.barrier()
         self.log = Log(self.args.save_path, self.args.manualSeed, append=self.ck is not None, main=self.main)
         return self
@@ -236,14 +244,15 @@ class RunFolder:
         return self
 
     def __exit__(self, kind, exc, tb):
-        from utils.errors import Preempted
-        if exc is not None and self.main and self.run_id is not None and not getattr(self.lock, "lost", False):
+        from utils.errors import FolderLost, Preempted
+        # a run that lost its folder writes nothing there, its state neither (the folder is another's)
+        if exc is not None and self.main and self.run_id is not None and not getattr(self.lock, "lost", None):
             interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit, Preempted))
             try:
                 write_state(self.args.save_path, state="interrupted" if interrupted else "failed",
                             error=f"{type(exc).__name__}: {exc}"[:500])
-            except OSError:   # a full or read-only disk: "running" with a free lock reads as interrupted
-                pass
+            except (OSError, FolderLost):   # a full or read-only disk: "running" with a free lock reads as
+                pass                        # interrupted; a folder found lost only now: not ours to write
         self.release()
         return False
 
@@ -281,15 +290,19 @@ def open_run(args, fingerprint, stop_epoch=None):
         folder.resume_from = decision["resume_from"]
         if decision["action"] == "repair" and main:
             print(f"note: {args.save_path}: metrics.json was lost; rebuilding it from {CHECKPOINT}")
+    elif args.resume and main and decision.get("restart"):
+        print(f"note: --resume: the run in {args.save_path} ({decision['restart']}) never reached a checkpoint; "
+              f"starting it from scratch (the files it left are removed)")
     elif args.resume and main and decision["action"] == "fresh" and not decision["remove"]:
         print(f"note: --resume: no checkpoint in {args.save_path} yet, starting from scratch")
     return folder
 
 
 def _remove_stale_temporaries(save_path):
-    """Delete the temporary files of writes that a killed run left half-done (utils.protocol.files names them
-    .<name>.tmp<pid>); they are never trusted, but a checkpoint's can be gigabytes."""
-    for folder in (save_path, os.path.join(save_path, "npy")):
+    """Delete the temporary files of writes that a killed run left half-done beside their files (older
+    versions, and subfolders on another file system; utils.protocol.files names them .<name>.tmp<pid>);
+    they are never trusted, but a checkpoint's can be gigabytes. Staging folders go when the lock is taken."""
+    for folder in (save_path, os.path.join(save_path, "npy"), os.path.join(save_path, "selection")):
         if os.path.isdir(folder):
             for f in os.listdir(folder):
                 if f.startswith(".") and re.search(r"\.tmp\d+$", f) and not f.startswith(".holder."):
@@ -297,14 +310,20 @@ def _remove_stale_temporaries(save_path):
 
 
 def _remove_previous_run(save_path):
-    """The previous run's outputs go, so that none of them can be mistaken for the new run's."""
+    """The previous run's outputs go, so that none of them can be mistaken for the new run's; folder.json
+    already speaks for the new run. Its checkpoint goes first (a removal cut short leaves nothing that
+    resumes the old run under the new record)."""
     stale = [os.path.join(save_path, sub, f) for sub in ("npy", "selection")
              if os.path.isdir(os.path.join(save_path, sub)) for f in os.listdir(os.path.join(save_path, sub))
              if f.endswith(".npy") or f == MANIFEST]
     logs = [os.path.join(save_path, f) for f in os.listdir(save_path) if re.fullmatch(r"log_seed_\d+\.txt", f)]
-    for f in stale + logs + [os.path.join(save_path, f) for f in RUN_FILES]:
+    for f in [os.path.join(save_path, f) for f in RUN_FILES if f != STATE] + stale + logs:
         if os.path.exists(f):
-            os.remove(f)
+            remove_file(f)
+
+
+def _pct(value):
+    return f"{value:.2f}%" if isinstance(value, (int, float)) else "?"
 
 
 def already_done(args, metrics):
@@ -312,8 +331,7 @@ def already_done(args, metrics):
     if dist.is_main_process():
         what = ("finished" if metrics.get("finished") else
                 f"stopped after epoch {metrics.get('completed_epochs')}, which holds the epochs asked")
-        pct = lambda v: f"{v:.2f}%" if isinstance(v, (int, float)) else "?"   # noqa: E731 (rounded, as every message)
-        print(f"already {what}: {args.save_path} (final {pct(metrics.get('final_acc'))}, best "
-              f"{pct(metrics.get('best_acc'))}); nothing rewritten")
+        print(f"already {what}: {args.save_path} (final {_pct(metrics.get('final_acc'))}, best "
+              f"{_pct(metrics.get('best_acc'))}); nothing rewritten")
     dist.cleanup()
     return metrics
