@@ -330,13 +330,9 @@ def moderate(args, start):
         lock.release()
 
 
-def main(argv=None):
-    # from the command line (argv None) the seconds count the imports too; a call from Python counts itself
-    start = START if argv is None else time.time()
-    args = parse_args(argv)
-    if args.method == 'moderate':
-        check_extrapolate_args(args.extrapolate_k, None, args.method)
-        return moderate(args, start)
+def checked_combinations(args):
+    """The (T, K, decay) combinations to score (the impossible ones skipped with a note, or refused when
+    none is left), and how their file names tell them apart."""
     combos, skipped = combinations(args.method, args.trajectory_len, args.window_size, args.decay)
     for T, K, why in skipped:
         if combos:
@@ -351,6 +347,32 @@ def main(argv=None):
         if tag in tags[:i]:
             a, b = combos[tags.index(tag)], combos[i]
             raise UserError(f"(T, K, decay) = {a} and {b} would write the same files ({tag}): give distinct values")
+    return combos, several
+
+
+def planned_scorings(args, combos, several, dyn, targets, extrapolation):
+    """{tag: ({kind: path}, the scoring: what decides its files)} of every combination."""
+    planned = {}
+    for T, K, beta in combos:
+        names = output_names(args.method, T, K, beta, **several)
+        scoring = {'method': args.method, 'trajectory_len': T, 'window_size': K, 'decay': beta,
+                   'seed': args.manualSeed if args.method == 'random' else None, 'num_samples': dyn.n,
+                   'dynamics': dyn.identity(T) if args.method != 'random' else None,
+                   'labels': f"sha256 {array_sha256(targets)[:16]}" if targets is not None else None,
+                   **({'extrapolation': extrapolation} if extrapolation is not None else {})}
+        planned[output_tag(args.method, T, K, beta, **several)] = \
+            ({kind: os.path.join(args.mask_path, v) for kind, v in names.items()}, scoring)
+    return planned
+
+
+def main(argv=None):
+    # from the command line (argv None) the seconds count the imports too; a call from Python counts itself
+    start = START if argv is None else time.time()
+    args = parse_args(argv)
+    if args.method == 'moderate':
+        check_extrapolate_args(args.extrapolate_k, None, args.method)
+        return moderate(args, start)
+    combos, several = checked_combinations(args)
     if not all(0 <= r < 1 for r in args.sensitivity_rates):
         raise UserError(f"--sensitivity_rates are pruning rates in [0, 1), got {args.sensitivity_rates}")
     check_output_dir(args.mask_path)
@@ -372,16 +394,7 @@ def main(argv=None):
     if dyn.manifest is None and args.method != 'random':
         print(f"note: {args.dynamics_path} has no manifest.json (files of the published train.py or of an older "
               f"version): that epochs 0..{T_max - 1} come from one run cannot be checked")
-    planned = {}   # tag -> ({kind: path}, the scoring: what decides its files)
-    for T, K, beta in combos:
-        names = output_names(args.method, T, K, beta, **several)
-        scoring = {'method': args.method, 'trajectory_len': T, 'window_size': K, 'decay': beta,
-                   'seed': args.manualSeed if args.method == 'random' else None, 'num_samples': dyn.n,
-                   'dynamics': dyn.identity(T) if args.method != 'random' else None,
-                   'labels': f"sha256 {array_sha256(targets)[:16]}" if targets is not None else None,
-                   **({'extrapolation': source.identity(k)} if source else {})}
-        planned[output_tag(args.method, T, K, beta, **several)] = \
-            ({k: os.path.join(args.mask_path, v) for k, v in names.items()}, scoring)
+    planned = planned_scorings(args, combos, several, dyn, targets, source.identity(k) if source else None)
     todo = to_write(args, planned)
     if not todo:
         return

@@ -29,7 +29,7 @@ import torch
 
 from utils import dist
 from utils.methods import DYNAMIC_METHODS
-from utils.protocol.files import save_npy
+from utils.protocol.files import remove_file, save_npy
 from utils.science.selection import kept_count
 from utils.training.rng import DYNAMIC, stream_seed
 
@@ -153,7 +153,7 @@ class DynamicSampler:
             os.makedirs(folder, exist_ok=True)
             for f in os.listdir(folder) if fresh else ():
                 if RECORD.match(f):
-                    os.remove(os.path.join(folder, f))
+                    remove_file(os.path.join(folder, f))   # fenced: only while this run owns the folder
 
     def scheduler(self, optimizer):
         """InfoBatch's learning rate by epoch progress; None: the loop's cosine over its steps (RS2)."""

@@ -12,7 +12,7 @@ import time
 import torch
 
 from utils import dist
-from utils.errors import UserError
+from utils.errors import OtherRank, exit_status
 from utils.protocol.epoch_end import commit_epoch, record_completed, save_metrics
 from utils.training.background import BackgroundWriter, HostCopy
 from utils.training.data import FolderImages
@@ -142,8 +142,9 @@ class RunState:
                 self.writer.wait() if wait else self.writer.check()
             except Exception as e:
                 error = e
-        if dist.broadcast_object(error is not None) and error is None:
-            raise UserError("process 0 could not write the run's files (its error says why); this process stops too")
+        status = dist.broadcast_object(exit_status(error))   # rank 0's, so that every rank ends with it
+        if status and error is None:
+            raise OtherRank(status)   # process 0 says why, in one line; this one ends with its status, silently
         if error is not None:
             raise error
 
