@@ -21,6 +21,7 @@ from conftest import ROOT, cli, write_published
 import importance_evaluation
 import train
 import train_subset
+import utils.protocol.epoch_end as epoch_end
 import utils.protocol.holder as holder
 import utils.protocol.manifest as manifest
 import utils.protocol.outputs as outputs
@@ -315,7 +316,7 @@ def test_an_epochs_files_are_on_disk_before_its_manifest_entry_and_before_its_ch
     """docs/RUNS.md: the manifest records an epoch only after its files; the epoch end's checkpoint
     is written after that epoch's dynamics are on disk (a checkpoint never vouches for missing files)."""
     save = tmp_path / "run"
-    real_json, real_torch, checked = manifest.save_json, loop.save_torch, []
+    real_json, real_torch, checked = manifest.save_json, epoch_end.save_torch, []
 
     def manifest_after_files(path, m):
         for e, entry in m["epochs"].items():
@@ -334,7 +335,7 @@ def test_an_epochs_files_are_on_disk_before_its_manifest_entry_and_before_its_ch
         return real_torch(path, state)
 
     monkeypatch.setattr(manifest, "save_json", manifest_after_files)
-    monkeypatch.setattr(loop, "save_torch", checkpoint_after_dynamics)
+    monkeypatch.setattr(epoch_end, "save_torch", checkpoint_after_dynamics)
     cli("train.py", *DIGITS, "--epochs", "2", "--dynamics", "--save_path", str(save))
     assert checked.count("manifest") == 2 and checked.count("checkpoint") == 2
 
