@@ -366,11 +366,16 @@ def label_prior(labels):
 LOCK_FILES = {".lock", ".holder.json"}   # the write protocol's (utils/protocol/): a dead writer's record may go
 
 
+SCRATCH = (".stage.", ".retired.")          # a writer's staging folder; a dead writer's may go with its record
+
+
 def folder_digest(path):
-    """{relative file: sha256} of everything under `path` but the lock files (a refused command must not
-    change it; it may clear the lock record of a writer that died)."""
+    """{relative file: sha256} of everything under `path` but the lock files and the writers' staging
+    folders (a refused command must not change it; it may clear the lock record and the staging folder
+    of a writer that died)."""
     out = {}
-    for root, _, files in os.walk(path):
+    for root, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if not d.startswith(SCRATCH)]
         for f in files:
             if f in LOCK_FILES:
                 continue
