@@ -21,7 +21,8 @@ PLANNED_BY = {"--dataset": "DATASET", "--arch": "ARCH or SUBSET_ARCHS", "--epoch
               "--dynamic": "DYNAMIC", "--stop_epoch": "TRAJ (the largest T) or FULL_ACC",
               "--batch-size": "BATCH, FULL_BATCH or RATE_FLAGS", "--kd_alpha": "KD_ALPHA", "--manualSeed": "SEEDS",
               "--dynamic_ratio": "DYNAMIC_RATIOS (or RATES)", "--dynamic_delta": "DYNAMIC_DELTA",
-              "--trajectory_len": "TRAJ", "--window_size": "WIN", "--subset_rate": "RATES"}
+              "--trajectory_len": "TRAJ", "--window_size": "WIN", "--subset_rate": "RATES",
+              "--train_fraction": "FRACTION", "--extrapolate_k": "EXTRAPOLATE_K"}
 OVERRIDABLE = ("learning_rate",)   # planned at the published value, no variable of its own: a flag variable may set it
 HINTS = {"TRAIN_FLAGS": " (TRAIN_FLAGS go to every training run: the full-data run, the subset runs and the dynamic "
                         "runs; flags of one kind of run go in FULL_FLAGS, SUBSET_FLAGS or DYNAMIC_FLAGS)",

@@ -59,7 +59,8 @@ class Factors:
         if (arch, target) not in self.cache:
             from utils.training import flops
             n, size = self._classes(), flops.input_size(self.c["DATASET"], self._image_size())
-            self.cache[arch, target] = (flops.work_factor(arch, target, n, size), flops.forward_share(arch, target, n, size))
+            self.cache[arch, target] = (flops.work_factor(arch, target, n, size),
+                                        flops.forward_share(arch, target, n, size))
         return self.cache[arch, target]
 
 
@@ -94,8 +95,9 @@ def plan_controls(c, points, folder):
         rows.append((p.folder, w, *(os.path.join(folder(n, p.arch), f"r{r}") for n in (RANDOM_EW, RS2_EW))))
     rates = sorted({r for _, r in controls}, key=float)
     n = len(controls) * len(c["SEEDS"])
-    note = (f"EQUAL_WORK=1: {len(points)} static point(s); controls at rate(s) {' '.join(rates) or 'none'}: "
-            f"{n} {RANDOM_EW} and {n} {RS2_EW} run(s)")
+    note = f"EQUAL_WORK=1: {len(points)} static point(s); " + (
+        f"controls at rate(s) {' '.join(rates)}: {n} {RANDOM_EW} and {n} {RS2_EW} run(s)" if controls
+        else "no control run")
     if none:
         note += f"; {len(none)} point(s) without one (work >= one full-data training: the full-data run is " \
                 f"their control): {', '.join(none)}"

@@ -3,8 +3,9 @@ utils/study/variables.py) -> three stages of self-contained command lines. A pur
 variables (and, for DYNAMICS, of which epochs that folder holds): the same plan comes out before and
 after a run. Given the scripts' parsers (`parse`), every planned line is parsed by its own script's
 parser before anything runs, and a variant (TAG) plans only the runs its flags change
-(utils/study/check.py). Its reference is docs/SWEEP.md; the executor that runs it on this machine is
-utils/study/executor.py.
+(utils/study/check.py). The cheap scoring sources (PROXY_ARCH, FRACTION) are utils/study/sources.py,
+the equal-work controls (EQUAL_WORK) utils/study/equal_work.py. Its reference is docs/SWEEP.md; the
+executor that runs it on this machine is utils/study/executor.py.
 
     from utils.study.plan import make_plan, plan_text
     plan = make_plan({"DATASET": "digits", "RATES": "0.5 0.9", "METHODS": "tdds random"})
@@ -213,7 +214,8 @@ def make_plan(environ, cwd=None, parse=None):
         skip_shared(plan, parse)
     has = {"full": any(a[1].endswith("train.py") for a, _ in plan.stages[1]), "scored": s.scores,
            "windowed": any(m in WINDOWED for m in s.scored), "dynamics": s.needs_dynamics,
-           "infobatch": "infobatch" in c["DYNAMIC"], "dynamic_runs": bool(c["DYNAMIC"] or controls), "points": bool(plan.points)}
+           "infobatch": "infobatch" in c["DYNAMIC"], "dynamic_runs": bool(c["DYNAMIC"] or controls),
+           "points": bool(plan.points)}
     plan.notes += source_notes(c, sources, s.scored) + unused_notes(c, has)
     plan.settings = _settings(c, plan, s.scored) + source_settings(sources) + (
         equal_work.settings(c, plan.equal_work, controls) if plan.equal_work else []) + plan.settings
