@@ -12,6 +12,7 @@ from collections import Counter
 from utils.args import ONLY_FOR, ONLY_WITH, flag_name, without_unused
 from utils.errors import UserError
 from utils.protocol.fingerprint import NOT_FINGERPRINTED
+from utils.study.equal_work import RANDOM_EW, RS2_EW
 
 VARIANT_FLAGS = ("TRAIN_FLAGS", "SUBSET_FLAGS", "DYNAMIC_FLAGS")   # the flags that make a TAG's variant
 # the variable behind a flag of the plan's own making, to name it when a script refuses its value
@@ -20,7 +21,8 @@ PLANNED_BY = {"--dataset": "DATASET", "--arch": "ARCH or SUBSET_ARCHS", "--epoch
               "--dynamic": "DYNAMIC", "--stop_epoch": "TRAJ (the largest T) or FULL_ACC",
               "--batch-size": "BATCH, FULL_BATCH or RATE_FLAGS", "--kd_alpha": "KD_ALPHA", "--manualSeed": "SEEDS",
               "--dynamic_ratio": "DYNAMIC_RATIOS (or RATES)", "--dynamic_delta": "DYNAMIC_DELTA",
-              "--trajectory_len": "TRAJ", "--window_size": "WIN", "--subset_rate": "RATES"}
+              "--trajectory_len": "TRAJ", "--window_size": "WIN", "--subset_rate": "RATES",
+              "--train_fraction": "FRACTION", "--extrapolate_k": "EXTRAPOLATE_K"}
 OVERRIDABLE = ("learning_rate",)   # planned at the published value, no variable of its own: a flag variable may set it
 HINTS = {"TRAIN_FLAGS": " (TRAIN_FLAGS go to every training run: the full-data run, the subset runs and the dynamic "
                         "runs; flags of one kind of run go in FULL_FLAGS, SUBSET_FLAGS or DYNAMIC_FLAGS)",
@@ -132,8 +134,14 @@ def skip_shared(plan, parse):
         flags, origins = plan.parsed[2][i], plan.origins[2][i]
         if flags is not None:
             alone, _ = parsed(parse[os.path.basename(argv[1])], _without(argv, origins, VARIANT_FLAGS)[2:])
-            if alone is not None and identity(alone) == identity(flags):
-                rel = os.path.relpath(save, c["OUT"]).split(os.sep)
+            rel = os.path.relpath(save, c["OUT"]).split(os.sep)
+            if rel[0] in (RANDOM_EW, RS2_EW):   # an equal-work control: the study's own folder, whoever asks
+                if alone is None or identity(alone) != identity(flags):
+                    changed = " ".join(f"{v}={' '.join(c[v])}" for v in VARIANT_FLAGS if c[v] and v in origins)
+                    raise UserError(f"EQUAL_WORK: TAG={c['TAG']}'s {changed} change the equal-work control {save}, "
+                                    f"whose folder is the study's (no TAG): plan this variant in its own OUT, or "
+                                    f"without EQUAL_WORK")
+            elif alone is not None and identity(alone) == identity(flags):
                 plan.shared.append((save, os.path.join(c["OUT"], rel[0][:-len(c["TAG"]) - 1], *rel[1:])))
                 given = [v for v in VARIANT_FLAGS if c[v] and v not in origins]
                 why[_why_same(flags, alone, given, os.path.basename(argv[1]))] += 1

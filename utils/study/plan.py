@@ -3,8 +3,9 @@ utils/study/variables.py) -> three stages of self-contained command lines. A pur
 variables (and, for DYNAMICS, of which epochs that folder holds): the same plan comes out before and
 after a run. Given the scripts' parsers (`parse`), every planned line is parsed by its own script's
 parser before anything runs, and a variant (TAG) plans only the runs its flags change
-(utils/study/check.py). Its reference is docs/SWEEP.md; the executor that runs it on this machine is
-utils/study/executor.py.
+(utils/study/check.py). The cheap scoring sources (PROXY_ARCH, FRACTION) are utils/study/sources.py,
+the equal-work controls (EQUAL_WORK) utils/study/equal_work.py. Its reference is docs/SWEEP.md; the
+executor that runs it on this machine is utils/study/executor.py.
 
     from utils.study.plan import make_plan, plan_text
     plan = make_plan({"DATASET": "digits", "RATES": "0.5 0.9", "METHODS": "tdds random"})
@@ -15,7 +16,9 @@ from types import SimpleNamespace
 
 from utils.errors import UserError
 from utils.methods import SCORES, output_tag
+from utils.study import equal_work
 from utils.study.check import check_commands, skip_shared
+from utils.study.sources import from_dynamics, scoring_sources, source_notes, source_run, source_settings
 from utils.study.variables import (  # noqa: F401 (VARIABLES, near_misses, gpu_count: the sweep's, from here)
     DYNAMIC_METHODS,
     METHODS,
@@ -67,6 +70,7 @@ class Plan:
         self.origins = {1: [], 2: [], 3: []}
         self.parsed = {1: [], 2: [], 3: []}
         self.notes, self.settings, self.shared = [], [], []
+        self.points, self.equal_work = [], []   # the static points (EQUAL_WORK), and their "# equal-work:" rows
 
     def add(self, stage, argv, save=None, **flags):
         """A command: argv, then the words of each flag variable in `flags` (recorded as their origin)."""
@@ -191,10 +195,16 @@ def make_plan(environ, cwd=None, parse=None):
     c["common"] = ["--data_path", c["DATA_PATH"], "--dataset", c["DATASET"], "--epochs", c["EPOCHS"],
                    "--learning_rate", "0.1", "--ngpu", c["NGPU"]]
     c["overwrite"] = ["--overwrite"] if c["OVERWRITE"] else []
+    sources = scoring_sources(c, s)
     _full_run(plan, c, s, max(map(int, Ts)))
-    _scorings(plan, c, s, Ts, Ks)
-    _subset_runs(plan, c, s, zip(rates, Ts, Ks), per_rate, alpha, name_window=len(set(Ks)) > 1)
+    for src in sources:   # the reference, then the cheap sources: each its run (but the reference's) and scorings
+        if src.run:
+            source_run(plan, c, src, max(map(int, Ts)), c["EPOCHS"])
+        _scorings(plan, c, s, Ts, Ks, src)
+    for src in sources:
+        _subset_runs(plan, c, s, list(zip(rates, Ts, Ks)), per_rate, alpha, len(set(Ks)) > 1, src)
     _dynamic_runs(plan, c, c["DYNAMIC_RATIOS"] or rates)
+    controls = _equal_work(plan, c, per_rate)
     plan.add(3, [c["PYTHON"], os.path.join(c["ROOT"], "scripts", "summarize.py"), c["OUT"]])
     if s.scores:   # the scores of the study, at its own pruning rates
         plan.add(3, [c["PYTHON"], os.path.join(c["ROOT"], "scripts", "report.py"), os.path.join(c["OUT"], "masks"),
@@ -204,9 +214,11 @@ def make_plan(environ, cwd=None, parse=None):
         skip_shared(plan, parse)
     has = {"full": any(a[1].endswith("train.py") for a, _ in plan.stages[1]), "scored": s.scores,
            "windowed": any(m in WINDOWED for m in s.scored), "dynamics": s.needs_dynamics,
-           "infobatch": "infobatch" in c["DYNAMIC"]}
-    plan.notes += unused_notes(c, has)
-    plan.settings = _settings(c, plan, s.scored) + plan.settings
+           "infobatch": "infobatch" in c["DYNAMIC"], "dynamic_runs": bool(c["DYNAMIC"] or controls),
+           "points": bool(plan.points)}
+    plan.notes += source_notes(c, sources, s.scored) + unused_notes(c, has)
+    plan.settings = _settings(c, plan, s.scored) + source_settings(sources) + (
+        equal_work.settings(c, plan.equal_work, controls) if plan.equal_work else []) + plan.settings
     return plan
 
 
@@ -234,12 +246,13 @@ def _full_run(plan, c, s, T_max):
                  *c["overwrite"]], save, TRAIN_FLAGS=c["TRAIN_FLAGS"], FULL_FLAGS=c["FULL_FLAGS"])
 
 
-def _scorings(plan, c, s, Ts, Ks):
-    """One importance_evaluation.py call per scored method, every (T, K) of the study in one pass."""
+def _scorings(plan, c, s, Ts, Ks, src):
+    """One importance_evaluation.py call per scored method of the scoring source `src` (utils/study/
+    sources.py), every (T, K) of the study in one pass."""
     all_T, all_K = words(" ".join(map(str, Ts))), words(" ".join(map(str, Ks)))
-    masks, score = os.path.join(c["OUT"], "masks"), os.path.join(c["ROOT"], "importance_evaluation.py")
+    masks, score = src.masks, os.path.join(c["ROOT"], "importance_evaluation.py")
     for m in s.scored:
-        if m == "random":
+        if m == "random" or (src.run and not from_dynamics(m)):   # a cheap source scores dynamics only
             continue
         if m == "moderate":
             argv = [c["PYTHON"], score, "--method", "moderate", "--checkpoint", s.moderate_checkpoint, "--data_path",
@@ -250,8 +263,8 @@ def _scorings(plan, c, s, Ts, Ks):
                 shape += ["--window_size", *all_K]
             if m == "tdds":                                       # TDDS also beta
                 shape += ["--decay", "0.9"]
-            argv = [c["PYTHON"], score, "--dynamics_path", s.dynamics, "--mask_path", masks, "--method", m, *shape,
-                    *c["overwrite"]]
+            argv = [c["PYTHON"], score, "--dynamics_path", src.dynamics, "--mask_path", masks, "--method", m, *shape,
+                    *src.flags, *c["overwrite"]]
         plan.add(1, argv, EVAL_FLAGS=c["EVAL_FLAGS"])
 
 
@@ -259,9 +272,10 @@ def _folder(c, name, arch):
     return os.path.join(c["OUT"], name, arch) if c["SUBSET_ARCHS"] != [c["ARCH"]] else os.path.join(c["OUT"], name)
 
 
-def _subset_runs(plan, c, s, shapes, per_rate, alpha, name_window):
-    """One train_subset.py run per (method, selection, rate, architecture, seed)."""
-    masks = os.path.join(c["OUT"], "masks")
+def _subset_runs(plan, c, s, shapes, per_rate, alpha, name_window, src):
+    """One train_subset.py run per (method, selection, rate, architecture, seed) of the scoring source
+    `src`: the reference's (random included), or a cheap source's scored copy (<name><src.suffix>)."""
+    masks = src.masks
     budget = ["--budget", "iterations"] if c["BUDGET"] == "iterations" else []
     suffix = ("-iters" if budget else "") + ("-kd" if c["KD"] else "") + (f"-{c['TAG']}" if c["TAG"] else "")
 
@@ -275,11 +289,16 @@ def _subset_runs(plan, c, s, shapes, per_rate, alpha, name_window):
         for method in c["METHODS"]:
             for sel in c["SELECTIONS"]:
                 name = "random" if "random" in (method, sel) else method if sel == "top" else f"{method}-{sel}"
-                name += suffix
+                if src.run and (name == "random" or not from_dynamics(method)):   # no cheap copy
+                    continue
+                name += ("" if name == "random" else src.suffix) + suffix
                 if name in seen:   # e.g. "random" reached from several methods
                     continue
                 seen.append(name)
                 for arch in c["SUBSET_ARCHS"]:
+                    if not name.startswith("random"):   # a static point (EQUAL_WORK)
+                        plan.points.append(SimpleNamespace(source=src, method=method, T=int(T), rate=r, arch=arch,
+                                                           folder=os.path.join(_folder(c, name, arch), f"r{r}")))
                     for seed in c["SEEDS"]:
                         save = os.path.join(_folder(c, name, arch), f"r{r}", f"s{seed}")
                         run = [c["PYTHON"], os.path.join(c["ROOT"], "train_subset.py"), *c["common"], "--arch", arch,
@@ -316,6 +335,40 @@ def _dynamic_runs(plan, c, ratios):
                              TRAIN_FLAGS=c["TRAIN_FLAGS"], DYNAMIC_FLAGS=c["DYNAMIC_FLAGS"])
 
 
+def _equal_work(plan, c, per_rate):
+    """EQUAL_WORK=1 (utils/study/equal_work.py): per distinct (architecture, rate r') of the static points'
+    controls, a random subset run (as any at rate r') and an RS2 run (as the study's dynamic runs), each
+    seed; the points and their controls in plan.equal_work. Returns the (arch, r') planned."""
+    if not c["EQUAL_WORK"] or not plan.points:
+        return []
+    if c["BUDGET"] == "iterations":
+        plan.notes.append(equal_work.iterations_note(c, any(n.startswith("random") for n in _names(plan))))
+        return []
+    plan.equal_work, controls, note = equal_work.plan_controls(c, plan.points, lambda n, a: _folder(c, n, a))
+    plan.notes.append(note)
+    for arch, r in controls:
+        bs, extra = _batch_size(c["BATCH"], r, per_rate.get(r, []))
+        for seed in c["SEEDS"]:
+            save = os.path.join(_folder(c, equal_work.RANDOM_EW, arch), f"r{r}", f"s{seed}")
+            plan.add(2, [c["PYTHON"], os.path.join(c["ROOT"], "train_subset.py"), *c["common"], "--arch", arch,
+                         "--batch-size", bs, "--save_path", save, "--resume", "--subset_rate", r, "--manualSeed", seed,
+                         "--selection", "random", *c["overwrite"]], save, TRAIN_FLAGS=c["TRAIN_FLAGS"],
+                     SUBSET_FLAGS=c["SUBSET_FLAGS"], RATE_FLAGS=extra)
+    for arch, r in controls:
+        for seed in c["SEEDS"]:
+            save = os.path.join(_folder(c, equal_work.RS2_EW, arch), f"r{r}", f"s{seed}")
+            plan.add(2, [c["PYTHON"], os.path.join(c["ROOT"], "train.py"), *c["common"], "--arch", arch, "--batch-size",
+                         c["FULL_BATCH"], "--save_path", save, "--resume", "--manualSeed", seed, "--dynamic", "rs2",
+                         "--dynamic_ratio", r, *c["overwrite"]], save, TRAIN_FLAGS=c["TRAIN_FLAGS"],
+                     DYNAMIC_FLAGS=c["DYNAMIC_FLAGS"])
+    return controls
+
+
+def _names(plan):
+    """The stage-2 run names planned so far (OUT/<name>/...)."""
+    return {os.path.relpath(save, plan.cfg["OUT"]).split(os.sep)[0] for _, save in plan.stages[2]}
+
+
 def _settings(c, plan, scored):
     """What the study will do, in words, before anything runs."""
     n = {s: len(plan.stages[s]) for s in plan.stages}
@@ -340,7 +393,8 @@ def plan_text(plan):
     study), then the sections "# stage 1", "# stage 2", "# stage 3"."""
     c = plan.cfg
     extra = {k: " ".join(c[k]) if isinstance(c[k], list) else c[k]
-             for k in ("DYNAMIC", "DYNAMIC_RATIOS", "DYNAMIC_DELTA", "TAG") if c[k]}
+             for k in ("DYNAMIC", "DYNAMIC_RATIOS", "DYNAMIC_DELTA", "PROXY_ARCH", "FRACTION", "EXTRAPOLATE_K",
+                       "EQUAL_WORK", "TAG") if c[k]}
     head = [
         "# TDDS pruning study, written by scripts/sweep.sh: run the stages in order; the lines of",
         "# stage 2 are independent (scripts/slurm_array.sh PLAN 2: array task i runs line i, 0-based).",
@@ -348,11 +402,13 @@ def plan_text(plan):
         f"METHODS='{' '.join(c['METHODS']) or 'none'}' SELECTIONS='{' '.join(c['SELECTIONS'])}' "
         f"SEEDS='{' '.join(c['SEEDS'])}' SUBSET_ARCHS='{' '.join(c['SUBSET_ARCHS'])}' BUDGET={c['BUDGET']} "
         f"KD={int(c['KD'])} KD_ALPHA='{c['KD_ALPHA']}' RATE_FLAGS='{c['RATE_FLAGS']}' OVERWRITE={int(c['OVERWRITE'])}"
-        + "".join(f" {k}='{v}'" if k != "TAG" else f" TAG={v}" for k, v in extra.items()),
+        + "".join(f" {k}={int(v) if k == 'EQUAL_WORK' else v}" if k in ("TAG", "EQUAL_WORK") else f" {k}='{v}'"
+                  for k, v in extra.items()),
         f"# OUT={bash_quote(c['OUT'])}"]   # summarize.py finds the planned runs even if the folder moved
     if plan.shared:
         head.append(f"# TAG={c['TAG']} shares these runs with the study (its flags act on nothing there): VARIANT STUDY")
         head += [f"# shared: {bash_quote(v)} {bash_quote(s)}" for v, s in plan.shared]
+    head += equal_work.header_lines(plan.equal_work, bash_quote)
     body = []
     for s in (1, 2, 3):
         body += [f"# stage {s}", *plan.lines(s)]

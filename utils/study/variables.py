@@ -40,6 +40,7 @@ VARIABLES = {
     "TRAJ": "", "WIN": "", "NGPU": "", "JOBS": "1", "GPUS": "", "TRAIN_FLAGS": "", "SUBSET_FLAGS": "",
     "EVAL_FLAGS": "", "OUT": "./checkpoint/sweep", "TAG": "", "OVERWRITE": "0", "PYTHON": "python", "PLAN": "",
     "FULL_FLAGS": "", "DYNAMIC_FLAGS": "", "DYNAMIC_RATIOS": "", "DYNAMIC_DELTA": "",
+    "PROXY_ARCH": "", "FRACTION": "", "EXTRAPOLATE_K": "", "EQUAL_WORK": "0",
 }
 FLAG_VARIABLES = ("FULL_FLAGS", "TRAIN_FLAGS", "SUBSET_FLAGS", "DYNAMIC_FLAGS", "EVAL_FLAGS")   # words of flags
 NOT_A_PREFIX = ("PYTHON",)   # PYTHON_* are Python's own variables (PYTHON_GIL, PYTHON_COLORS, ...)
@@ -183,7 +184,8 @@ def read_config(environ, cwd=None):
         return value if value else (VARIABLES[name] if default is None else default)
     c = {k: get(k) for k in ("DATASET", "DATA_PATH", "ARCH", "EPOCHS", "FULL_BATCH", "BATCH", "RATES", "BUDGET",
                              "FULL_ACC", "OVERWRITE", "KD", "KD_ALPHA", "DYNAMICS", "OUT", "TRAJ", "WIN", "JOBS",
-                             "PYTHON", "PLAN", "GPUS", "TAG", "DYNAMIC_DELTA")}
+                             "PYTHON", "PLAN", "GPUS", "TAG", "DYNAMIC_DELTA", "PROXY_ARCH", "FRACTION",
+                             "EXTRAPOLATE_K", "EQUAL_WORK")}
     c["SET"] = {k for k, v in env.items() if v}      # the variables the user gave (for the notes)
     c["DYNAMIC"] = words(get("DYNAMIC"))
     c["METHODS"] = _methods(env, c["DYNAMIC"])
@@ -260,6 +262,39 @@ def _check(c):
             raise UserError(f"DYNAMIC_DELTA: '{c['DYNAMIC_DELTA']}' is not a fraction of the epochs in (0, 1] "
                             f"(InfoBatch prunes epoch e of E while e + 1 <= delta E)")
         c["DYNAMIC_DELTA"] = d
+    _check_cheap(c)
+
+
+def _check_cheap(c):
+    """The cheap scoring sources (PROXY_ARCH, FRACTION with EXTRAPOLATE_K) and EQUAL_WORK."""
+    if c["PROXY_ARCH"]:
+        if c["PROXY_ARCH"] == c["ARCH"]:
+            raise UserError(f"PROXY_ARCH={c['PROXY_ARCH']} is ARCH itself: its scores would be the reference's "
+                            f"(a proxy is another, usually smaller, architecture, e.g. PROXY_ARCH=resnet20)")
+        known_arch("PROXY_ARCH", c["PROXY_ARCH"])
+    if c["FRACTION"]:
+        f = rate(c["FRACTION"])
+        if f is None or not 0 < float(f) < 1:
+            raise UserError(f"FRACTION: '{c['FRACTION']}' is not a fraction of the training set in (0, 1) "
+                            f"(the share of the data the extrapolation's scoring run trains on, e.g. 0.2)")
+        c["FRACTION"] = f
+    c["EXTRAPOLATE_K"] = _count("EXTRAPOLATE_K", c["EXTRAPOLATE_K"]) if c["EXTRAPOLATE_K"] else None
+    c["EQUAL_WORK"] = _flag("EQUAL_WORK", c["EQUAL_WORK"])
+    if c["EQUAL_WORK"] and c["KD"] and c["METHODS"] and c["BUDGET"] == "epochs":
+        raise UserError("EQUAL_WORK=1 with KD=1: the subset runs also pay their teacher's forward passes, which the "
+                        "equal-work rule does not count: plan the equal-work controls in a study without KD")
+
+
+def known_arch(variable, arch):
+    """Refuse, naming `variable`, an architecture the scripts cannot build (models.create_model's names)."""
+    from models import ARCH_NAMES, TV_PREFIX, _choices
+    if arch in ARCH_NAMES:
+        return
+    if arch.startswith(TV_PREFIX):
+        import torchvision
+        if arch[len(TV_PREFIX):] in torchvision.models.list_models(module=torchvision.models):
+            return
+    raise UserError(f"{variable}: '{arch}' is not an architecture of the scripts (one of {_choices()})")
 
 
 def rate_flags(text):
@@ -298,24 +333,30 @@ def kd_alpha(text):
 # ------------------------------------------------------------------------------------------ unused
 def unused_notes(c, has):
     """"note: X acts on nothing in this study (why)" for each variable the user set that no planned command
-    reads. `has`: what the plan holds (full, subset, scored, windowed, dynamics, infobatch)."""
-    static, dynamic = bool(c["METHODS"]), bool(c["DYNAMIC"])
+    reads. `has`: what the plan holds (full, subset, scored, windowed, dynamics, infobatch, and train.py
+    --dynamic runs of any kind: `dynamic_runs`, the DYNAMIC runs or EQUAL_WORK's RS2 controls)."""
+    static, dynamic, runs = bool(c["METHODS"]), bool(c["DYNAMIC"]), has.get("dynamic_runs", bool(c["DYNAMIC"]))
     no_subset = "METHODS=none: no subset run"
     rules = [
         ("SELECTIONS", not static, no_subset), ("BATCH", not static, no_subset),
         ("SUBSET_FLAGS", not static, no_subset), ("BUDGET", not static, no_subset),
         ("RATE_FLAGS", not static, no_subset), ("KD", not static and c["KD"], no_subset),
         ("RATES", not static and c["DYNAMIC_RATIOS"], "no static method, and DYNAMIC_RATIOS sets the dynamic runs' ratios"),
-        ("DYNAMIC_RATIOS", not dynamic, "no DYNAMIC method"), ("DYNAMIC_FLAGS", not dynamic, "no DYNAMIC method"),
+        ("DYNAMIC_RATIOS", not dynamic, "no DYNAMIC method"),
+        ("DYNAMIC_FLAGS", not runs, "no DYNAMIC method" + (" and no RS2 equal-work control" if c["EQUAL_WORK"] else "")),
         ("DYNAMIC_DELTA", not has["infobatch"], "no InfoBatch run: only InfoBatch has a delta"),
         ("FULL_FLAGS", not has["full"], "no full-data run is planned"),
-        ("FULL_BATCH", not has["full"] and not dynamic, "no full-data run and no DYNAMIC run is planned"),
+        ("FULL_BATCH", not has["full"] and not runs, "no full-data run and no DYNAMIC run is planned"),
         ("FULL_ACC", c["DYNAMICS"] and c["FULL_ACC"], "DYNAMICS is given: no full-data run is planned"),
         ("EVAL_FLAGS", not has["scored"], "nothing is scored"),
         ("WIN", not has["windowed"], "no windowed score (tdds, dyn_unc, dual) is in the study"),
         ("TRAJ", not has["dynamics"], "no score reads the dynamics"),
         ("JOBS", c["PLAN"] and c["JOBS"] > 1, "PLAN is written, not run here"),
         ("GPUS", c["PLAN"], "PLAN is written, not run here"),
+        ("PROXY_ARCH", not has["dynamics"], "no score reads the dynamics a proxy would record"),
+        ("FRACTION", not has["dynamics"], "no score reads the dynamics the extrapolation would score"),
+        ("EXTRAPOLATE_K", not c["FRACTION"] or not has["dynamics"], "no FRACTION source: nothing is extrapolated"),
+        ("EQUAL_WORK", c["EQUAL_WORK"] and not has.get("points"), "no static point (a scored subset run) to match"),
     ]
     return [f"note: {name} acts on nothing in this study ({why})" for name, cond, why in rules
             if cond and name in c["SET"]]
