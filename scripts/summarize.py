@@ -64,13 +64,17 @@ from utils.errors import UserError, run  # noqa: E402
 from utils.protocol.files import save_figure, save_text  # noqa: E402
 # (add_costs, pareto_front, run_label: also summarize.<name> for the tests that call them)
 from utils.study.costs import add_costs, collect_runs, pareto_front  # noqa: E402,F401
+from utils.study.ledger import (CHARGED, amortised_table, equal_work_lines, factors_lines, fidelity_lines,  # noqa: E402
+                                format_cell, has_cheap_sources, scoring_run_lines, table)
 from utils.study.runs import FULL, aggregate, counts, is_dynamic, missing_runs, read_plans, run_label  # noqa: E402,F401
 
 CSV_COLUMNS = ["run", "label", "state", "method", "selection", "class_balanced", "score_weighting", "budget", "subset_rate",
                "seed", "final_acc", "best_acc", "epochs", "steps", "completed_epochs", "finished", "batch_size",
                "num_train_samples", "mean_weight", "beta_c", "kd_alpha", "kd_temperature", "teacher",
                "train_seconds", "teacher_forward_seconds", "seconds", "dataset", "arch", "scored_arch",
-               "dynamic_ratio", "work_dynamics", "work_subset", "work_teacher", "work_total", "work_forward", "threads",
+               "dynamic_ratio", "work_dynamics", "work_subset", "work_teacher", "work_total", "work_forward", "work_amortised",
+               "scoring_uses", "work_factor", "forward_share", "scored_fraction", "rank_scoring", "rank_reference",
+               "rank_rho", "kept_overlap", "threads",
                "cost_dynamics", "cost_scoring", "cost_subset", "cost_teacher", "cost_total",
                "kept_mislabeled_fraction", "mislabeled_kept_fraction", "kept_corrupted_fraction",
                "corrupted_kept_fraction"]
@@ -116,31 +120,12 @@ def why_missing(runs):
 
 
 
-def format_cell(mean, std, n, fmt="{:.2f}"):
-    return fmt.format(mean) if n == 1 else f"{fmt.format(mean)} ± {fmt.format(std)} (n={n})"
-
-
 def csv_text(runs):
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(runs)
     return buf.getvalue()
-
-
-def table(stats, title, fmt="{:.2f}"):
-    """A method x pruning-rate markdown table of `stats` (from aggregate), the full data excluded."""
-    labels = sorted({label for label, rate in stats if rate > 0})   # the full data (rate 0) is the reference line
-    rates = sorted({rate for label, rate in stats if rate > 0})
-    if not labels:
-        return []
-    lines = [f"## {title}", "", "| method | " + " | ".join(f"{100 * r:g}%" for r in rates) + " |",
-             "|---" * (len(rates) + 1) + "|"]
-    for label in labels:
-        cells = [format_cell(*stats[label, r], fmt=fmt) if (label, r) in stats else "–" for r in rates]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return lines + [""]
-
 
 
 def reference_lines(runs):
@@ -161,10 +146,11 @@ def reference_lines(runs):
     return lines
 
 
-def markdown(runs, missing=(), plans=()):
+def markdown(runs, missing=(), plans=(), out=""):
     """results.md: missing and unfinished runs, accuracy tables (final, best), each variant beside the
-    study's runs it shares (`plans`: utils.study.runs.read_plans), the cost ledger, the kept
-    noisy/corrupted fractions."""
+    study's runs it shares (`plans`: utils.study.runs.read_plans), the cost ledger (with, where the
+    study has them, the work factors, rank fidelity, the equal-work controls: utils/study/ledger.py),
+    the kept noisy/corrupted fractions. `out`: the study folder the runs' folders are named against."""
     datasets = sorted({str(m.get("dataset", "?")) for m in runs})
     archs = sorted({str(m.get("arch", "?")) for m in runs})
     lines = [f"# Results: {', '.join(datasets)} / {', '.join(archs)}", ""]
@@ -172,7 +158,7 @@ def markdown(runs, missing=(), plans=()):
         lines += ["## Missing runs", "", f"{len(missing)} run(s) of plan.txt have no results yet (failed, refused "
                   f"or not run): the tables below do not contain them.", ""]
         lines += [f"- {run}" for run in missing] + [""]
-    unfinished = [m for m in runs if not counts(m)]
+    unfinished = [m for m in runs if not counts(m) and not m.get("scoring_run")]
     if unfinished:
         lines += ["## Unfinished runs", "", "Never averaged: they stopped before their last epoch (or run now).", "",
                   "| run | label | state | epochs done | final acc so far |", "|---|---|---|---|---|"]
@@ -193,22 +179,34 @@ def markdown(runs, missing=(), plans=()):
     lines += table(aggregate(runs), "Final test accuracy (%) — the last epoch")
     lines += table(aggregate(runs, "best_acc"), "Best test accuracy (%) over epochs — what the published logs report")
     lines += variant_tables(runs, plans)
-    work = aggregate(runs, "work_total")
-    if any(rate > 0 for _, rate in work):
-        lines += table(work, "Compute (work), as a fraction of one full-data training: samples forwarded and "
-                       "backpropagated (static: dynamics epochs used + subset run + teacher; dynamic: the samples it "
-                       "trained)", fmt="{:.3f}")
+    lines += work_lines(runs, plans)
     cost = aggregate(runs, "cost_total")
     if any(rate > 0 for _, rate in cost):
         lines += table(cost, "Compute (seconds), as a fraction of one full-data training's seconds (dynamics + scoring "
                        "+ subset + teacher)" + threads_note(runs), fmt="{:.3f}")
-    if any(rate > 0 for _, rate in work) or any(rate > 0 for _, rate in cost):
+    if any(rate > 0 for _, rate in aggregate(runs, "work_total")) or any(rate > 0 for _, rate in cost):
         lines += ledger_rows(runs)
+    lines += factors_lines(runs) + fidelity_lines(runs) + equal_work_lines(runs, plans, out) + scoring_run_lines(runs)
     lines += table(aggregate(runs, "mean_weight"), "Mean loss weight u of the kept set — the published score "
                    "weighting scales the effective learning rate by about this factor", fmt="{:.3f}")
     for name, key in FLAGGED.items():
         lines += table(aggregate(runs, key), f"Fraction of the kept set that is {name}", fmt="{:.3f}")
     return "\n".join(lines) + "\n"
+
+
+def work_lines(runs, plans):
+    """The work table (both views where the study has cheap sources or equal-work controls)."""
+    work = aggregate(runs, "work_total")
+    if not any(rate > 0 for _, rate in work):
+        return []
+    cheap = has_cheap_sources(runs, plans)
+    forward = any(m.get("work_forward") for m in runs)
+    title = "Compute (work)" + (f", {CHARGED}" if cheap else "") + ", as a fraction of one full-data training: " + \
+        ("training passes of the subset's architecture (static: scoring + subset run + teacher, forward-only passes "
+         "at their measured share; dynamic: the samples it trained)" if forward or cheap else
+         "samples forwarded and backpropagated (static: dynamics epochs used + subset run + teacher; dynamic: the "
+         "samples it trained)")
+    return table(work, title, fmt="{:.3f}") + (amortised_table(runs) if cheap else [])
 
 
 def variant_tables(runs, plans):
@@ -247,7 +245,8 @@ def ledger_rows(runs):
     """The parts of each run's cost, one row per run."""
     rows = [m for m in runs if not m["is_full"] and counts(m) and
             (m.get("cost_total") is not None or m.get("work_total") is not None)]
-    lines = ["Each run's compute: work (samples trained, x one full-data training; forward-only passes apart) and "
+    forward = "at their measured share, in total and shown apart" if any(m.get("work_forward") for m in rows) else "apart"
+    lines = [f"Each run's compute: work (samples trained, x one full-data training; forward-only passes {forward}) and "
              "seconds (x one full-data training's).", "",
              "| run | work: dynamics | subset | teacher | total | forward-only | seconds: dynamics | scoring | subset "
              "| teacher | total |", "|---" * 11 + "|"]
@@ -406,7 +405,7 @@ def summarize(out):
     runs = collect_runs(out)
     if not runs:
         raise UserError(f"no metrics.json under {out}: run scripts/sweep.sh (or train.py / train_subset.py) first")
-    text = markdown(runs, missing_runs(out, runs), read_plans(out))
+    text = markdown(runs, missing_runs(out, runs), read_plans(out), out)
     save_text(os.path.join(out, "results.csv"), csv_text(runs))
     save_text(os.path.join(out, "results.md"), text)
     plot(runs, os.path.join(out, "accuracy_vs_pruning.png"))
