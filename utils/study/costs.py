@@ -172,11 +172,11 @@ def add_work(runs):
 
 
 def scoring_key(m):
-    """What identifies the scoring a static run trained on: the content of its mask (the sha256 its
-    scoring's record vouches for), else its dynamics run, tag and mask folder."""
+    """What identifies the scoring a static run trained on: its dynamics run, its tag and the content of
+    its mask (the sha256 its scoring's record vouches for; else the mask's folder)."""
     info = m.get("score_info") or {}
     sha = (info.get("sha256") or {}).get("mask") if isinstance(info.get("sha256"), dict) else None
-    return ("sha256", sha) if sha else (info.get("dynamics_run"), info.get("tag"), os.path.dirname(m.get("mask_path") or ""))
+    return info.get("dynamics_run"), info.get("tag"), sha or os.path.dirname(m.get("mask_path") or "")
 
 
 def add_amortised(runs):

@@ -1,6 +1,7 @@
 """Rank fidelity of a cheap scoring (docs/STUDIES.md, "Rank fidelity"): how far the scores a static run
 trained on agree with the reference scoring — the same method's score in OUT/masks (the study's
-architecture on all the data) at the same T where there is one, else at the largest T there.
+architecture on all the data) at the same T where there is one, else at the largest T there (for a
+score of OUT/masks itself at a smaller T, early epochs, the largest T there).
 Spearman's rho over all N samples and |kept ∩ kept_ref| / |kept| of the kept sets at the run's rate
 (the top-scored samples, as --selection top keeps them: the agreement of the scores, whatever
 selection the run used), from utils/science/agreement.py."""
@@ -14,7 +15,7 @@ from utils.protocol.run import training_cwd
 from utils.science.agreement import kept_set, spearman
 from utils.science.selection import file_tag
 from utils.study.runs import counts, is_dynamic
-from utils.study.scorings import load_scores, parse_tag
+from utils.study.scorings import load_scores
 
 REFERENCE = "masks"   # OUT/masks: the reference scorings of a study
 
@@ -37,17 +38,22 @@ def mask_folder(m, out):
     return moved if os.path.isdir(moved) else None
 
 
-def reference_tag(scores, method, T, tag):
-    """The reference of a score of `method` at `T` (its own tag `tag`) among `scores` ({tag: Score}):
-    that tag where it is there; else the method's score at the same T (the first tag); else at the
-    largest T; None where the method was not scored there."""
-    same = sorted((s for s in scores.values() if s.method == method), key=lambda s: s.tag)
+def reference_tag(scores, own, in_reference):
+    """The tag of the reference of score `own` (a Score) among `scores` ({tag: Score} of OUT/masks):
+    for a score of another source, its own tag there, else the same method at the same T (the same
+    window and decay first), else at the largest T; for a score of OUT/masks itself (early epochs),
+    the same method at the largest T there. None where the method was not scored there."""
+    same = sorted((s for s in scores.values() if s.method == own.method), key=lambda s: s.tag)
     if not same:
         return None
-    if tag in scores and scores[tag].method == method:
-        return tag
-    at_T = [s for s in same if s.T == T]
-    return at_T[0].tag if at_T else max(same, key=lambda s: s.T or 0).tag
+    if not in_reference and own.tag in scores and scores[own.tag].method == own.method:
+        return own.tag
+    at_T = [s for s in same if s.T == own.T] if not in_reference else []
+    if not at_T:
+        largest = max(s.T or 0 for s in same)
+        at_T = [s for s in same if (s.T or 0) == largest]
+    alike = [s for s in at_T if all(s.info.get(k) == own.info.get(k) for k in ("window_size", "decay"))]
+    return (alike or at_T)[0].tag
 
 
 def fidelity(score, reference, rate):
@@ -89,9 +95,9 @@ def add_fidelity(runs, out):
         if folder is None or tag is None:
             continue
         own = folders(folder).get(tag)
-        method, T = (own.method, own.T) if own is not None else parse_tag(tag)
-        ref = reference_tag(folders(ref_folder), method, T, tag)
-        if own is None or ref is None or (os.path.samefile(folder, ref_folder) and ref == tag):
+        in_reference = os.path.samefile(folder, ref_folder)
+        ref = reference_tag(folders(ref_folder), own, in_reference) if own is not None else None
+        if ref is None or (in_reference and ref == tag):
             continue
         reference = folders(ref_folder)[ref]
         if len(reference.score) != len(own.score):

@@ -83,7 +83,7 @@ def fidelity_lines(runs):
         return []
     lines = ["## Rank fidelity of the scores against the reference scoring", "",
              "The reference: the same method's scores in masks/ (the study's architecture on all the data) at the "
-             "same T, else at the largest T there. Spearman's rho over all samples; kept overlap = |kept ∩ kept_ref| "
+             "same T, else at the largest T there (for scores of masks/ at a smaller T: the largest T). Spearman's rho over all samples; kept overlap = |kept ∩ kept_ref| "
              "/ |kept| of the top-scored samples at the row's rate. Work: " + CHARGED + " / " + AMORTISED + ".", "",
              "| row | rate | scores | reference | Spearman rho | kept overlap | final accuracy | work: charged | "
              "amortised |", "|---" * 9 + "|"]

@@ -43,6 +43,9 @@ def run_label(m):
     scored = m.get("scored_arch")
     if scored and m.get("selection") != "random" and scored != m.get("arch"):
         label += f" [{scored}→{m.get('arch')}]"
+    fraction = (m.get("score_info") or {}).get("train_fraction")
+    if fraction and fraction < 1 and m.get("selection") != "random":
+        label += f" [fraction {fraction:g}]"    # scores extrapolated from a run on that fraction of the data
     return label
 
 
