@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from test_summarize import load_summarize, parse_md_table
+from test_summarize import FAKE_RUNS, load_summarize, parse_md_table, write_metrics
 from utils.protocol.fingerprint import file_sha256
 from utils.training.flops import forward_share, input_size, work_factor
 
@@ -151,6 +151,7 @@ def test_work_across_architectures_fractions_and_forward_passes(study):
     assert set(table) == {"tdds", f"tdds [{PROXY}→{TARGET}]", f"tdds [fraction {F:g}]", "random (equal work)",
                           "RS2 (equal work)"}
     assert table["random (equal work)"]["10%"] == "67.00 ± 1.41 (n=2)"
+    assert md.startswith(f"# Results: digits / {TARGET}\n")        # the proxy's architecture trains no row
     assert "Unfinished runs" not in md and "Full data (reference)" in md and md.count("Full data") == 1
     scoring_runs = md.split("## Scoring runs of other sources", 1)[1].split("\n## ", 1)[0]
     assert f"| proxy-{PROXY} | {PROXY} | {N} of {N} | {T} of {E} | stopped |" in scoring_runs
@@ -279,3 +280,18 @@ def test_a_teacher_counts_its_training_and_forward_passes_at_their_factors(tmp_p
     assert float(r["work_forward"]) == pytest.approx(50 * E * share / (N * E))  # a forward pass of every trained sample
     assert float(r["work_total"]) == pytest.approx(T / E + 0.5 + teacher + 50 * E * share / (N * E))
     assert f"| {PROXY} | {TARGET} | {C} | {size} | {teacher:.4f} | {share:.4f} |" in md
+
+
+def test_a_study_without_cheap_sources_keeps_its_results(tmp_path):
+    """No proxy, no fraction, one T, no equal-work lines: none of the new sections, the work table under
+    its old title, nothing measured (the FLOP counter is never asked)."""
+    from utils.training import flops
+    out = str(tmp_path / "sweep")
+    for run, (fields, _) in FAKE_RUNS.items():
+        write_metrics(out, run, **fields)
+    flops._count.cache_clear()
+    md = load_summarize().summarize(out)
+    assert flops._count.cache_info().misses == 0
+    for section in ("Work factors", "Rank fidelity", "Equal-work", "amortised", "charged", "Scoring runs"):
+        assert section not in md
+    assert "## Compute (work), as a fraction of one full-data training: samples forwarded and backpropagated" in md

@@ -3,7 +3,7 @@ architecture, the fraction of the data it trained), how many epochs the score us
 passes the scoring made (moderate's features, an extrapolated score's features), charged through the
 one rule utils/study/work.scoring_work in training passes of the subset run's architecture. The
 factors between architectures are measured (utils/training/flops.py) only where one is needed, so a
-summary of a study that has none never imports torch; every factor used is recorded for the ledger."""
+summary of a study that has none counts no FLOPs; every factor used is recorded for the ledger."""
 import sys
 
 from utils.study.work import scoring_work
