@@ -24,8 +24,10 @@ line and the seconds are missing when the folder holds no full-data run.
 A run's label is its method ("random" when the selection was random), plus "-ccs" (coverage-centric
 selection), "-beta" (DUAL's Beta sampling), "-cb" (class-balanced), "-unweighted" (--no_score_weighting),
 "-iters" (--budget iterations), "-kd" (distilled from a --teacher), "(batch 50%: 128, 90%: 32)" when the
-subset runs differ in batch size, and "[A→B]" when the scores came from architecture A's dynamics and the subset trained
-architecture B, so variants never share a cell. Runs are averaged as seeds only when their run
+subset runs differ in batch size, "[A→B]" when the scores came from architecture A's dynamics and the subset trained
+architecture B, and "[fraction f]" when they were extrapolated from a run on a fraction f of the data, so variants
+never share a cell. The equal-work controls (OUT/random-ew, OUT/rs2-ew) are "random (equal work)" and "RS2 (equal
+work)"; the scoring runs of a proxy (OUT/proxy-<arch>) or of a fraction are listed apart, never rows. Runs are averaged as seeds only when their run
 fingerprints (folder.json: every setting that can change a result, and the content of the data, mask
 and score files) differ in --manualSeed alone. Where runs of one label and rate differ in anything else,
 the labels of that method name every differing setting, e.g. "random (decay=0.001)", "tdds (scores=win5_ep10)"
@@ -39,13 +41,19 @@ full-data run stopped at T for its dynamics is the one exception, shown as such 
 line. When OUT/plan.txt (written by scripts/sweep.sh) names runs that have no results, results.md
 lists them first, under "Missing runs".
 
-Compute in work (add_work): samples forwarded and backpropagated, as a fraction of one full-data
-training (E epochs x N samples), forward-only passes apart; it does not depend on threads or machines.
+Compute in work (add_work): training passes of the subset's architecture (forward and backward of one
+sample = 1; another architecture's at its measured factor, a forward-only pass at its measured share),
+as a fraction of one full-data training (E epochs x N samples); it does not depend on threads or
+machines. Where the study has cheap sources (a proxy, a fraction, another T) or equal-work controls,
+results.md shows it charged (each run pays its scoring whole) and amortised (a scoring used by u runs
+charged / u to each), the measured factors, each row's rank fidelity against masks/ and each static
+point beside its equal-work controls (utils/study/ledger.py; docs/STUDIES.md says how to read them).
 Compute in seconds, the second column: seconds of training compute (train_seconds: the training loops,
 without evaluation) and of scoring (importance_evaluation.py's info_<tag>.json), as a fraction of ONE
 full-data training of the same schedule (the full run's seconds per epoch x its --epochs), in
 thread-seconds where the sweep recorded each run's threads (OUT/threads.json):
-  dynamics = the full-data run's epochs 0 .. T-1 that the scores used (moderate: the whole run), for
+  dynamics = the epochs 0 .. T-1 of the run that recorded the dynamics (the full-data run, a proxy's, a
+             fraction's) that the scores used (moderate: the whole run), for
              methods that need them; a run trained on past T (FULL_ACC=1) is not charged its other epochs
   scoring  = the importance_evaluation.py call that wrote the scores
   subset   = the subset run itself (with a --teacher, its forward passes included)
@@ -64,13 +72,18 @@ from utils.errors import UserError, run  # noqa: E402
 from utils.protocol.files import save_figure, save_text  # noqa: E402
 # (add_costs, pareto_front, run_label: also summarize.<name> for the tests that call them)
 from utils.study.costs import add_costs, collect_runs, pareto_front  # noqa: E402,F401
-from utils.study.runs import FULL, aggregate, counts, is_dynamic, missing_runs, read_plans, run_label  # noqa: E402,F401
+from utils.study.ledger import (CHARGED, amortised_table, equal_work_lines, factors_lines, fidelity_lines,  # noqa: E402
+                                format_cell, has_cheap_sources, scoring_run_lines, table)
+from utils.study.runs import (EQUAL_WORK_LABELS, FULL, aggregate, counts, is_dynamic, missing_runs,  # noqa: E402,F401
+                              read_plans, run_label)
 
 CSV_COLUMNS = ["run", "label", "state", "method", "selection", "class_balanced", "score_weighting", "budget", "subset_rate",
                "seed", "final_acc", "best_acc", "epochs", "steps", "completed_epochs", "finished", "batch_size",
                "num_train_samples", "mean_weight", "beta_c", "kd_alpha", "kd_temperature", "teacher",
                "train_seconds", "teacher_forward_seconds", "seconds", "dataset", "arch", "scored_arch",
-               "dynamic_ratio", "work_dynamics", "work_subset", "work_teacher", "work_total", "work_forward", "threads",
+               "dynamic_ratio", "work_dynamics", "work_subset", "work_teacher", "work_total", "work_forward", "work_amortised",
+               "scoring_uses", "work_factor", "forward_share", "scored_fraction", "rank_scoring", "rank_reference",
+               "rank_rho", "kept_overlap", "threads",
                "cost_dynamics", "cost_scoring", "cost_subset", "cost_teacher", "cost_total",
                "kept_mislabeled_fraction", "mislabeled_kept_fraction", "kept_corrupted_fraction",
                "corrupted_kept_fraction"]
@@ -116,31 +129,12 @@ def why_missing(runs):
 
 
 
-def format_cell(mean, std, n, fmt="{:.2f}"):
-    return fmt.format(mean) if n == 1 else f"{fmt.format(mean)} ± {fmt.format(std)} (n={n})"
-
-
 def csv_text(runs):
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(runs)
     return buf.getvalue()
-
-
-def table(stats, title, fmt="{:.2f}"):
-    """A method x pruning-rate markdown table of `stats` (from aggregate), the full data excluded."""
-    labels = sorted({label for label, rate in stats if rate > 0})   # the full data (rate 0) is the reference line
-    rates = sorted({rate for label, rate in stats if rate > 0})
-    if not labels:
-        return []
-    lines = [f"## {title}", "", "| method | " + " | ".join(f"{100 * r:g}%" for r in rates) + " |",
-             "|---" * (len(rates) + 1) + "|"]
-    for label in labels:
-        cells = [format_cell(*stats[label, r], fmt=fmt) if (label, r) in stats else "–" for r in rates]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return lines + [""]
-
 
 
 def reference_lines(runs):
@@ -161,18 +155,19 @@ def reference_lines(runs):
     return lines
 
 
-def markdown(runs, missing=(), plans=()):
+def markdown(runs, missing=(), plans=(), out=""):
     """results.md: missing and unfinished runs, accuracy tables (final, best), each variant beside the
-    study's runs it shares (`plans`: utils.study.runs.read_plans), the cost ledger, the kept
-    noisy/corrupted fractions."""
+    study's runs it shares (`plans`: utils.study.runs.read_plans), the cost ledger (with, where the
+    study has them, the work factors, rank fidelity, the equal-work controls: utils/study/ledger.py),
+    the kept noisy/corrupted fractions. `out`: the study folder the runs' folders are named against."""
     datasets = sorted({str(m.get("dataset", "?")) for m in runs})
-    archs = sorted({str(m.get("arch", "?")) for m in runs})
+    archs = sorted({str(m.get("arch", "?")) for m in runs if not m.get("scoring_run")})
     lines = [f"# Results: {', '.join(datasets)} / {', '.join(archs)}", ""]
     if missing:
         lines += ["## Missing runs", "", f"{len(missing)} run(s) of plan.txt have no results yet (failed, refused "
                   f"or not run): the tables below do not contain them.", ""]
         lines += [f"- {run}" for run in missing] + [""]
-    unfinished = [m for m in runs if not counts(m)]
+    unfinished = [m for m in runs if not counts(m) and not m.get("scoring_run")]
     if unfinished:
         lines += ["## Unfinished runs", "", "Never averaged: they stopped before their last epoch (or run now).", "",
                   "| run | label | state | epochs done | final acc so far |", "|---|---|---|---|---|"]
@@ -193,22 +188,34 @@ def markdown(runs, missing=(), plans=()):
     lines += table(aggregate(runs), "Final test accuracy (%) — the last epoch")
     lines += table(aggregate(runs, "best_acc"), "Best test accuracy (%) over epochs — what the published logs report")
     lines += variant_tables(runs, plans)
-    work = aggregate(runs, "work_total")
-    if any(rate > 0 for _, rate in work):
-        lines += table(work, "Compute (work), as a fraction of one full-data training: samples forwarded and "
-                       "backpropagated (static: dynamics epochs used + subset run + teacher; dynamic: the samples it "
-                       "trained)", fmt="{:.3f}")
+    lines += work_lines(runs, plans)
     cost = aggregate(runs, "cost_total")
     if any(rate > 0 for _, rate in cost):
         lines += table(cost, "Compute (seconds), as a fraction of one full-data training's seconds (dynamics + scoring "
                        "+ subset + teacher)" + threads_note(runs), fmt="{:.3f}")
-    if any(rate > 0 for _, rate in work) or any(rate > 0 for _, rate in cost):
+    if any(rate > 0 for _, rate in aggregate(runs, "work_total")) or any(rate > 0 for _, rate in cost):
         lines += ledger_rows(runs)
+    lines += factors_lines(runs) + fidelity_lines(runs) + equal_work_lines(runs, plans, out) + scoring_run_lines(runs)
     lines += table(aggregate(runs, "mean_weight"), "Mean loss weight u of the kept set — the published score "
                    "weighting scales the effective learning rate by about this factor", fmt="{:.3f}")
     for name, key in FLAGGED.items():
         lines += table(aggregate(runs, key), f"Fraction of the kept set that is {name}", fmt="{:.3f}")
     return "\n".join(lines) + "\n"
+
+
+def work_lines(runs, plans):
+    """The work table (both views where the study has cheap sources or equal-work controls)."""
+    work = aggregate(runs, "work_total")
+    if not any(rate > 0 for _, rate in work):
+        return []
+    cheap = has_cheap_sources(runs, plans)
+    forward = any(m.get("work_forward") for m in runs)
+    title = "Compute (work)" + (f", {CHARGED}" if cheap else "") + ", as a fraction of one full-data training: " + \
+        ("training passes of the subset's architecture (static: scoring + subset run + teacher, forward-only passes "
+         "at their measured share; dynamic: the samples it trained)" if forward or cheap else
+         "samples forwarded and backpropagated (static: dynamics epochs used + subset run + teacher; dynamic: the "
+         "samples it trained)")
+    return table(work, title, fmt="{:.3f}") + (amortised_table(runs) if cheap else [])
 
 
 def variant_tables(runs, plans):
@@ -247,7 +254,8 @@ def ledger_rows(runs):
     """The parts of each run's cost, one row per run."""
     rows = [m for m in runs if not m["is_full"] and counts(m) and
             (m.get("cost_total") is not None or m.get("work_total") is not None)]
-    lines = ["Each run's compute: work (samples trained, x one full-data training; forward-only passes apart) and "
+    forward = "at their measured share, in total and shown apart" if any(m.get("work_forward") for m in rows) else "apart"
+    lines = [f"Each run's compute: work (samples trained, x one full-data training; forward-only passes {forward}) and "
              "seconds (x one full-data training's).", "",
              "| run | work: dynamics | subset | teacher | total | forward-only | seconds: dynamics | scoring | subset "
              "| teacher | total |", "|---" * 11 + "|"]
@@ -277,6 +285,7 @@ def legend_beside(ax):
 
 
 def _title(ax, runs):
+    runs = [m for m in runs if not m.get("scoring_run")]   # a proxy's architecture trains no row
     ax.set_title(" / ".join(", ".join(sorted({str(m.get(k, "?")) for m in runs})) for k in ("dataset", "arch")))
 
 
@@ -328,38 +337,48 @@ def place_labels(fig, ax, texts):
         placed.append(box)
 
 
-def plot_cost(runs, path):
+def plot_cost(runs, path, plans=()):
     """accuracy_vs_cost.png (cost_figure); returns the Pareto front."""
     import matplotlib.pyplot as plt
-    fig, _, front = cost_figure(runs)
+    fig, _, front = cost_figure(runs, plans)
     save_figure(path, fig)
     plt.close(fig)
     return front
 
 
-def cost_figure(runs):
+def cost_figure(runs, plans=()):
     """Final accuracy against total compute in work (fraction of one full-data training), one point per
     (method, pruning rate) with seed error bars, static methods as circles, dynamic ones as squares, the
-    full-data training a star; the Pareto front (the best accuracy at its compute) joined by a step line
-    and ringed. The legend sits beside the axes, never on a point."""
+    equal-work controls as triangles (random) and diamonds (RS2), the full-data training a star; the
+    Pareto front (the best accuracy at its compute, charged view) joined by a step line and ringed.
+    Where the study has cheap sources (ledger.has_cheap_sources), each static point's amortised work
+    is a hollow marker of its colour joined to it by a dotted line. The legend sits beside the axes,
+    never on a point."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    acc, work = aggregate(runs), aggregate(runs, "work_total")
+    acc, work, amortised = aggregate(runs), aggregate(runs, "work_total"), aggregate(runs, "work_amortised")
     keys = sorted(k for k in acc if k in work and k[1] > 0)
-    dynamic = {m["label"] for m in runs if is_dynamic(m)}
+    dynamic = {m["label"] for m in runs if is_dynamic(m) and not m.get("equal_work_control")}
+    markers = dict(zip(EQUAL_WORK_LABELS.values(), "^D"))
+    show_amortised = has_cheap_sources(runs, plans)
     fig, ax = plt.subplots(figsize=(8.4, 4.6))
     points, texts = [], []
     for i, label in enumerate(sorted({k[0] for k in keys})):
-        ks = [k for k in keys if k[0] == label]
+        ks, color = [k for k in keys if k[0] == label], f"C{i % 10}"
         x, y, err = [work[k][0] for k in ks], [acc[k][0] for k in ks], [acc[k][1] for k in ks]
-        ax.errorbar(x, y, yerr=err, fmt="s" if label in dynamic else "o", capsize=3, color=f"C{i % 10}",
+        ax.errorbar(x, y, yerr=err, fmt=markers.get(label, "s" if label in dynamic else "o"), capsize=3, color=color,
                     label=label + (" (dynamic)" if label in dynamic else ""))
         for k, xi, yi in zip(ks, x, y):
             texts.append(ax.annotate(f"{100 * k[1]:g}%", (xi, yi), textcoords="offset points", xytext=(4, 4),
-                                     fontsize=7, color=f"C{i % 10}"))
+                                     fontsize=7, color=color))
+            if show_amortised and k in amortised and abs(amortised[k][0] - xi) > 1e-12:
+                ax.plot([xi, amortised[k][0]], [yi, yi], ":", color=color, linewidth=0.8)
+                ax.scatter([amortised[k][0]], [yi], marker="o", facecolors="none", edgecolors=color, alpha=0.7)
         points += list(zip(x, y))
+    if show_amortised and any(abs(amortised[k][0] - work[k][0]) > 1e-12 for k in keys if k in amortised):
+        ax.scatter([], [], marker="o", facecolors="none", edgecolors="grey", label="amortised work (scoring / u)")
     trained = [m for m in runs if m["is_full"] and m["state"] == "finished"]   # not a run stopped at T
     full = [(work[k][0], v[0]) for k, v in aggregate(trained).items() if k in aggregate(trained, "work_total")]
     if full:
@@ -369,8 +388,10 @@ def cost_figure(runs):
     if front:
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="k", linewidth=0.8, alpha=0.5)
         ax.scatter([p[0] for p in front], [p[1] for p in front], s=160, facecolors="none", edgecolors="k",
-                   linewidths=1.0, label="Pareto front")
-    ax.set_xlabel("compute: samples trained, x one full-data training (static: dynamics epochs + subset run)")
+                   linewidths=1.0, label="Pareto front" + (" (charged)" if show_amortised else ""))
+    ax.set_xlabel("compute: samples trained, x one full-data training (static: dynamics epochs + subset run)"
+                  if not show_amortised else "compute: training passes of the subset's model, x one full-data "
+                  "training (charged: scoring + subset run)")
     ax.set_ylabel("final test accuracy (%)")
     ax.grid(alpha=0.3)
     _title(ax, runs)
@@ -406,12 +427,13 @@ def summarize(out):
     runs = collect_runs(out)
     if not runs:
         raise UserError(f"no metrics.json under {out}: run scripts/sweep.sh (or train.py / train_subset.py) first")
-    text = markdown(runs, missing_runs(out, runs), read_plans(out))
+    plans = read_plans(out)
+    text = markdown(runs, missing_runs(out, runs), plans, out)
     save_text(os.path.join(out, "results.csv"), csv_text(runs))
     save_text(os.path.join(out, "results.md"), text)
     plot(runs, os.path.join(out, "accuracy_vs_pruning.png"))
     if any(m.get("work_total") is not None and not m["is_full"] for m in runs):
-        plot_cost(runs, os.path.join(out, "accuracy_vs_cost.png"))
+        plot_cost(runs, os.path.join(out, "accuracy_vs_cost.png"), plans)
     if any(m.get(key) is not None for m in runs for key in FLAGGED.values()):
         plot_flagged(runs, os.path.join(out, "kept_flagged_vs_pruning.png"))
     return text

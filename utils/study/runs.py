@@ -20,6 +20,9 @@ from utils.study.scorings import read_info
 FULL = "full"  # label of the full-data run(s)
 SEED = "--manualSeed"   # the one setting in which runs averaged as seeds may differ
 DYNAMIC = tuple(DYNAMIC_METHODS)   # dynamic pruning: a full-data run (train.py --dynamic) that prunes as it goes
+# the equal-work controls' folders under OUT (the sweep's EQUAL_WORK=1; never with a TAG suffix) and their rows
+EQUAL_WORK_LABELS = {"random-ew": "random (equal work)", "rs2-ew": "RS2 (equal work)"}
+PROXY_FOLDER = "proxy-"   # OUT/proxy-<arch>: a proxy architecture's dynamics run (sweep.sh PROXY_ARCH=)
 
 
 def run_label(m):
@@ -40,11 +43,28 @@ def run_label(m):
     scored = m.get("scored_arch")
     if scored and m.get("selection") != "random" and scored != m.get("arch"):
         label += f" [{scored}→{m.get('arch')}]"
+    fraction = (m.get("score_info") or {}).get("train_fraction")
+    if fraction and fraction < 1 and m.get("selection") != "random":
+        label += f" [fraction {fraction:g}]"    # scores extrapolated from a run on that fraction of the data
     return label
 
 
 def is_dynamic(m):
     return m.get("method") in DYNAMIC
+
+
+def study_roles(m):
+    """What the run's place in the study says beyond its metrics.json: a run under OUT/random-ew or
+    OUT/rs2-ew is an equal-work control (its own row, "random (equal work)", "RS2 (equal work)"); a
+    train.py --train_fraction run (method "fraction") or a full-data run of OUT/proxy-<its arch> is a
+    scoring run of another source (m["scoring_run"]: not the full-data reference, never a table row)."""
+    top = m["run"].split(os.sep)[0]
+    if top in EQUAL_WORK_LABELS and not m["is_full"]:
+        m["label"], m["equal_work_control"] = EQUAL_WORK_LABELS[top], True
+    if m.get("method") == "fraction" or (m["is_full"] and top == f"{PROXY_FOLDER}{m.get('arch')}"):
+        m["is_full"], m["scoring_run"] = False, True
+        what = f"fraction {m.get('train_fraction')}" if m.get("method") == "fraction" else f"proxy {m.get('arch')}"
+        m["label"] = f"scoring run ({what})"
 
 
 def read_runs(out):
@@ -67,6 +87,7 @@ def read_runs(out):
         m["path"] = os.path.abspath(folder)
         m["label"] = run_label(m)
         m["is_full"] = m["label"] == FULL
+        study_roles(m)
         m["threads"] = effective_threads(threads.get(m["run"]), m)
         m["threads_recorded"] = recorded
         recorded = read_state(folder)   # folder.json: fingerprint and state, read once
@@ -114,7 +135,10 @@ def run_state(m, state):
 
 def counts(m):
     """Does the run enter the tables? Finished runs do; of the others only the full-data run that
-    stopped at T (--stop_epoch) to record the dynamics, as the reference line that says so."""
+    stopped at T (--stop_epoch) to record the dynamics, as the reference line that says so. A scoring
+    run of another source (study_roles) is no row: its work is charged to the runs its scores chose."""
+    if m.get("scoring_run"):
+        return False
     return m["state"] == "finished" or (m["is_full"] and m["state"] == "stopped")
 
 
@@ -220,7 +244,9 @@ def aggregate(runs, key="final_acc"):
 
 def read_plans(out):
     """The plans of what is in OUT: plan.txt and each variant's plan-<TAG>.txt (sweep.sh TAG=), as
-    [{"file", "tag", "planned": [run folders], "shared": [(variant folder, the study's folder)]}], every
+    [{"file", "tag", "planned": [run folders], "shared": [(variant folder, the study's folder)],
+    "equal_work": [(static point folder, its planned work, random control folder or None, RS2 control
+    folder or None)]}] ("# equal-work:" lines: None where the line says "-", the full-data run), every
     folder absolute and moved along with OUT (the plan says the OUT it was written for)."""
     plans = []
     for name in ["plan.txt"] + sorted(f for f in os.listdir(out) if f.startswith("plan-") and f.endswith(".txt")):
@@ -230,7 +256,7 @@ def read_plans(out):
         except OSError:
             continue
         plan = {"file": name, "tag": name[len("plan-"):-len(".txt")] if name != "plan.txt" else None,
-                "planned": [], "shared": []}
+                "planned": [], "shared": [], "equal_work": []}
         planned_out = None   # the OUT the plan was written for (its paths are absolute), if it says
 
         def here(path):   # the folder may have moved since
@@ -241,11 +267,27 @@ def read_plans(out):
             elif line.startswith("# shared: "):
                 variant, study = shlex.split(line[len("# shared: "):])[:2]
                 plan["shared"].append((here(variant), here(study)))
+            elif line.startswith(EQUAL_WORK_LINE):
+                plan["equal_work"].append(equal_work_line(line, here))
             words = shlex.split(line) if not line.startswith("#") else []
             if "--save_path" in words[:-1]:
                 plan["planned"].append(here(words[words.index("--save_path") + 1]))
         plans.append(plan)
     return plans
+
+
+EQUAL_WORK_LINE = "# equal-work: "
+
+
+def equal_work_line(line, here):
+    """(point, work, random control or None, RS2 control or None) of one "# equal-work:" line."""
+    words = shlex.split(line[len(EQUAL_WORK_LINE):])
+    try:
+        point, work, random, rs2 = words[:4]
+        work = float(work)
+    except ValueError:
+        raise UserError(f"a plan's line {line!r} is not '{EQUAL_WORK_LINE}POINT WORK RANDOM|- RS2|-'") from None
+    return here(point), work, None if random == "-" else here(random), None if rs2 == "-" else here(rs2)
 
 
 def missing_runs(out, runs):
