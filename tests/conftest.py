@@ -4,6 +4,7 @@ the TDDS reference in plain loops, and a guard that no test leaves global state 
 import contextlib
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import io
 import os
@@ -382,6 +383,40 @@ def folder_digest(path):
             p = os.path.join(root, f)
             out[os.path.relpath(p, path)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
     return out
+
+
+# ---------------------------------------------------------------- the sweep's planner, in-process
+def load_sweep():
+    """scripts/sweep.py as a module (its main(environ=, cwd=, argv=) and parsers())."""
+    spec = importlib.util.spec_from_file_location("sweep_entry", os.path.join(ROOT, "scripts", "sweep.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def sweep_plan(tmp_path, capsys):
+    """sweep_plan(**env) -> (status, stdout, stderr, {stage: [argv]}, plan file text) of a plan written
+    in-process (PLAN=tmp_path/study.plan, NGPU=0, OUT=tmp_path/out unless env says otherwise)."""
+    import shlex
+    sweep = load_sweep()
+
+    def run(**env):
+        path = tmp_path / "study.plan"
+        path.unlink(missing_ok=True)
+        full = {"PLAN": str(path), "NGPU": "0", "OUT": str(tmp_path / "out"), **env}
+        capsys.readouterr()
+        status = sweep.main(environ=full, cwd=str(tmp_path))
+        o = capsys.readouterr()
+        text = path.read_text() if path.exists() else ""
+        stages, cur = {}, None
+        for line in text.splitlines():
+            if line.startswith("# stage "):
+                cur = int(line.split()[2])
+            elif line and not line.startswith("#"):
+                stages.setdefault(cur, []).append(shlex.split(line))
+        return status, o.out, o.err, stages, text
+    return run
 
 
 # ---------------------------------------------------------------- dynamics files and the TDDS reference

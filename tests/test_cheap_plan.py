@@ -3,43 +3,23 @@ utils/study/plan.py, sources.py, equal_work.py, in-process: PLAN=FILE, nothing t
 last test): PROXY_ARCH's and FRACTION's stage-1 runs, scorings and subset runs; EQUAL_WORK's rates
 against the formula of utils/study/work.py by hand; the plan file's "# equal-work:" lines; each
 mistake one line; and the planned lines of a FRACTION study run through the real scripts."""
-import importlib.util
 import os
-import shlex
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import cli
+from conftest import ROOT, cli, load_sweep
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("sweep_entry_cheap", os.path.join(ROOT, "scripts", "sweep.py"))
-SWEEP = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(SWEEP)
+SWEEP = load_sweep()
 SMALL = dict(DATASET="digits", ARCH="resnet20", EPOCHS="12", TRAJ="4", WIN="3", RATES="0.7", SEEDS="1 2")
 
 
 @pytest.fixture
-def sweep(tmp_path, capsys):
-    """sweep(**env) -> (status, stdout, stderr, {stage: [argv]}, plan file text) of a plan written in-process."""
-    def run(**env):
-        path = tmp_path / "study.plan"
-        path.unlink(missing_ok=True)
-        full = {"PLAN": str(path), "NGPU": "0", "OUT": str(tmp_path / "out"), **env}
-        capsys.readouterr()
-        status = SWEEP.main(environ=full, cwd=str(tmp_path))
-        o = capsys.readouterr()
-        text = path.read_text() if path.exists() else ""
-        stages, cur = {}, None
-        for line in text.splitlines():
-            if line.startswith("# stage "):
-                cur = int(line.split()[2])
-            elif line and not line.startswith("#"):
-                stages.setdefault(cur, []).append(shlex.split(line))
-        return status, o.out, o.err, stages, text
-    return run
+def sweep(sweep_plan):
+    """sweep(**env) -> (status, stdout, stderr, {stage: [argv]}, plan file text): conftest.sweep_plan."""
+    return sweep_plan
 
 
 def arg(argv, flag):

@@ -1,36 +1,19 @@
 """The study's planner (utils/study/plan.py through scripts/sweep.py's main, in-process): what a new user
 meets: misspelled variables, the settings printed first, TAG variants, what needs WIN or TRAJ, clamped
 (T, K) said, report.py at the study's rates, and DYNAMIC (dynamic pruning runs beside the static ones)."""
-import importlib.util
 import os
-import shlex
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("sweep_entry_study", os.path.join(ROOT, "scripts", "sweep.py"))
-SWEEP = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(SWEEP)
+from conftest import ROOT, load_sweep
+
+SWEEP = load_sweep()
 
 
 @pytest.fixture
-def sweep(tmp_path, capsys):
-    """sweep(**env) -> (status, stdout, stderr, {stage: [argv]}) of a plan written in-process."""
-    def run(**env):
-        path = tmp_path / "study.plan"
-        path.unlink(missing_ok=True)
-        full = {"PLAN": str(path), "NGPU": "0", "OUT": str(tmp_path / "out"), **env}
-        capsys.readouterr()
-        status = SWEEP.main(environ=full, cwd=str(tmp_path))
-        o = capsys.readouterr()
-        stages, cur = {}, None
-        for line in path.read_text().splitlines() if path.exists() else []:
-            if line.startswith("# stage "):
-                cur = int(line.split()[2])
-            elif line and not line.startswith("#"):
-                stages.setdefault(cur, []).append(shlex.split(line))
-        return status, o.out, o.err, stages
-    return run
+def sweep(sweep_plan):
+    """sweep(**env) -> (status, stdout, stderr, {stage: [argv]}) of a plan written in-process (conftest.sweep_plan)."""
+    return lambda **env: sweep_plan(**env)[:4]
 
 
 def arg(argv, flag):
