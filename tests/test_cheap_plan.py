@@ -214,13 +214,24 @@ def test_plain_equal_work_imports_no_torch():
     (dict(FRACTIONS="0.5"), "did you mean FRACTION?"),
     (dict(EQUALWORK="1"), "did you mean EQUAL_WORK?"),
     (dict(EXTRAPOLATE="5"), "did you mean EXTRAPOLATE_K?"),
-    (dict(EQUAL_WORK="1", TAG="noisy", TRAIN_FLAGS="--label_noise 0.2"),
-     "EQUAL_WORK: TAG=noisy's TRAIN_FLAGS=--label_noise 0.2 change the equal-work control"),
 ])
 def test_each_mistake_is_one_line(sweep, tmp_path, env, message):
     status, out, err, _, _ = sweep(**SMALL, METHODS="el2n random", **env)
     one_error(status, err, message)
     assert not (tmp_path / "study.plan").exists()
+
+
+def test_a_variant_whose_flags_change_the_controls_says_so(sweep):
+    """The controls' folders carry no TAG: a variant's flags that change a control plan it there all the
+    same (its script refuses it where the study's own control of other settings is already done), and a note
+    says so."""
+    status, printed, err, st, _ = sweep(**SMALL, METHODS="el2n random", EQUAL_WORK="1", TAG="noisy",
+                                        TRAIN_FLAGS="--label_noise 0.2")
+    assert status == 0, err
+    controls = [a for a in st[2] if "-ew/" in save(a)]
+    assert controls and all(arg(a, "--label_noise") == "0.2" and "noisy" not in save(a) for a in controls)
+    assert f"EQUAL_WORK: {len(controls)} equal-work control(s) planned with TAG=noisy's TRAIN_FLAGS=--label_noise 0.2" \
+        in printed + err
 
 
 def test_a_variant_whose_flags_leave_the_controls_alone_keeps_them(sweep, tmp_path):

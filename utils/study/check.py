@@ -129,7 +129,7 @@ def skip_shared(plan, parse):
     c = plan.cfg
     if not c["TAG"] or not any(c[v] for v in VARIANT_FLAGS):
         return
-    keep, why = ([], [], []), Counter()
+    keep, why, changed_controls = ([], [], []), Counter(), 0
     for i, (argv, save) in enumerate(plan.stages[2]):
         flags, origins = plan.parsed[2][i], plan.origins[2][i]
         if flags is not None:
@@ -137,10 +137,7 @@ def skip_shared(plan, parse):
             rel = os.path.relpath(save, c["OUT"]).split(os.sep)
             if rel[0] in (RANDOM_EW, RS2_EW):   # an equal-work control: the study's own folder, whoever asks
                 if alone is None or identity(alone) != identity(flags):
-                    changed = " ".join(f"{v}={' '.join(c[v])}" for v in VARIANT_FLAGS if c[v] and v in origins)
-                    raise UserError(f"EQUAL_WORK: TAG={c['TAG']}'s {changed} change the equal-work control {save}, "
-                                    f"whose folder is the study's (no TAG): plan this variant in its own OUT, or "
-                                    f"without EQUAL_WORK")
+                    changed_controls += 1
             elif alone is not None and identity(alone) == identity(flags):
                 plan.shared.append((save, os.path.join(c["OUT"], rel[0][:-len(c["TAG"]) - 1], *rel[1:])))
                 given = [v for v in VARIANT_FLAGS if c[v] and v not in origins]
@@ -148,6 +145,11 @@ def skip_shared(plan, parse):
                 continue
         for kept, item in zip(keep, (plan.stages[2][i], origins, flags)):
             kept.append(item)
+    if changed_controls:   # the control folders carry no TAG: a study's control of other settings is refused by its script
+        flags = " ".join(f"{v}={' '.join(c[v])}" for v in VARIANT_FLAGS if c[v])
+        plan.notes.append(f"EQUAL_WORK: {changed_controls} equal-work control(s) planned with TAG={c['TAG']}'s {flags} in "
+                          f"the study's folders ({RANDOM_EW}, {RS2_EW}: no TAG); where one of them already holds a run "
+                          f"of other settings, its script refuses it (give this variant its own OUT)")
     if why:
         n = len(plan.stages[2])
         plan.stages[2], plan.origins[2], plan.parsed[2] = (list(k) for k in keep)
