@@ -295,3 +295,21 @@ def test_a_study_without_cheap_sources_keeps_its_results(tmp_path):
     for section in ("Work factors", "Rank fidelity", "Equal-work", "amortised", "charged", "Scoring runs"):
         assert section not in md
     assert "## Compute (work), as a fraction of one full-data training: samples forwarded and backpropagated" in md
+
+
+def test_an_iterations_budget_run_counts_against_the_schedules_epochs(study):
+    """train_subset.py --budget iterations at 90%: as many steps as E full-data epochs, in 9 E shorter
+    epochs (metrics.json's epochs); one full-data training is still E N: work_dynamics = T / E (not T / 9E)
+    and work_subset = the samples it trained / (E N), about 1 - 0.1 per mille here (10 of N per epoch)."""
+    out, infos, _ = study
+    kept, epochs = N - int(0.9 * N), 9 * E
+    write_run(out, "tdds-iters/r0.9/s1", {"--manualSeed": 1, "--epochs": E, "--budget": "iterations",
+                                         "content of --mask_path": infos["ref"]["sha256"]["mask"]},
+              method="tdds", subset_rate=0.9, final_acc=50.0, budget="iterations", epochs=epochs,
+              completed_epochs=epochs, score_info=infos["ref"], scored_arch=TARGET, num_train_samples=kept,
+              full_train_samples=N, mask_path=os.path.join(out, "masks", infos["ref"]["files"]["mask"]),
+              history=history([kept] * epochs))
+    load_summarize().summarize(out)
+    r = rows_of(out)["tdds-iters/r0.9/s1"]
+    assert float(r["work_dynamics"]) == pytest.approx(T / E, rel=1e-12)
+    assert float(r["work_subset"]) == pytest.approx(kept * epochs / (N * E), rel=1e-12)

@@ -129,6 +129,15 @@ def _trained(m):
     return float((m.get("num_train_samples") or 0) * (m.get("completed_epochs") or len(history)))
 
 
+def schedule_epochs(m):
+    """E of one full-data training in the run's schedule: its --epochs. A subset run under --budget
+    iterations trains more, shorter epochs (as many steps as E epochs of the full data): metrics.json's
+    epochs are those, its --epochs (the run's fingerprint) is the schedule's."""
+    if m.get("budget") == "iterations":
+        return (m.get("fingerprint") or {}).get("--epochs") or m.get("epochs")
+    return m.get("epochs")
+
+
 def add_work(runs):
     """work_*: compute counted in training passes of the run's own architecture (forward + backward of
     one sample = 1), as a fraction of one full-data training of it (E epochs x N samples; E and N of the
@@ -151,7 +160,7 @@ def add_work(runs):
     for m in runs:
         n = m.get("full_train_samples") or (m.get("num_train_samples") if m["is_full"] else None) \
             or (m.get("score_info") or {}).get("num_samples") or full_n.get(m.get("dataset"))
-        e = m.get("epochs")
+        e = schedule_epochs(m)
         if not n or not e or (not counts(m) and not m["is_full"]):
             continue
         one = float(n) * float(e)
