@@ -256,6 +256,18 @@ def test_equal_work_table_pairs_each_point_with_its_controls(study):
     assert all(any(abs(x - cx) < 1e-9 and y == cy for cx, cy in charged) for x, y in front)
 
 
+def test_the_equal_work_lines_of_an_earlier_sweep_into_out_are_kept(study):
+    """A later sweep into the same OUT without EQUAL_WORK rewrites plan.txt; the executor's archive in
+    OUT/plans/ still holds the earlier plan, and its points keep their controls in the table."""
+    out, _, _ = study
+    os.makedirs(os.path.join(out, "plans"))
+    os.replace(os.path.join(out, "plan.txt"), os.path.join(out, "plans", "20260101-000000.txt"))
+    with open(os.path.join(out, "plan.txt"), "w") as f:
+        f.write(f"# OUT={out}\n# stage 2\n")
+    section = load_summarize().summarize(out).split("## Equal-work controls", 1)[1].split("\n## ", 1)[0]
+    assert "| tdds/r0.5 | tdds | 71.00 ± 1.41 (n=2) | 0.900 ± 0.000 (n=2) | random-ew/r0.1 |" in section
+
+
 def test_a_bad_equal_work_line_is_one_clear_error(study):
     out, _, _ = study
     with open(os.path.join(out, "plan.txt"), "a") as f:

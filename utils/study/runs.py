@@ -273,6 +273,34 @@ def read_plans(out):
             if "--save_path" in words[:-1]:
                 plan["planned"].append(here(words[words.index("--save_path") + 1]))
         plans.append(plan)
+    return plans + archived_equal_work(out)
+
+
+def archived_equal_work(out):
+    """The "# equal-work:" lines of the plans the executor archived in OUT/plans/ (each sweep into OUT
+    rewrites plan.txt, and a later sweep without EQUAL_WORK would drop the earlier one's points), as
+    plans that contribute those lines alone."""
+    folder = os.path.join(out, "plans")
+    try:
+        names = sorted(f for f in os.listdir(folder) if f.endswith(".txt"))
+    except OSError:
+        return []
+    plans = []
+    for name in names:
+        try:
+            with open(os.path.join(folder, name)) as f:
+                text = f.read().splitlines()
+        except OSError:
+            continue
+        said = [shlex.split(l[len("# OUT="):])[0] for l in text if l.startswith("# OUT=")]
+        planned_out = said[0] if said else None
+
+        def here(path):
+            return os.path.abspath(os.path.join(out, os.path.relpath(path, planned_out)) if planned_out else path)
+        lines = [equal_work_line(l, here) for l in text if l.startswith(EQUAL_WORK_LINE)]
+        if lines:
+            plans.append({"file": os.path.join("plans", name), "tag": None, "planned": [], "shared": [],
+                          "equal_work": lines})
     return plans
 
 
