@@ -365,8 +365,10 @@ def cost_figure(runs, plans=()):
     show_amortised = has_cheap_sources(runs, plans)
     fig, ax = plt.subplots(figsize=(8.4, 4.6))
     points, texts = [], []
-    for i, label in enumerate(sorted({k[0] for k in keys})):
-        ks, color = [k for k in keys if k[0] == label], f"C{i % 10}"
+    labels = sorted({k[0] for k in keys})
+    for i, label in enumerate(labels):   # more rows than tab10's colours: tab20's, no colour twice up to 20
+        ks = [k for k in keys if k[0] == label]
+        color = f"C{i % 10}" if len(labels) <= 10 else plt.get_cmap("tab20")(i % 20)
         x, y, err = [work[k][0] for k in ks], [acc[k][0] for k in ks], [acc[k][1] for k in ks]
         ax.errorbar(x, y, yerr=err, fmt=markers.get(label, "s" if label in dynamic else "o"), capsize=3, color=color,
                     label=label + (" (dynamic)" if label in dynamic else ""))
