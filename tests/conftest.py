@@ -227,12 +227,17 @@ def no_global_state_leak():
 
 
 @pytest.fixture
-def signal_at_step(monkeypatch):
+def signal_at_step(monkeypatch, request):
     """signal_at_step(k, *sigs): the next training run in this process gets the signals `sigs`, sent to
     this process by kill(2) in that order, right after its k-th optimizer step (fit asks StopSignals
     after every step), so cli(...) ends as a preempted command (143 / 138; SIGINT: Ctrl-C, 130). A run
     whose handler is not installed fails the test instead of ending pytest. Arming again replaces the
-    previous one; no signals: disarmed."""
+    previous one; no signals: disarmed. Where pytest itself ignores SIGINT (started in the background of
+    a shell without job control, which ignores it for its background jobs), Python's Ctrl-C handler is
+    put in place for the test, as a foreground process has it."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        request.addfinalizer(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     from utils.training.preemption import StopSignals
     agreed = StopSignals.agreed
 
