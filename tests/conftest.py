@@ -390,6 +390,30 @@ def folder_digest(path):
     return out
 
 
+# ---------------------------------------------------------------- the write protocol's tests
+LOCK_GRACE = 0.6   # seconds a dead holder's heartbeat may stand still in the protocol tests (quick_lock_timings)
+
+
+@pytest.fixture
+def quick_lock_timings(monkeypatch):
+    """The lock's grace and wait in tenths of seconds instead of minutes (TDDS_LOCK_GRACE_S, TDDS_LOCK_WAIT_S);
+    every lock of the process released afterwards."""
+    from utils.protocol.lock import release_all
+    monkeypatch.setenv("TDDS_LOCK_GRACE_S", str(LOCK_GRACE))
+    monkeypatch.setenv("TDDS_LOCK_WAIT_S", "0.4")
+    yield
+    release_all()
+
+
+def one_error_line(err, *fragments):
+    """The one "error:" line of a refused command (no traceback), which holds every fragment."""
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err, err
+    for frag in fragments:
+        assert frag in lines[0], (frag, lines[0])
+    return lines[0]
+
+
 # ---------------------------------------------------------------- the sweep's planner, in-process
 def load_sweep():
     """scripts/sweep.py as a module (its main(environ=, cwd=, argv=) and parsers())."""

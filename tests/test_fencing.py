@@ -16,32 +16,16 @@ import threading
 import time
 
 import pytest
-from conftest import ROOT, cli, run_script
+from conftest import ROOT, cli, one_error_line, run_script
 
 import utils.protocol.holder as holder
 from utils.errors import UserError, WriteFailed
 from utils.protocol.files import save_text
 from utils.protocol.holder import HOLDER, LOCK, _clear_record, machine_identity, read_holder, retire_stages
-from utils.protocol.lock import FolderLock, check_unlocked, release_all, unlock
+from utils.protocol.lock import FolderLock, check_unlocked, unlock
 
 DIGITS = ["--dataset", "digits", "--arch", "resnet20", "--ngpu", "0", "--batch-size", "256"]
-GRACE = 0.6
-
-
-@pytest.fixture(autouse=True)
-def quick_lock_timings(monkeypatch):
-    monkeypatch.setenv("TDDS_LOCK_GRACE_S", str(GRACE))
-    monkeypatch.setenv("TDDS_LOCK_WAIT_S", "0.4")
-    yield
-    release_all()
-
-
-def one_error_line(err, *fragments):
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err, err
-    for frag in fragments:
-        assert frag in lines[0], (frag, lines[0])
-    return lines[0]
+pytestmark = pytest.mark.usefixtures("quick_lock_timings")
 
 
 def wait_for(condition, timeout=20.0):

@@ -15,14 +15,14 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import cli, folder_digest, write_published
+from conftest import cli, folder_digest, one_error_line, write_published
 
 import importance_evaluation
 import train
 from utils.errors import Preempted, UserError
 from utils.protocol.fingerprint import file_sha256, fingerprint_diffs, run_fingerprint
 from utils.protocol.holder import HOLDER, LOCK, _write_record, machine_identity, read_holder
-from utils.protocol.lock import FolderLock, check_unlocked, release_all, unlock
+from utils.protocol.lock import FolderLock, check_unlocked, unlock
 from utils.protocol.outputs import CHECKPOINT
 from utils.protocol.run import REFUSALS, RunFolder, open_run, write_state
 
@@ -30,20 +30,7 @@ DIGITS = ["--dataset", "digits", "--arch", "resnet20", "--ngpu", "0", "--batch-s
 BASE = DIGITS + ["--epochs", "3"]
 
 
-def one_error_line(err, *fragments):
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err, err
-    for frag in fragments:
-        assert frag in lines[0], (frag, lines[0])
-    return lines[0]
-
-
-@pytest.fixture(autouse=True)
-def quick_lock_timings(monkeypatch):
-    monkeypatch.setenv("TDDS_LOCK_GRACE_S", "0.6")
-    monkeypatch.setenv("TDDS_LOCK_WAIT_S", "0.4")
-    yield
-    release_all()
+pytestmark = pytest.mark.usefixtures("quick_lock_timings")
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import uuid
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, cli, write_published
+from conftest import ROOT, cli, one_error_line, write_published
 
 import importance_evaluation
 import train
@@ -27,7 +27,7 @@ import utils.protocol.manifest as manifest
 import utils.protocol.outputs as outputs
 import utils.training.loop as loop
 from utils.protocol.holder import HOLDER, machine_identity
-from utils.protocol.lock import FolderLock, release_all
+from utils.protocol.lock import FolderLock
 from utils.protocol.outputs import CHECKPOINT
 from utils.protocol.run import write_state
 
@@ -35,20 +35,7 @@ DIGITS = ["--dataset", "digits", "--arch", "resnet20", "--ngpu", "0", "--batch-s
 N = 1437   # digits' training samples
 
 
-@pytest.fixture(autouse=True)
-def quick_lock_timings(monkeypatch):
-    monkeypatch.setenv("TDDS_LOCK_GRACE_S", "0.6")
-    monkeypatch.setenv("TDDS_LOCK_WAIT_S", "0.4")
-    yield
-    release_all()
-
-
-def one_error_line(err, *fragments):
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err, err
-    for frag in fragments:
-        assert frag in lines[0], (frag, lines[0])
-    return lines[0]
+pytestmark = pytest.mark.usefixtures("quick_lock_timings")
 
 
 @pytest.fixture(scope="module")

@@ -198,15 +198,21 @@ def _write_record(folder, rec, exclusive, stage=None, note=print):
         if not exclusive:
             os.replace(tmp, path)
             return
-        try:
-            os.link(tmp, path)
-        except OSError as e:
-            if e.errno not in NO_LINK:
-                raise
-            _create_exclusive(folder, path, data, e, note)
+        _link_exclusive(tmp, path, folder, data, note)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _link_exclusive(src, path, folder, data, note):
+    """Hard-link `src` to `path`: atomic, and refused (FileExistsError) where `path` exists; where the file
+    system refuses hard links, `path` is created exclusively with `data` instead."""
+    try:
+        os.link(src, path)
+    except OSError as e:
+        if e.errno not in NO_LINK:
+            raise
+        _create_exclusive(folder, path, data, e, note)
 
 
 def _create_exclusive(folder, path, data, why, note):
@@ -286,12 +292,7 @@ def _clear_record(folder, expected, retire=True, note=print, mine=False):
         try:                              # put the live one back (fails only if a third took the folder)
             with open(aside, "rb") as f:
                 data = f.read()
-            try:
-                os.link(aside, path)
-            except OSError as e:
-                if e.errno not in NO_LINK:
-                    raise
-                _create_exclusive(folder, path, data, e, note)
+            _link_exclusive(aside, path, folder, data, note)
         except FileExistsError:
             pass
         os.remove(aside)
