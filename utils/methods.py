@@ -157,3 +157,4 @@ CORRUPTIONS = {c.name: c for c in (
 
 # ------------------------------------------------------------------------------------- data sets
 DATASETS = ('cifar10', 'cifar100', 'digits', 'imagefolder')   # --dataset (utils/training/data.py reads them)
+DATASET_CLASSES = {'cifar10': 10, 'cifar100': 100, 'digits': 10}   # imagefolder: its class folders

@@ -20,10 +20,10 @@ the study's random row at the point's own rate, and nothing is planned.
 import os
 
 from utils.errors import UserError
+from utils.methods import DATASET_CLASSES
 from utils.study.work import equal_work_rate, point_work, scoring_work
 
 RANDOM_EW, RS2_EW = "random-ew", "rs2-ew"     # the controls' folders under OUT
-CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10}   # imagefolder: its class folders
 
 
 class Factors:
@@ -35,8 +35,8 @@ class Factors:
 
     def _classes(self):
         c = self.c
-        if c["DATASET"] in CLASSES:
-            return CLASSES[c["DATASET"]]
+        if c["DATASET"] in DATASET_CLASSES:
+            return DATASET_CLASSES[c["DATASET"]]
         train = os.path.join(c["DATA_PATH"], "train")
         try:
             return len([d for d in os.listdir(train) if os.path.isdir(os.path.join(train, d))])

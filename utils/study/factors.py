@@ -6,9 +6,9 @@ factors between architectures are measured (utils/training/flops.py) only where 
 summary of a study that has none counts no FLOPs; every factor used is recorded for the ledger."""
 import sys
 
+from utils.methods import DATASET_CLASSES
 from utils.study.work import scoring_work
 
-CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10}   # a data set's classes where no record says them
 
 
 class Factors:
@@ -50,7 +50,7 @@ def run_geometry(m):
     data set's; None classes where neither says (then no factor is measured: a note says so)."""
     from utils.training.flops import input_size
     info = m.get("score_info") or {}
-    classes = info.get("num_classes") or m.get("num_classes") or CLASSES.get(m.get("dataset"))
+    classes = info.get("num_classes") or m.get("num_classes") or DATASET_CLASSES.get(m.get("dataset"))
     if classes is None:
         print(f"note: {m.get('run')}: the number of classes of {m.get('dataset')} is not recorded: its work is "
               f"counted without the architecture factors", file=sys.stderr)

@@ -301,9 +301,7 @@ def _subset_runs(plan, c, s, shapes, per_rate, alpha, name_window, src):
                                                            folder=os.path.join(_folder(c, name, arch), f"r{r}")))
                     for seed in c["SEEDS"]:
                         save = os.path.join(_folder(c, name, arch), f"r{r}", f"s{seed}")
-                        run = [c["PYTHON"], os.path.join(c["ROOT"], "train_subset.py"), *c["common"], "--arch", arch,
-                               "--batch-size", bs, "--save_path", save, "--resume", "--subset_rate", r,
-                               "--manualSeed", seed, *budget]
+                        run = _subset_argv(c, arch, bs, save, r, seed) + budget
                         if name.startswith("random"):
                             run += ["--selection", "random"]
                         else:
@@ -328,11 +326,22 @@ def _dynamic_runs(plan, c, ratios):
         for r in ratios:
             for arch in c["SUBSET_ARCHS"]:
                 for seed in c["SEEDS"]:
-                    save = os.path.join(_folder(c, name, arch), f"r{r}", f"s{seed}")
-                    plan.add(2, [c["PYTHON"], os.path.join(c["ROOT"], "train.py"), *c["common"], "--arch", arch,
-                                 "--batch-size", c["FULL_BATCH"], "--save_path", save, "--resume", "--manualSeed", seed,
-                                 "--dynamic", method, "--dynamic_ratio", r, *delta, *c["overwrite"]], save,
-                             TRAIN_FLAGS=c["TRAIN_FLAGS"], DYNAMIC_FLAGS=c["DYNAMIC_FLAGS"])
+                    _add_dynamic_run(plan, c, method, r, arch, seed, os.path.join(_folder(c, name, arch), f"r{r}",
+                                                                                  f"s{seed}"), delta)
+
+
+def _subset_argv(c, arch, batch, save, rate_, seed):
+    """The start of a train_subset.py line (its selection, budget and other flags follow)."""
+    return [c["PYTHON"], os.path.join(c["ROOT"], "train_subset.py"), *c["common"], "--arch", arch, "--batch-size",
+            batch, "--save_path", save, "--resume", "--subset_rate", rate_, "--manualSeed", seed]
+
+
+def _add_dynamic_run(plan, c, method, ratio, arch, seed, save, delta=()):
+    """One train.py --dynamic run (a DYNAMIC run, or EQUAL_WORK's RS2 control) at the full-data batch size."""
+    plan.add(2, [c["PYTHON"], os.path.join(c["ROOT"], "train.py"), *c["common"], "--arch", arch, "--batch-size",
+                 c["FULL_BATCH"], "--save_path", save, "--resume", "--manualSeed", seed, "--dynamic", method,
+                 "--dynamic_ratio", ratio, *delta, *c["overwrite"]], save, TRAIN_FLAGS=c["TRAIN_FLAGS"],
+             DYNAMIC_FLAGS=c["DYNAMIC_FLAGS"])
 
 
 def _equal_work(plan, c, per_rate):
@@ -350,17 +359,12 @@ def _equal_work(plan, c, per_rate):
         bs, extra = _batch_size(c["BATCH"], r, per_rate.get(r, []))
         for seed in c["SEEDS"]:
             save = os.path.join(_folder(c, equal_work.RANDOM_EW, arch), f"r{r}", f"s{seed}")
-            plan.add(2, [c["PYTHON"], os.path.join(c["ROOT"], "train_subset.py"), *c["common"], "--arch", arch,
-                         "--batch-size", bs, "--save_path", save, "--resume", "--subset_rate", r, "--manualSeed", seed,
-                         "--selection", "random", *c["overwrite"]], save, TRAIN_FLAGS=c["TRAIN_FLAGS"],
-                     SUBSET_FLAGS=c["SUBSET_FLAGS"], RATE_FLAGS=extra)
+            plan.add(2, [*_subset_argv(c, arch, bs, save, r, seed), "--selection", "random", *c["overwrite"]], save,
+                     TRAIN_FLAGS=c["TRAIN_FLAGS"], SUBSET_FLAGS=c["SUBSET_FLAGS"], RATE_FLAGS=extra)
     for arch, r in controls:
         for seed in c["SEEDS"]:
-            save = os.path.join(_folder(c, equal_work.RS2_EW, arch), f"r{r}", f"s{seed}")
-            plan.add(2, [c["PYTHON"], os.path.join(c["ROOT"], "train.py"), *c["common"], "--arch", arch, "--batch-size",
-                         c["FULL_BATCH"], "--save_path", save, "--resume", "--manualSeed", seed, "--dynamic", "rs2",
-                         "--dynamic_ratio", r, *c["overwrite"]], save, TRAIN_FLAGS=c["TRAIN_FLAGS"],
-                     DYNAMIC_FLAGS=c["DYNAMIC_FLAGS"])
+            _add_dynamic_run(plan, c, "rs2", r, arch, seed,
+                             os.path.join(_folder(c, equal_work.RS2_EW, arch), f"r{r}", f"s{seed}"))
     return controls
 
 

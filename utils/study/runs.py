@@ -15,14 +15,15 @@ from utils.errors import UserError
 from utils.methods import DYNAMIC_METHODS, SELECTIONS, names
 from utils.protocol.files import load_json
 from utils.protocol.run import read_state, training_cwd
+from utils.study.equal_work import RANDOM_EW, RS2_EW
 from utils.study.scorings import read_info
+from utils.study.sources import PROXY_FOLDER  # OUT/proxy-<arch>: a proxy architecture's dynamics run
 
 FULL = "full"  # label of the full-data run(s)
 SEED = "--manualSeed"   # the one setting in which runs averaged as seeds may differ
 DYNAMIC = tuple(DYNAMIC_METHODS)   # dynamic pruning: a full-data run (train.py --dynamic) that prunes as it goes
 # the equal-work controls' folders under OUT (the sweep's EQUAL_WORK=1; never with a TAG suffix) and their rows
-EQUAL_WORK_LABELS = {"random-ew": "random (equal work)", "rs2-ew": "RS2 (equal work)"}
-PROXY_FOLDER = "proxy-"   # OUT/proxy-<arch>: a proxy architecture's dynamics run (sweep.sh PROXY_ARCH=)
+EQUAL_WORK_LABELS = {RANDOM_EW: "random (equal work)", RS2_EW: "RS2 (equal work)"}
 
 
 def run_label(m):
@@ -248,60 +249,47 @@ def read_plans(out):
     "equal_work": [(static point folder, its planned work, random control folder or None, RS2 control
     folder or None)]}] ("# equal-work:" lines: None where the line says "-", the full-data run), every
     folder absolute and moved along with OUT (the plan says the OUT it was written for)."""
-    plans = []
-    for name in ["plan.txt"] + sorted(f for f in os.listdir(out) if f.startswith("plan-") and f.endswith(".txt")):
-        try:
-            with open(os.path.join(out, name)) as f:
-                text = f.read().splitlines()
-        except OSError:
-            continue
-        plan = {"file": name, "tag": name[len("plan-"):-len(".txt")] if name != "plan.txt" else None,
-                "planned": [], "shared": [], "equal_work": []}
-        planned_out = None   # the OUT the plan was written for (its paths are absolute), if it says
-
-        def here(path):   # the folder may have moved since
-            return os.path.abspath(os.path.join(out, os.path.relpath(path, planned_out)) if planned_out else path)
-        for line in text:
-            if line.startswith("# OUT="):
-                planned_out = shlex.split(line[len("# OUT="):])[0]
-            elif line.startswith("# shared: "):
-                variant, study = shlex.split(line[len("# shared: "):])[:2]
-                plan["shared"].append((here(variant), here(study)))
-            elif line.startswith(EQUAL_WORK_LINE):
-                plan["equal_work"].append(equal_work_line(line, here))
-            words = shlex.split(line) if not line.startswith("#") else []
-            if "--save_path" in words[:-1]:
-                plan["planned"].append(here(words[words.index("--save_path") + 1]))
-        plans.append(plan)
+    names = ["plan.txt"] + sorted(f for f in os.listdir(out) if f.startswith("plan-") and f.endswith(".txt"))
+    plans = [p for p in (_read_plan(out, name) for name in names) if p is not None]
     return plans + archived_equal_work(out)
+
+
+def _read_plan(out, name):
+    """One plan file of OUT (`name` relative to it) as read_plans describes it; None where it cannot be read."""
+    try:
+        with open(os.path.join(out, name)) as f:
+            text = f.read().splitlines()
+    except OSError:
+        return None
+    plan = {"file": name, "tag": name[len("plan-"):-len(".txt")] if name.startswith("plan-") else None,
+            "planned": [], "shared": [], "equal_work": []}
+    said = [shlex.split(line[len("# OUT="):])[0] for line in text if line.startswith("# OUT=")]
+    planned_out = said[0] if said else None   # the OUT the plan was written for (its paths are absolute), if it says
+
+    def here(path):   # the folder may have moved since
+        return os.path.abspath(os.path.join(out, os.path.relpath(path, planned_out)) if planned_out else path)
+    for line in text:
+        if line.startswith("# shared: "):
+            variant, study = shlex.split(line[len("# shared: "):])[:2]
+            plan["shared"].append((here(variant), here(study)))
+        elif line.startswith(EQUAL_WORK_LINE):
+            plan["equal_work"].append(equal_work_line(line, here))
+        words = shlex.split(line) if not line.startswith("#") else []
+        if "--save_path" in words[:-1]:
+            plan["planned"].append(here(words[words.index("--save_path") + 1]))
+    return plan
 
 
 def archived_equal_work(out):
     """The "# equal-work:" lines of the plans the executor archived in OUT/plans/ (each sweep into OUT
     rewrites plan.txt, and a later sweep without EQUAL_WORK would drop the earlier one's points), as
     plans that contribute those lines alone."""
-    folder = os.path.join(out, "plans")
     try:
-        names = sorted(f for f in os.listdir(folder) if f.endswith(".txt"))
+        names = sorted(f for f in os.listdir(os.path.join(out, "plans")) if f.endswith(".txt"))
     except OSError:
         return []
-    plans = []
-    for name in names:
-        try:
-            with open(os.path.join(folder, name)) as f:
-                text = f.read().splitlines()
-        except OSError:
-            continue
-        said = [shlex.split(l[len("# OUT="):])[0] for l in text if l.startswith("# OUT=")]
-        planned_out = said[0] if said else None
-
-        def here(path):
-            return os.path.abspath(os.path.join(out, os.path.relpath(path, planned_out)) if planned_out else path)
-        lines = [equal_work_line(l, here) for l in text if l.startswith(EQUAL_WORK_LINE)]
-        if lines:
-            plans.append({"file": os.path.join("plans", name), "tag": None, "planned": [], "shared": [],
-                          "equal_work": lines})
-    return plans
+    plans = [_read_plan(out, os.path.join("plans", name)) for name in names]
+    return [{**p, "planned": [], "shared": []} for p in plans if p is not None and p["equal_work"]]
 
 
 EQUAL_WORK_LINE = "# equal-work: "

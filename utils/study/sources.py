@@ -21,6 +21,9 @@ from utils.methods import SCORES
 from utils.science.extrapolate import K_DEFAULT
 
 
+PROXY_FOLDER, FRACTION_FOLDER = "proxy-", "fraction-"   # OUT/proxy-<arch>, OUT/fraction-<f>: the cheap sources' runs
+
+
 def from_dynamics(method):
     """Whether a cheap source can score `method`: it reads dynamics (not random, not moderate)."""
     return SCORES[method].source == "dynamics"
@@ -39,13 +42,13 @@ def scoring_sources(c, s):
         return out
     if c["PROXY_ARCH"]:
         a = c["PROXY_ARCH"]
-        run, masks = os.path.join(c["OUT"], f"proxy-{a}"), os.path.join(c["OUT"], f"masks-proxy-{a}")
+        run, masks = os.path.join(c["OUT"], f"{PROXY_FOLDER}{a}"), os.path.join(c["OUT"], f"masks-{PROXY_FOLDER}{a}")
         out.append(SimpleNamespace(key="proxy", suffix=f"-proxy-{a}", run=run, dynamics=os.path.join(run, "npy"),
                                    masks=masks, arch=a, fraction=1.0, train=[], flags=[],
                                    what=f"proxy {a} on all the data ({_rel(c, masks)}, subset runs <name>-proxy-{a})"))
     if c["FRACTION"]:
         f, k = c["FRACTION"], c["EXTRAPOLATE_K"]
-        run, masks = os.path.join(c["OUT"], f"fraction-{f}"), os.path.join(c["OUT"], f"masks-fraction-{f}")
+        run, masks = os.path.join(c["OUT"], f"{FRACTION_FOLDER}{f}"), os.path.join(c["OUT"], f"masks-{FRACTION_FOLDER}{f}")
         out.append(SimpleNamespace(key="fraction", suffix=f"-f{f}", run=run, dynamics=os.path.join(run, "npy"),
                                    masks=masks, arch=c["ARCH"], fraction=float(f), train=["--train_fraction", f],
                                    flags=["--extrapolate_k", k] if k else [],
