@@ -7,7 +7,6 @@ between the two (or in the published layout writer) fails here."""
 import os
 import re
 
-
 from conftest import cli, run_script, write_published
 
 NUM = r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?"
